@@ -1,0 +1,17 @@
+"""GigaTok B-L tokenizer (1d), spec 2.3. `:tiny` gives the same structure with small widths.
+
+python -m gigatok_jax.main --config=configs/tokenizer_bl.py --workdir=DIR --config.data.train_path=...
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.tokenizer_config(enc="B", dec="L", kind="1d")
+  c.global_batch_size = 256
+  c.total_steps = 1_000_000       # 200 epochs x 5000 iterations
+  if variant == "tiny":
+    return config_base.tiny_model_overrides(c)
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
+  return c

@@ -1,0 +1,18 @@
+"""GigaTok B-L tokenizer (2d), spec 2.3. `:tiny` gives the same structure with small widths.
+
+python -m gigatok_jax.main --config=configs/tokenizer_bl_2d.py --workdir=DIR --config.data.train_path=...
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.tokenizer_config(enc="B", dec="L", kind="2d")
+  c.global_batch_size = 256
+  c.total_steps = 1_000_000
+  c.loss.entropy_weight = 0.005
+  if variant == "tiny":
+    return config_base.tiny_model_overrides(c)
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
+  return c

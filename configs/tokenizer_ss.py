@@ -1,0 +1,17 @@
+"""GigaTok S-S tokenizer (1d), spec 2.3. `:tiny` gives the same structure with small widths.
+
+python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR --config.data.train_path=...
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.tokenizer_config(enc="S", dec="S", kind="1d")
+  c.global_batch_size = 128      # S-S config batch (spec 2.3)
+  c.total_steps = 1_000_000       # 100 epochs of 5000 iterations at batch 256, scaled to batch 128
+  if variant == "tiny":
+    return config_base.tiny_model_overrides(c)
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
+  return c

@@ -1,0 +1,18 @@
+"""GigaTok S-S tokenizer (2d), spec 2.3. `:tiny` gives the same structure with small widths.
+
+python -m gigatok_jax.main --config=configs/tokenizer_ss_2d.py --workdir=DIR --config.data.train_path=...
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.tokenizer_config(enc="S", dec="S", kind="2d")
+  c.global_batch_size = 128
+  c.total_steps = 1_000_000
+  c.model.vit_layer_type = 'decoder'   # SS_2d leaves the reference's default layer type
+  if variant == "tiny":
+    return config_base.tiny_model_overrides(c)
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
+  return c

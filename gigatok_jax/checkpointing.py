@@ -1,0 +1,357 @@
+"""Checkpointing: a thin wrapper over Orbax's `CheckpointManager` (V0 API).
+
+One step directory holds three Orbax items, written together:
+
+  <directory>/<step>/state/      the training state pytree (`ocp.args.StandardSave`)
+  <directory>/<step>/data_iter/  the grain iterator state, one JSON file per process (optional)
+  <directory>/<step>/meta/       small JSON: format version, step, process count, ...
+
+Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it on commit (local disks), or
+writes in place and adds `commit_success.txt` last (GCS). `latest_step()` only counts steps that
+carry the commit marker and our `meta` item, so an unfinished or half-copied step is never "latest".
+
+Every process of a multi-process job must make the same calls with the same step (Orbax
+synchronizes the processes inside `save` and `restore`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import operator
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+import gigatok_jax
+from gigatok_jax.errors import CheckpointError
+
+try:  # grain registers its Orbax handler and args only when both are importable.
+  import grain.checkpoint as grain_checkpoint
+  _GRAIN_ARGS = (grain_checkpoint.CheckpointSave, grain_checkpoint.CheckpointRestore)
+except (ImportError, AttributeError):  # pragma: no cover - grain is a core dependency
+  grain_checkpoint = None
+  _GRAIN_ARGS = None
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STATE_ITEM = 'state'
+DATA_ITER_ITEM = 'data_iter'
+META_ITEM = 'meta'
+# Written by Orbax as the last step of a commit, at the step level (both atomicity modes).
+_COMMIT_MARKER = 'commit_success.txt'
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """Registers our item names up front.
+
+  Without this, a fresh `CheckpointManager` (a resumed run) cannot read item metadata before a
+  first save or restore, and it warns about every item it was not asked to restore.
+  """
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  state_handler = ocp.StandardCheckpointHandler()
+  registry.add(STATE_ITEM, ocp.args.StandardSave, state_handler)
+  registry.add(STATE_ITEM, ocp.args.StandardRestore, state_handler)
+  meta_handler = ocp.JsonCheckpointHandler()
+  registry.add(META_ITEM, ocp.args.JsonSave, meta_handler)
+  registry.add(META_ITEM, ocp.args.JsonRestore, meta_handler)
+  if _GRAIN_ARGS is not None:
+    iter_handler = grain_checkpoint.CheckpointHandler()
+    registry.add(DATA_ITER_ITEM, _GRAIN_ARGS[0], iter_handler)
+    registry.add(DATA_ITER_ITEM, _GRAIN_ARGS[1], iter_handler)
+  return registry
+
+
+def _as_step(step: Any) -> int:
+  """Accepts Python / numpy / scalar jax integers; rejects floats, bools and negatives."""
+  if isinstance(step, bool):
+    raise CheckpointError(f'checkpoint step must be a non-negative integer, got {step!r}')
+  try:
+    value = operator.index(step)
+  except TypeError:
+    raise CheckpointError(
+        f'checkpoint step must be a non-negative integer, got {step!r}') from None
+  if value < 0:
+    raise CheckpointError(f'checkpoint step must be a non-negative integer, got {value}')
+  return int(value)
+
+
+def _path_str(path: tuple[str, ...]) -> str:
+  return '/'.join(path) if path else '<root>'
+
+
+def _leaf_shape(leaf: Any) -> tuple[int, ...] | None:
+  """The shape a state leaf has on disk.
+
+  Typed PRNG keys (`jax.random.key`) are stored as their raw key data, e.g. shape () becomes (2,).
+  """
+  dtype = getattr(leaf, 'dtype', None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+  shape = getattr(leaf, 'shape', None)
+  if shape is None:
+    try:
+      shape = np.shape(leaf)
+    except Exception:  # pylint: disable=broad-except
+      return None
+  return tuple(shape)
+
+
+class Checkpointer:
+  """Saves and restores training state and data-iterator state; one instance per training job.
+
+  Only one job may write to `directory` (Orbax's `CheckpointManager` is not multi-job safe):
+  evaluators that read a live training directory should open their own read path.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, save_every_steps: int,
+               max_to_keep: int | None = 3, async_save: bool = True):
+    if (isinstance(save_every_steps, bool) or not isinstance(save_every_steps, int)
+        or save_every_steps < 1):
+      raise CheckpointError(
+          f'save_every_steps must be a positive integer, got {save_every_steps!r}')
+    if max_to_keep is not None and (
+        isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1):
+      raise CheckpointError(
+          f'max_to_keep must be a positive integer or None (keep all), got {max_to_keep!r}')
+    directory = os.fspath(directory)
+    if '://' not in directory:
+      directory = os.path.abspath(os.path.expanduser(directory))
+    self._directory = epath.Path(directory)
+    self._save_every_steps = save_every_steps
+    self._closed = False
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every_steps,  # informational: we decide and pass force=True
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    try:
+      self._mngr = ocp.CheckpointManager(
+          self._directory, options=options, handler_registry=_handler_registry())
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'cannot open checkpoint directory {self._directory}: {type(e).__name__}: {e}') from e
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._directory
+
+  def _step_dir(self, step: int) -> epath.Path:
+    # Default Orbax naming (no prefix, no zero padding), which is what we configure.
+    return self._directory / str(step)
+
+  def _is_complete(self, step: int) -> bool:
+    """True if `step` was committed by Orbax and carries our metadata item.
+
+    Orbax on a local disk counts every directory named like a step as finished, whether or not
+    it has the commit marker (only its GCS mode checks the marker), so we check it ourselves.
+    """
+    step_dir = self._step_dir(step)
+    return (step_dir / _COMMIT_MARKER).exists() and (step_dir / META_ITEM).exists()
+
+  def all_steps(self) -> list[int]:
+    """All complete checkpoint steps, ascending (a save still being written is not counted)."""
+    self._check_open()
+    return [s for s in sorted(self._mngr.all_steps()) if self._is_complete(s)]
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint step, or None.
+
+    Does not wait: a save still being written in the background is not counted until it commits
+    (call `wait_until_finished()` first to include it).
+    """
+    self._check_open()
+    for step in sorted(self._mngr.all_steps(), reverse=True):
+      if self._is_complete(step):
+        return step
+    return None
+
+  def should_save(self, step: int) -> bool:
+    """True on every `save_every_steps`-th step, and at a multi-host preemption sync point.
+
+    Call it on every step on every process: JAX's preemption service makes all processes agree on
+    one step to save at after any of them gets SIGTERM (single-process: never triggers).
+    """
+    step = _as_step(step)
+    return step % self._save_every_steps == 0 or bool(self._mngr.reached_preemption(step))
+
+  def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    """Saves `state` (and the iterator's position) as `step`; returns whether it saved.
+
+    Off-interval steps are skipped unless `force` (SIGTERM, end of training). A step that already
+    exists is skipped, not overwritten. With `async_save` the arrays are copied to host memory
+    before this returns (the caller may donate or delete them) and written in the background.
+    """
+    self._check_open()
+    step = _as_step(step)
+    if not force and not self.should_save(step):
+      return False
+    if step in self._mngr.all_steps():
+      if self._is_complete(step):
+        logger.info('Checkpoint step %d already exists in %s; not saving it again.', step,
+                    self._directory)
+      else:
+        logger.warning(
+            'Step directory %s exists but is not a complete checkpoint (no %s or %s); not saving '
+            'step %d over it. Delete that directory to save this step.', self._step_dir(step),
+            _COMMIT_MARKER, META_ITEM, step)
+      return False
+    _check_global_arrays(state)
+    meta = {
+        'format_version': FORMAT_VERSION,
+        'step': step,
+        'process_count': jax.process_count(),
+        'has_data_iter': data_iterator is not None,
+        'gigatok_jax_version': gigatok_jax.__version__,
+        'saved_at': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    items = {
+        STATE_ITEM: ocp.args.StandardSave(state),
+        META_ITEM: ocp.args.JsonSave(meta),
+    }
+    if data_iterator is not None:
+      if _GRAIN_ARGS is None:  # pragma: no cover
+        raise CheckpointError('saving a data iterator needs grain with Orbax support')
+      items[DATA_ITER_ITEM] = _GRAIN_ARGS[0](data_iterator)
+    try:
+      saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'cannot save checkpoint step {step} to {self._directory}: {type(e).__name__}: {e}'
+      ) from e
+    return bool(saved)
+
+  def restore(self, abstract_state: Any, data_iterator: Any = None, *, step: int | None = None):
+    """Restores the state at `step` (default: latest) into the layout of `abstract_state`.
+
+    `abstract_state` has the structure of the saved state with `jax.ShapeDtypeStruct` leaves whose
+    `sharding` says where each array goes: any mesh or device count works (Orbax reshards), and
+    dtypes are cast. Tree structure and shapes must match the checkpoint, else CheckpointError.
+    `data_iterator` is restored in place. Waits for this process's pending save first.
+    """
+    self._check_open()
+    self.wait_until_finished()
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f'no complete checkpoint in {self._directory}')
+    else:
+      step = _as_step(step)
+      if not self._is_complete(step):
+        raise CheckpointError(
+            f'no complete checkpoint for step {step} in {self._directory} '
+            f'(complete steps: {self.all_steps() or "none"})')
+    where = f'checkpoint step {step} in {self._directory}'
+
+    try:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(
+          **{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'{where} is unreadable (metadata item "{META_ITEM}": {type(e).__name__}: {e})') from e
+    if not isinstance(meta, dict) or not isinstance(meta.get('format_version'), int):
+      raise CheckpointError(f'{where} is unreadable (bad metadata item "{META_ITEM}": {meta!r})')
+    if meta['format_version'] > FORMAT_VERSION:
+      raise CheckpointError(
+          f'{where} has format version {meta["format_version"]}, newer than this gigatok_jax '
+          f'supports ({FORMAT_VERSION}); upgrade gigatok_jax')
+
+    self._check_compatible(step, abstract_state, where)
+
+    items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      if not meta.get('has_data_iter', False):
+        logger.warning('%s has no data iterator state; the data iterator starts from scratch.',
+                       where)
+      elif meta.get('process_count') != jax.process_count():
+        logger.warning(
+            '%s was written by %s processes, this job has %d: the data iterator state cannot be '
+            'reused and the data iterator starts from scratch.', where, meta.get('process_count'),
+            jax.process_count())
+      else:
+        items[DATA_ITER_ITEM] = _GRAIN_ARGS[1](data_iterator)
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'cannot restore {where}: {type(e).__name__}: {e}') from e
+    return restored[STATE_ITEM]
+
+  def _check_compatible(self, step: int, abstract_state: Any, where: str) -> None:
+    """Compares tree paths and shapes with the checkpoint's metadata, before loading arrays."""
+    try:
+      item_metadata = self._mngr.item_metadata(step)[STATE_ITEM]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'{where} is unreadable (state metadata: {type(e).__name__}: {e})') from e
+    if item_metadata is None:
+      raise CheckpointError(f'{where} is unreadable (no "{STATE_ITEM}" item metadata)')
+    saved_tree = getattr(item_metadata, 'tree', item_metadata)
+    saved = ocp.tree.to_flat_dict(saved_tree)
+    wanted = ocp.tree.to_flat_dict(abstract_state)
+    hint = ' (did the model or optimizer config change since this checkpoint was written?)'
+    for path, leaf in wanted.items():
+      want_shape = _leaf_shape(leaf)
+      if path not in saved:
+        raise CheckpointError(
+            f'{where} does not match the requested state: parameter '
+            f"'{_path_str(path)}' (shape {want_shape}) is not in the checkpoint{hint}")
+      saved_shape = getattr(saved[path], 'shape', None)
+      if want_shape is not None and saved_shape is not None and tuple(saved_shape) != want_shape:
+        raise CheckpointError(
+            f'{where} does not match the requested state: parameter '
+            f"'{_path_str(path)}' has shape {tuple(saved_shape)} in the checkpoint but "
+            f'{want_shape} in the requested state{hint}')
+    for path, leaf in saved.items():
+      if path not in wanted:
+        raise CheckpointError(
+            f'{where} does not match the requested state: the checkpoint has parameter '
+            f"'{_path_str(path)}' (shape {getattr(leaf, 'shape', None)}) that the requested state "
+            f'lacks{hint}')
+
+  def wait_until_finished(self) -> None:
+    """Blocks until a background save has committed; raises CheckpointError if it failed."""
+    if self._closed:
+      return
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'writing a checkpoint to {self._directory} failed: {type(e).__name__}: {e}') from e
+
+  def close(self) -> None:
+    """Waits for pending saves, then releases Orbax's threads. Idempotent."""
+    if self._closed:
+      return
+    try:
+      self.wait_until_finished()
+    finally:
+      self._closed = True
+      self._mngr.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def _check_open(self) -> None:
+    if self._closed:
+      raise CheckpointError(f'the Checkpointer for {self._directory} is closed')
+
+
+def _check_global_arrays(state: Any) -> None:
+  """Multi-process: Orbax cannot save process-local jax.Arrays; name the first such leaf."""
+  if jax.process_count() == 1:
+    return
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+      raise CheckpointError(
+          f"cannot save state leaf '{jax.tree_util.keystr(path)}': it is a process-local array "
+          f'(sharding {leaf.sharding}) in a {jax.process_count()}-process job; make it a global '
+          'array (jax.device_put with a NamedSharding over the mesh) or a numpy array')

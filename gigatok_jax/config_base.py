@@ -1,0 +1,153 @@
+"""The complete tokenizer config with defaults: every key a recipe may set, with its type.
+
+Recipes in `configs/` start from `tokenizer_config()` and change sizes; `validate.py` checks any
+config (including user-written ones) against this schema before anything is compiled.
+Defaults are the paper's / reference code's values (spec section 3) unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Transformer sizes shared by encoder and decoder (spec 2.2): width, layers, heads.
+SIZES = {
+    "tiny": (256, 4, 4),
+    "S": (512, 6, 8),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1280, 36, 20),
+    "XXL": (1536, 48, 24),
+}
+
+# Logical axis name -> mesh axis (or None = replicated). The one list that decides how every
+# parameter and activation is sharded; see parallel.py. Order matters: the first rule for a name wins.
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("teacher_embed", "tensor"),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("z_channels", None),
+    ("code_dim", None),
+    ("codebook", None),
+    ("position", None),
+    ("norm", None),
+)
+
+
+def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collections.ConfigDict:
+  ew, el, eh = SIZES[enc]
+  dw, dl, dh = SIZES[dec]
+  return ml_collections.ConfigDict(dict(
+      kind=kind,                 # '1d' (Q-Former) or '2d' (ViT on the grid)
+      vit_layer_type="plain",    # 2d only: 'plain' (SA + MLP) or 'decoder' (self cross-attention)
+      cnn_ch=128,
+      cnn_ch_mult=(1, 1, 2, 2, 4),
+      cnn_num_res_blocks=2,
+      z_channels=256,
+      enc_width=ew, enc_layers=el, enc_heads=eh,
+      dec_width=dw, dec_layers=dl, dec_heads=dh,
+      mlp_ratio=4.0,
+      codebook_size=16384,
+      code_dim=8,
+      commitment=0.25,
+      rotation_trick=True,
+      entropy_temperature=0.01,
+      distill_depth=3,           # decoder layer (1-indexed) feeding the semantic projector
+      distill_dim=768,           # DINOv2-B/14 feature width
+      dtype="float32",           # compute dtype: 'float32' or 'bfloat16'
+      param_dtype="float32",     # master weights
+      remat=False,               # rematerialise each transformer layer in the backward pass
+  ))
+
+
+def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "tokenizer"
+  # Keys launch scripts rely on (top level in every training recipe).
+  c.total_steps = 1_000_000
+  c.global_batch_size = 256
+  c.checkpoint_every_steps = 5000
+  c.max_checkpoints_to_keep = 3
+  c.seed = 0
+  c.log_every_steps = 50
+  c.image_every_steps = 5000
+  c.eval_num_images = 16            # images in the reconstruction grid / reconstruct mode
+
+  c.model = model_config(enc, dec, kind)
+
+  c.loss = ml_collections.ConfigDict(dict(
+      reconstruction_weight=1.0,    # L2
+      codebook_weight=1.0,          # vq term mean((z_q - sg z)^2); commitment weight is model.commitment
+      entropy_weight=0.0,           # 0.005 for XL-XXL
+      perceptual_weight=0.0,        # LPIPS-VGG; paper 1.0. Needs the LPIPS port (not in this build yet)
+      semantic_weight=0.0,          # -cos to DINOv2; paper 0.5. Needs the DINOv2 port (not in this build yet)
+      disc_weight=0.5,              # hinge generator loss weight, no adaptive weight
+      disc_start_step=20_000,       # neither the GAN term nor the discriminator runs before this
+  ))
+
+  c.discriminator = ml_collections.ConfigDict(dict(
+      kind="patchgan", ndf=64, n_layers=3,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=1e-4,
+      grad_clip=10.0,
+      warmup_steps=0,               # linear from lr * warmup_init_ratio
+      warmup_init_ratio=0.01,
+      final_lr=1e-5,                # cosine floor
+      disc_lr=1e-4,                 # same schedule shape as the generator
+      ema_decay=0.0,                # 0 disables the EMA of generator weights (reference: 0.9999 if on)
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="array_record",        # 'demo' | 'array_record' | 'tfds'
+      image_size=256,
+      train_path="",
+      eval_path="",
+      tfds_name="imagenet2012",
+      tfds_data_dir="",
+      crop_max_scale=1.25,          # ADM crop: short side resized to [S, 1.25 S], random S crop
+      random_flip=True,
+      worker_count=0,
+      demo_num_samples=10_000,
+      prepare_source="image_folder",
+      prepare_input="",
+      prepare_output="",
+      prepare_num_shards=16,
+      reconstruct_input="",         # folder of images for --mode=reconstruct ('' = eval split)
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                      # -1 = all remaining devices
+      fsdp=1,
+      tensor=1,
+      axis_rules=DEFAULT_AXIS_RULES,
+  ))
+  return c
+
+
+def tiny_model_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Same structure, small widths: used by tests and `:tiny` recipe variants."""
+  c.model.update(dict(
+      cnn_ch=32, cnn_ch_mult=(1, 1, 2, 4), cnn_num_res_blocks=1, z_channels=64,
+      enc_width=64, enc_layers=2, enc_heads=2,
+      dec_width=64, dec_layers=3, dec_heads=2,
+      codebook_size=512, distill_dim=32,
+  ))
+  c.data.image_size = 64
+  c.data.source = "demo"
+  c.global_batch_size = 4
+  c.total_steps = 10
+  c.checkpoint_every_steps = 5
+  c.log_every_steps = 1
+  c.image_every_steps = 5
+  c.eval_num_images = 4
+  c.loss.disc_start_step = 4
+  return c

@@ -1,0 +1,218 @@
+"""Shared building blocks: dense, conv, norms, attention, MLP.
+
+Every parameter is created through `param()` with logical axis names (see `parallel.py` for how
+names map to mesh axes). Parameters are stored in `param_dtype` (float32 master weights); each layer
+casts them to the compute `dtype` at use. Norm statistics are always computed in float32.
+
+Layouts: images are NHWC, token sequences (B, T, C). Conv kernels are HWIO, Dense kernels (in, out),
+attention projections (embed, heads, head_dim), so converting a PyTorch Linear is `W.T` and a
+fused `in_proj` reshapes without permuting (see ../shared/reference/checkpoint_layouts.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+# Torch-default-like inits used by the reference model.
+trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02)
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+
+def torch_default_uniform(fan_in: int) -> Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default Linear/Conv init (weights and biases)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class KeyGen:
+  """Deterministic per-parameter keys: fold_in(base, n) for the n-th parameter created.
+
+  Used instead of drawing from `nnx.Rngs` for every parameter: each `nnx.Rngs` draw updates a
+  Variable inside the trace, which made `nnx.eval_shape` of the 2.9B model take minutes.
+  """
+
+  def __init__(self, rngs: "nnx.Rngs | KeyGen | jax.Array | int"):
+    if isinstance(rngs, KeyGen):
+      self.base = rngs.base
+    elif isinstance(rngs, nnx.Rngs):
+      self.base = rngs.params()
+    elif isinstance(rngs, int):
+      self.base = jax.random.key(rngs)
+    else:
+      self.base = rngs
+    self.count = 0
+
+  def params(self) -> jax.Array:
+    self.count += 1
+    return jax.random.fold_in(self.base, self.count)
+
+
+def param(rngs: KeyGen, init: Initializer, shape: Sequence[int], axes: Sequence[str | None],
+          dtype=jnp.float32) -> nnx.Param:
+  """Creates an `nnx.Param` carrying logical axis names (one per dimension)."""
+  assert len(axes) == len(shape), (axes, shape)
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes))
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel + bias, kernel (in, out)."""
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
+               axes: tuple[str | None, str | None] = ("embed", "mlp"), use_bias: bool = True,
+               kernel_init: Initializer = trunc_normal_02, bias_init: Initializer = zeros,
+               dtype=jnp.float32, param_dtype=jnp.float32):
+    self.dtype = dtype
+    self.kernel = param(rngs, kernel_init, (in_features, out_features), axes, param_dtype)
+    self.bias = (param(rngs, bias_init, (out_features,), (axes[1],), param_dtype)
+                 if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Conv(nnx.Module):
+  """2D convolution on NHWC input with an HWIO kernel.
+
+  `padding` is 'SAME', 'VALID', an int (symmetric) or ((top, bottom), (left, right)).
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs,
+               stride: int = 1, padding="SAME", use_bias: bool = True,
+               kernel_init: Initializer = trunc_normal_02, bias_init: Initializer = zeros,
+               axes: tuple[str | None, str | None] = ("conv_in", "conv_out"),
+               dtype=jnp.float32, param_dtype=jnp.float32):
+    self.dtype = dtype
+    self.stride = stride
+    if isinstance(padding, int):
+      padding = ((padding, padding), (padding, padding))
+    self.padding = padding
+    self.kernel = param(rngs, kernel_init, (kernel_size, kernel_size, in_channels, out_channels),
+                        (None, None) + tuple(axes), param_dtype)
+    self.bias = param(rngs, bias_init, (out_channels,), (axes[1],), param_dtype) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, Cin) -> (B, H', W', Cout)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        window_strides=(self.stride, self.stride), padding=self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis, statistics in float32 (torch default eps 1e-5)."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-5, dtype=jnp.float32,
+               param_dtype=jnp.float32):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = param(rngs, ones, (dim,), ("norm",), param_dtype)
+    self.bias = param(rngs, zeros, (dim,), ("norm",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...] + self.bias[...]
+    return y.astype(self.dtype)
+
+
+def group_norm_stats(x: jax.Array, num_groups: int, eps: float) -> jax.Array:
+  """Normalises NHWC `x` over (H, W, channels-in-group); contiguous channel groups like torch."""
+  b, h, w, c = x.shape
+  x32 = x.astype(jnp.float32).reshape(b, h, w, num_groups, c // num_groups)
+  mean = x32.mean(axis=(1, 2, 4), keepdims=True)
+  var = jnp.square(x32 - mean).mean(axis=(1, 2, 4), keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).reshape(b, h, w, c)
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm (32 groups, eps 1e-6 as in the VQGAN CNNs), optional affine."""
+
+  def __init__(self, channels: int, *, rngs: nnx.Rngs, num_groups: int = 32, eps: float = 1e-6,
+               affine: bool = True, dtype=jnp.float32, param_dtype=jnp.float32):
+    if channels % num_groups:
+      raise ValueError(f"GroupNorm: {channels} channels not divisible by {num_groups} groups")
+    self.num_groups = num_groups
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = param(rngs, ones, (channels,), ("norm",), param_dtype) if affine else None
+    self.bias = param(rngs, zeros, (channels,), ("norm",), param_dtype) if affine else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = group_norm_stats(x, self.num_groups, self.eps)
+    if self.scale is not None:
+      y = y * self.scale[...] + self.bias[...]
+    return y.astype(self.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with separate q/k/v inputs (torch `nn.MultiheadAttention` semantics).
+
+  Projections have biases; heads are contiguous blocks of head_dim features; scale 1/sqrt(head_dim).
+  """
+
+  def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, kv_width: int | None = None,
+               dtype=jnp.float32, param_dtype=jnp.float32):
+    if width % num_heads:
+      raise ValueError(f"Attention: width {width} not divisible by {num_heads} heads")
+    kv_width = kv_width or width
+    head_dim = width // num_heads
+    self.dtype = dtype
+    # torch keeps xavier-uniform on the fused (3W, W) in_proj: bound sqrt(6 / (W + 3W)); biases 0.
+    # variance_scaling's fan_avg here is W, so scale 0.5 gives that bound.
+    xavier = nnx.initializers.variance_scaling(0.5, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
+    qkv_axes = ("embed", "heads", "head_dim")
+    self.query = param(rngs, xavier, (width, num_heads, head_dim), qkv_axes, param_dtype)
+    self.key = param(rngs, xavier, (kv_width, num_heads, head_dim), qkv_axes, param_dtype)
+    self.value = param(rngs, xavier, (kv_width, num_heads, head_dim), qkv_axes, param_dtype)
+    self.query_bias = param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim"), param_dtype)
+    self.key_bias = param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim"), param_dtype)
+    self.value_bias = param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim"), param_dtype)
+    self.out = param(rngs, trunc_normal_02, (num_heads, head_dim, width),
+                     ("heads", "head_dim", "embed"), param_dtype)
+    self.out_bias = param(rngs, zeros, (width,), ("embed",), param_dtype)
+
+  def __call__(self, q_in: jax.Array, k_in: jax.Array, v_in: jax.Array) -> jax.Array:
+    # q_in (B, Tq, W); k_in, v_in (B, Tk, Wkv) -> (B, Tq, W)
+    dt = self.dtype
+    q = jnp.einsum("btw,whd->bthd", q_in.astype(dt), self.query[...].astype(dt)) + self.query_bias[...].astype(dt)
+    k = jnp.einsum("btw,whd->bthd", k_in.astype(dt), self.key[...].astype(dt)) + self.key_bias[...].astype(dt)
+    v = jnp.einsum("btw,whd->bthd", v_in.astype(dt), self.value[...].astype(dt)) + self.value_bias[...].astype(dt)
+    o = jax.nn.dot_product_attention(q, k, v)  # (B, Tq, H, D)
+    return jnp.einsum("bthd,hdw->btw", o, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
+
+
+class Mlp(nnx.Module):
+  """Linear -> activation -> Linear (transformer FFN, exact GELU by default)."""
+
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, out_width: int | None = None,
+               activation: Callable[[jax.Array], jax.Array] = lambda x: jax.nn.gelu(x, approximate=False),
+               dtype=jnp.float32, param_dtype=jnp.float32):
+    self.activation = activation
+    self.fc1 = Dense(width, hidden, rngs=rngs, axes=("embed", "mlp"), dtype=dtype, param_dtype=param_dtype)
+    self.fc2 = Dense(hidden, out_width or width, rngs=rngs, axes=("mlp", "embed"), dtype=dtype,
+                     param_dtype=param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(self.activation(self.fc1(x)))
+
+
+def swish(x: jax.Array) -> jax.Array:
+  return x * jax.nn.sigmoid(x)

@@ -1,0 +1,224 @@
+"""Transformer halves of the tokenizer (spec 2.1, layouts 1.3 / 1.5).
+
+1D (Q-Former): the encoder turns the 16 x 16 CNN map ("memory") into 256 latent tokens whose
+queries start from multi-level average pooling of the memory; the decoder turns the 256 quantized
+tokens ("memory") back into a 16 x 16 map whose queries all start as the first token plus a learned
+2D position embedding. 2D (ViT): tokens stay on the grid.
+
+All layers are pre-norm "DETR decoder" layers (self-attention, cross-attention to a fixed memory,
+MLP). Position embeddings go to queries and keys, never to values:
+    t += SA(q = k = LN1(t) + qp, v = LN1(t))
+    t += CA(q = LN2(t) + qp, k = m + mp, v = m)
+    t += MLP(LN3(t))
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gigatok_jax.models.layers import Attention, Conv, Dense, LayerNorm, Mlp, param
+
+
+class QFormerLayer(nnx.Module):
+  def __init__(self, width: int, heads: int, mlp_ratio: float, *, rngs, dtype, param_dtype,
+               cross_attention: bool = True):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.norm1 = LayerNorm(width, **kw)
+    self.self_attn = Attention(width, heads, **kw)
+    self.norm2 = LayerNorm(width, **kw) if cross_attention else None
+    self.multihead_attn = Attention(width, heads, **kw) if cross_attention else None
+    self.norm3 = LayerNorm(width, **kw)
+    self.mlp = Mlp(width, int(width * mlp_ratio), **kw)
+
+  def __call__(self, t, qp, memory=None, mp=None):
+    # t (B, Tq, W); qp (Tq, W); memory (B, Tm, W); mp (Tm, W)
+    h = self.norm1(t)
+    t = t + self.self_attn(h + qp, h + qp, h)
+    if self.multihead_attn is not None:
+      h = self.norm2(t)
+      t = t + self.multihead_attn(h + qp, memory + mp, memory)
+    return t + self.mlp(self.norm3(t))
+
+
+def multi_level_pool(grid: jax.Array) -> jax.Array:
+  """Coarse-to-fine average pooling of a (B, H, W, C) grid into H*W query tokens (spec 2.4).
+
+  Groups (rows x cols): 1x1, 1x1 again, 1x2, 2x2, 2x4, 4x4, ... up to (H/2) x W; the column count
+  grows first, each group is flattened row-major, groups are concatenated coarse to fine.
+  For 16 x 16 that is 1+1+2+4+8+16+32+64+128 = 256 tokens.
+  """
+  b, h, w, c = grid.shape
+  groups = [grid.mean(axis=(1, 2))[:, None, :]]
+  rows, cols = 1, 1
+  while rows * cols * 2 <= h * w:
+    pooled = grid.reshape(b, rows, h // rows, cols, w // cols, c).mean(axis=(2, 4))
+    groups.append(pooled.reshape(b, rows * cols, c))
+    if cols == rows:
+      cols *= 2
+    else:
+      rows *= 2
+  out = jnp.concatenate(groups, axis=1)
+  assert out.shape[1] == h * w, out.shape
+  return out
+
+
+def _pos_embed(rngs, n: int, width: int, param_dtype) -> nnx.Param:
+  scale = width ** -0.5
+  return param(rngs, lambda k, s, d: scale * jax.random.normal(k, s, d), (n, width),
+               ("position", "embed"), param_dtype)
+
+
+class _Stack(nnx.Module):
+  """Layers plus the optional semantic-branch tap after layer `distill_depth` (1-indexed)."""
+
+  def __init__(self, width, layers, heads, mlp_ratio, *, rngs, dtype, param_dtype,
+               cross_attention=True, remat=False):
+    self.transformer = nnx.List([
+        QFormerLayer(width, heads, mlp_ratio, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                     cross_attention=cross_attention) for _ in range(layers)])
+    self.remat = remat
+
+  def run(self, t, qp, memory=None, mp=None, tap_depth: int = 0):
+    tapped = None
+    for i, layer in enumerate(self.transformer):
+      if self.remat:
+        t = nnx.remat(lambda lyr, *a: lyr(*a))(layer, t, qp, memory, mp)
+      else:
+        t = layer(t, qp, memory, mp)
+      if i + 1 == tap_depth:
+        tapped = t
+    return t, tapped
+
+
+class QFormerEncoder(nnx.Module):
+  """(B, h, w, z) CNN map -> (B, h*w, z) latent tokens."""
+
+  def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
+               mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat=False):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    n = grid * grid
+    self.positional_embedding = _pos_embed(rngs, n, width, param_dtype)               # memory keys
+    self.latent_token_positional_embedding = _pos_embed(rngs, n, width, param_dtype)  # queries
+    self.ln_pre = LayerNorm(z_channels, **kw)
+    self.encoder_embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
+    self.global_proj = Dense(width, width, axes=("embed", "mlp"), **kw)
+    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, **kw)
+    self.ln_post = LayerNorm(width, **kw)
+    self.conv_out = Dense(width, z_channels, axes=("embed", "z_channels"), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    memory = self.encoder_embed(self.ln_pre(x.reshape(b, h * w, c)))        # (B, hw, W)
+    queries = self.global_proj(multi_level_pool(memory.reshape(b, h, w, -1)))  # (B, hw, W)
+    t, _ = self.stack.run(queries, self.latent_token_positional_embedding[...].astype(queries.dtype),
+                          memory, self.positional_embedding[...].astype(memory.dtype))
+    return self.conv_out(self.ln_post(t))                                      # (B, hw, z)
+
+
+class QFormerDecoder(nnx.Module):
+  """(B, N, z) quantized tokens -> (B, h, w, z) map, plus the projected layer-k features."""
+
+  def __init__(self, *, grid: int, num_tokens: int, z_channels: int, width: int, layers: int,
+               heads: int, mlp_ratio: float, distill_depth: int, distill_dim: int, rngs: nnx.Rngs,
+               dtype=jnp.float32, param_dtype=jnp.float32, remat=False):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.grid = grid
+    self.distill_depth = distill_depth
+    self.positional_embedding = _pos_embed(rngs, grid * grid, width, param_dtype)          # queries
+    self.latent_token_positional_embedding = _pos_embed(rngs, num_tokens, width, param_dtype)  # memory
+    self.ln_pre = LayerNorm(z_channels, **kw)
+    self.decoder_embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
+    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, **kw)
+    self.ln_post = LayerNorm(width, **kw)
+    self.conv_out = Conv(width, z_channels, 3, padding=1, axes=("embed", "z_channels"), **kw)
+    self.distill_mlp = SemanticProjector(width, distill_dim, **kw)
+
+  def __call__(self, tokens: jax.Array, with_distill: bool = False):
+    b = tokens.shape[0]
+    memory = self.decoder_embed(self.ln_pre(tokens))                      # (B, N, W)
+    queries = jnp.broadcast_to(memory[:, :1], (b, self.grid * self.grid, memory.shape[-1]))
+    t, tapped = self.stack.run(
+        queries, self.positional_embedding[...].astype(memory.dtype), memory,
+        self.latent_token_positional_embedding[...].astype(memory.dtype),
+        tap_depth=self.distill_depth if with_distill else 0)
+    out = self.conv_out(self.ln_post(t).reshape(b, self.grid, self.grid, -1))
+    distill = self.distill_mlp(tapped) if with_distill else None         # (B, hw, distill_dim)
+    return out, distill
+
+
+class SemanticProjector(nnx.Module):
+  """REPA-style projector: Linear(W, 4W) -> SiLU -> Linear(4W, 4W) -> SiLU -> Linear(4W, D)."""
+
+  def __init__(self, width: int, out_dim: int, *, rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.fc1 = Dense(width, 4 * width, axes=("embed", "mlp"), **kw)
+    self.fc2 = Dense(4 * width, 4 * width, axes=("mlp", "embed"), **kw)
+    self.fc3 = Dense(4 * width, out_dim, axes=("embed", "teacher_embed"), **kw)
+
+  def __call__(self, x):
+    return self.fc3(jax.nn.silu(self.fc2(jax.nn.silu(self.fc1(x)))))
+
+
+class ViTEncoder2D(nnx.Module):
+  """2D variant: a transformer over the grid tokens, grid kept (spec 2.3 "2D variants").
+
+  `layer_type='plain'`: pre-norm self-attention + MLP, position embedding added once.
+  `layer_type='decoder'`: the Q-Former layer with the layer's own input as memory, the one position
+  embedding used as both qp and mp (the SS_2d reference default).
+  """
+
+  def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
+               mlp_ratio: float, layer_type: str, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32, remat=False, out_kernel: int = 1):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.grid = grid
+    self.layer_type = layer_type
+    self.positional_embedding = _pos_embed(rngs, grid * grid, width, param_dtype)
+    self.ln_pre = LayerNorm(z_channels, **kw)
+    self.embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
+    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat,
+                        cross_attention=(layer_type == "decoder"), **kw)
+    self.ln_post = LayerNorm(width, **kw)
+    self.conv_out = Conv(width, z_channels, out_kernel, padding=out_kernel // 2,
+                         axes=("embed", "z_channels"), **kw)
+
+  def features(self, x, tap_depth=0):
+    b, h, w, c = x.shape
+    t = self.embed(self.ln_pre(x.reshape(b, h * w, c)))
+    pos = self.positional_embedding[...].astype(t.dtype)
+    if self.layer_type == "plain":
+      return self.stack.run(t + pos, jnp.zeros_like(pos), tap_depth=tap_depth)
+    return self._run_self_memory(t, pos, tap_depth)
+
+  def _run_self_memory(self, t, pos, tap_depth):
+    tapped = None
+    for i, layer in enumerate(self.stack.transformer):
+      t = layer(t, pos, t, pos)
+      if i + 1 == tap_depth:
+        tapped = t
+    return t, tapped
+
+  def __call__(self, x):
+    b, h, w, _ = x.shape
+    t, _ = self.features(x)
+    return self.conv_out(self.ln_post(t).reshape(b, h, w, -1))
+
+
+class ViTDecoder2D(ViTEncoder2D):
+  """2D decoder: same trunk as the 2D encoder, a 3x3 conv out and the semantic projector."""
+
+  def __init__(self, *, distill_depth: int, distill_dim: int, **kwargs):
+    super().__init__(out_kernel=3, **kwargs)
+    self.distill_depth = distill_depth
+    self.distill_mlp = SemanticProjector(kwargs["width"], distill_dim, rngs=kwargs["rngs"],
+                                         dtype=kwargs.get("dtype", jnp.float32),
+                                         param_dtype=kwargs.get("param_dtype", jnp.float32))
+
+  def __call__(self, x, with_distill: bool = False):
+    b, h, w, _ = x.shape
+    t, tapped = self.features(x, self.distill_depth if with_distill else 0)
+    out = self.conv_out(self.ln_post(t).reshape(b, h, w, -1))
+    return out, (self.distill_mlp(tapped) if with_distill else None)

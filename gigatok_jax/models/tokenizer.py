@@ -1,0 +1,110 @@
+"""The assembled GigaTok tokenizer: CNN encoder -> transformer encoder -> VQ -> transformer decoder
+-> CNN decoder, with the semantic branch at decoder layer k (spec 2.1).
+
+Submodule names follow the reference state dict (`encoder`, `s2to1encoder`, `quant_conv`,
+`quantize`, `post_quant_conv`, `s1to2decoder`, `decoder`; `s2dencoder`/`s2ddecoder` for 2D) so that
+a converter maps names one to one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from gigatok_jax.models.cnn import CNNDecoder, CNNEncoder
+from gigatok_jax.models.layers import Dense, KeyGen, torch_default_uniform
+from gigatok_jax.models.qformer import QFormerDecoder, QFormerEncoder, ViTDecoder2D, ViTEncoder2D
+from gigatok_jax.models.quantizer import VectorQuantizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TokenizerOutput(NamedTuple):
+  reconstruction: jax.Array   # (B, H, W, 3) float32, [-1, 1] space (not clamped)
+  indices: jax.Array          # (B, N) int32
+  vq_loss: jax.Array
+  commit_loss: jax.Array
+  entropy_loss: jax.Array
+  distill: jax.Array | None   # (B, hw, distill_dim) projected decoder features, or None
+
+
+def grid_size(cfg: ml_collections.ConfigDict, image_size: int) -> int:
+  return image_size // 2 ** (len(cfg.cnn_ch_mult) - 1)
+
+
+class Tokenizer(nnx.Module):
+  def __init__(self, cfg: ml_collections.ConfigDict, image_size: int, *, rngs: nnx.Rngs):
+    rngs = KeyGen(rngs)
+    dtype = DTYPES[cfg.dtype]
+    pdt = DTYPES[cfg.param_dtype]
+    grid = grid_size(cfg, image_size)
+    self.kind = cfg.kind
+    self.grid = grid
+    cnn = dict(ch=cfg.cnn_ch, ch_mult=tuple(cfg.cnn_ch_mult), num_res_blocks=cfg.cnn_num_res_blocks,
+               z_channels=cfg.z_channels, rngs=rngs, dtype=dtype, param_dtype=pdt)
+    self.encoder = CNNEncoder(**cnn)
+    self.decoder = CNNDecoder(**cnn)
+    enc = dict(grid=grid, z_channels=cfg.z_channels, width=cfg.enc_width, layers=cfg.enc_layers,
+               heads=cfg.enc_heads, mlp_ratio=cfg.mlp_ratio, rngs=rngs, dtype=dtype,
+               param_dtype=pdt, remat=cfg.remat)
+    dec = dict(grid=grid, z_channels=cfg.z_channels, width=cfg.dec_width, layers=cfg.dec_layers,
+               heads=cfg.dec_heads, mlp_ratio=cfg.mlp_ratio, distill_depth=cfg.distill_depth,
+               distill_dim=cfg.distill_dim, rngs=rngs, dtype=dtype, param_dtype=pdt,
+               remat=cfg.remat)
+    if cfg.kind == "1d":
+      self.s2to1encoder = QFormerEncoder(**enc)
+      self.s1to2decoder = QFormerDecoder(num_tokens=grid * grid, **dec)
+    elif cfg.kind == "2d":
+      self.s2dencoder = ViTEncoder2D(layer_type=cfg.vit_layer_type, **enc)
+      self.s2ddecoder = ViTDecoder2D(layer_type=cfg.vit_layer_type, **dec)
+    else:
+      raise ValueError(f"unknown tokenizer kind {cfg.kind!r}")
+    z, d = cfg.z_channels, cfg.code_dim
+    # Built after the reference's init pass, so they keep torch's default init.
+    self.quant_conv = Dense(z, d, rngs=rngs, axes=("z_channels", "code_dim"),
+                            kernel_init=torch_default_uniform(z), bias_init=torch_default_uniform(z))
+    self.quantize = VectorQuantizer(cfg.codebook_size, d, rngs=rngs, commitment=cfg.commitment,
+                                    rotation_trick=cfg.rotation_trick,
+                                    entropy_temperature=cfg.entropy_temperature, param_dtype=pdt)
+    self.post_quant_conv = Dense(d, z, rngs=rngs, axes=("code_dim", "z_channels"),
+                                 kernel_init=torch_default_uniform(d),
+                                 bias_init=torch_default_uniform(d))
+
+  # --- pieces -------------------------------------------------------------------------------
+  def encode_latents(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) in [-1, 1] -> (B, N, code_dim) pre-quantization latents."""
+    h = self.encoder(images)                                     # (B, g, g, z)
+    if self.kind == "1d":
+      tokens = self.s2to1encoder(h)                              # (B, g*g, z)
+    else:
+      tokens = self.s2dencoder(h).reshape(h.shape[0], -1, h.shape[-1])
+    return self.quant_conv(tokens)                               # (B, N, code_dim)
+
+  def decode_quantized(self, quantized: jax.Array, with_distill: bool = False):
+    """(B, N, code_dim) -> ((B, H, W, 3) image, distill features or None)."""
+    tokens = self.post_quant_conv(quantized)                     # (B, N, z)
+    if self.kind == "1d":
+      grid_map, distill = self.s1to2decoder(tokens, with_distill)
+    else:
+      b, n, z = tokens.shape
+      grid_map, distill = self.s2ddecoder(tokens.reshape(b, self.grid, self.grid, z), with_distill)
+    return self.decoder(grid_map).astype(jnp.float32), distill
+
+  # --- public API ---------------------------------------------------------------------------
+  def encode(self, images: jax.Array) -> jax.Array:
+    """Images -> code indices (B, N)."""
+    return self.quantize(self.encode_latents(images)).indices
+
+  def decode_indices(self, indices: jax.Array) -> jax.Array:
+    """Code indices (B, N) -> images (B, H, W, 3)."""
+    return self.decode_quantized(self.quantize.lookup(indices))[0]
+
+  def __call__(self, images: jax.Array, *, with_distill: bool = False,
+               with_entropy: bool = False) -> TokenizerOutput:
+    q = self.quantize(self.encode_latents(images), with_entropy=with_entropy)
+    recon, distill = self.decode_quantized(q.quantized, with_distill)
+    return TokenizerOutput(recon, q.indices, q.vq_loss, q.commit_loss, q.entropy_loss, distill)

@@ -1,0 +1,313 @@
+"""Tests for gigatok_jax.checkpointing (Orbax CheckpointManager wrapper)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import flax.struct
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+
+from gigatok_jax.checkpointing import Checkpointer
+from gigatok_jax.errors import CheckpointError
+
+_RESHARD_DEVICES = 4
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  generator: dict
+  discriminator: dict
+  opt_g: optax.OptState
+  opt_d: optax.OptState
+  ema: dict | None
+  rng: jax.Array
+
+
+def _make_state(seed=0, ema=False):
+  """A small trainer-like state with real optax states (namedtuples, EmptyState) and a None leaf."""
+  k = jax.random.split(jax.random.key(seed), 4)
+  gen = {'encoder': {'conv': {'kernel': jax.random.normal(k[0], (3, 3, 4, 8)),
+                              'bias': jnp.zeros((8,))}},
+         'codebook': {'embedding': jax.random.normal(k[1], (16, 8))}}
+  disc = {'params': {'dense': {'kernel': jax.random.normal(k[2], (8, 4))}},
+          'batch_stats': {'bn': {'mean': jnp.full((4,), 0.5), 'var': jnp.ones((4,))}}}
+  tx_g, tx_d = optax.adamw(1e-3, weight_decay=0.05), optax.adam(1e-4)
+  opt_g, opt_d = tx_g.init(gen), tx_d.init(disc['params'])
+  # One update so the moments and counts are not all zeros.
+  grads = jax.tree.map(jnp.ones_like, gen)
+  _, opt_g = tx_g.update(grads, opt_g, gen)
+  return TrainState(step=np.int64(10), generator=gen, discriminator=disc, opt_g=opt_g,
+                    opt_d=opt_d, ema=jax.tree.map(lambda x: x * 2, gen) if ema else None,
+                    rng=k[3])
+
+
+def _abstract(state, sharding_fn):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding_fn(x)), state)
+
+
+def _one_device(_):
+  return SingleDeviceSharding(jax.devices()[0])
+
+
+def _assert_trees_equal(actual, expected):
+  assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(actual)[0],
+                          jax.tree.leaves(expected)):
+    if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key):
+      assert a.dtype == b.dtype, path
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def _dataset():
+  return grain.MapDataset.range(100).shuffle(seed=0).to_iter_dataset().batch(4)
+
+
+def _simple_state(width=4):
+  return {'params': {'enc': {'w': jnp.arange(8 * width, dtype=jnp.float32).reshape(8, width),
+                             'b': jnp.ones((8,))}},
+          'step': np.int64(1)}
+
+
+def test_round_trip_with_optax_state_and_grain_iterator(tmp_path):
+  state = _make_state(ema=False)
+  iterator = iter(_dataset())
+  for _ in range(3):
+    next(iterator)
+  with Checkpointer(tmp_path, save_every_steps=5) as ckpt:
+    assert ckpt.save(10, state, iterator)
+    after_save = [next(iterator) for _ in range(3)]
+    for _ in range(5):  # move further on, so a restore that did nothing would be noticed
+      next(iterator)
+    restored = ckpt.restore(_abstract(state, _one_device), iterator)
+    assert ckpt.latest_step() == 10
+
+  assert isinstance(restored, TrainState)
+  assert restored.ema is None
+  assert isinstance(restored.opt_g[0], optax.ScaleByAdamState)
+  assert isinstance(restored.opt_g[1], optax.EmptyState)
+  assert int(restored.opt_g[0].count) == 1
+  _assert_trees_equal(restored, state)
+  for expected in after_save:
+    np.testing.assert_array_equal(next(iterator), expected)
+
+  # A new Checkpointer (a resumed job) finds the step and restores the iterator into a fresh one.
+  fresh_iterator = iter(_dataset())
+  with Checkpointer(tmp_path, save_every_steps=5) as ckpt:
+    assert ckpt.latest_step() == 10
+    _assert_trees_equal(ckpt.restore(_abstract(state, _one_device), fresh_iterator), state)
+  np.testing.assert_array_equal(next(fresh_iterator), after_save[0])
+
+
+def test_round_trip_with_ema_and_without_iterator(tmp_path):
+  state = _make_state(seed=1, ema=True)
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    ckpt.save(3, state)
+    # Restoring with an iterator when none was saved leaves the iterator where it was.
+    iterator = iter(_dataset())
+    first = next(iterator)
+    restored = ckpt.restore(_abstract(state, _one_device), iterator)
+  _assert_trees_equal(restored, state)
+  assert not np.array_equal(next(iterator), first)
+
+
+def test_async_save_survives_deleting_the_arrays(tmp_path):
+  """The trainer donates its state right after `save` returns; the checkpoint must not care."""
+  state = {'w': jnp.arange(512 * 256, dtype=jnp.float32).reshape(512, 256), 'b': jnp.ones((3,))}
+  expected = jax.tree.map(np.asarray, state)
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=True) as ckpt:
+    assert ckpt.save(1, state)
+    for leaf in jax.tree.leaves(state):
+      leaf.delete()
+    ckpt.wait_until_finished()
+    restored = ckpt.restore(_abstract(expected, _one_device))
+  _assert_trees_equal(restored, expected)
+
+
+def test_should_save_force_and_repeated_step(tmp_path):
+  state = _simple_state()
+  with Checkpointer(tmp_path, save_every_steps=5, async_save=False) as ckpt:
+    assert [s for s in range(12) if ckpt.should_save(s)] == [0, 5, 10]
+    assert not ckpt.save(3, state)
+    assert ckpt.latest_step() is None
+    assert ckpt.save(3, state, force=True)
+    assert ckpt.latest_step() == 3
+    assert not ckpt.save(3, state, force=True)  # same step again: skipped, no crash
+    assert ckpt.save(5, state)
+    assert not ckpt.save(5, state)
+    assert ckpt.all_steps() == [3, 5]
+
+
+def test_latest_step_and_max_to_keep(tmp_path):
+  state = _simple_state()
+  with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=2) as ckpt:
+    assert ckpt.latest_step() is None
+    for step in range(1, 6):
+      assert ckpt.save(step, state)
+    ckpt.wait_until_finished()
+    assert ckpt.latest_step() == 5
+    assert ckpt.all_steps() == [4, 5]
+  step_dirs = sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit())
+  assert step_dirs == ['4', '5']
+  with Checkpointer(tmp_path, save_every_steps=1, max_to_keep=2) as ckpt:
+    assert ckpt.latest_step() == 5
+
+
+def _reshard_check(directory):
+  """Saves from one device and restores onto a 4-device mesh; needs >= 4 devices."""
+  devices = jax.devices()
+  assert len(devices) >= _RESHARD_DEVICES, devices
+  state = _make_state(seed=2)
+  state = jax.device_put(state, SingleDeviceSharding(devices[0]))
+  with Checkpointer(directory, save_every_steps=1) as ckpt:
+    ckpt.save(7, state)
+  mesh = jax.sharding.Mesh(np.array(devices[:_RESHARD_DEVICES]), ('fsdp',),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+
+  def sharding_fn(x):
+    shape = np.shape(x)
+    if shape and shape[-1] % _RESHARD_DEVICES == 0:
+      return NamedSharding(mesh, P(*([None] * (len(shape) - 1)), 'fsdp'))
+    return NamedSharding(mesh, P())
+
+  abstract = _abstract(state, sharding_fn)
+  with Checkpointer(directory, save_every_steps=1) as ckpt:
+    restored = ckpt.restore(abstract)
+  _assert_trees_equal(restored, state)
+  kernel = restored.generator['encoder']['conv']['kernel']
+  assert kernel.sharding == abstract.generator['encoder']['conv']['kernel'].sharding
+  assert len(kernel.addressable_shards) == _RESHARD_DEVICES
+  assert kernel.addressable_shards[0].data.shape == (3, 3, 4, 8 // _RESHARD_DEVICES)
+  assert restored.step.sharding == NamedSharding(mesh, P())
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  if len(jax.devices()) >= _RESHARD_DEVICES:
+    _reshard_check(str(tmp_path))
+    return
+  # The device count was fixed before this module could raise it: run in a fresh process.
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(_RESHARD_DEVICES), JAX_PLATFORMS='cpu')
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [repo_root, env.get('PYTHONPATH')]))
+  result = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert 'RESHARD OK' in result.stdout
+
+
+def test_incomplete_checkpoints_are_ignored(tmp_path):
+  state = _simple_state()
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    ckpt.save(2, state)
+  # A save that died before its commit, named the way Orbax 0.12 (and older versions) name them.
+  for name in ('7.orbax-checkpoint-tmp', '8.orbax-checkpoint-tmp-1712345678'):
+    shutil.copytree(tmp_path / '2', tmp_path / name)
+  # A step directory without the commit marker (half-copied, or a crash on a non-atomic store):
+  # Orbax itself counts it as a finished step on a local disk.
+  shutil.copytree(tmp_path / '2', tmp_path / '9')
+  (tmp_path / '9' / 'commit_success.txt').unlink()
+  # A step directory without our metadata item.
+  shutil.copytree(tmp_path / '2', tmp_path / '11')
+  shutil.rmtree(tmp_path / '11' / 'meta')
+
+  abstract = _abstract(state, _one_device)
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    assert ckpt.latest_step() == 2
+    assert ckpt.all_steps() == [2]
+    _assert_trees_equal(ckpt.restore(abstract), state)
+    with pytest.raises(CheckpointError, match=r'step 9 .*complete steps: \[2\]'):
+      ckpt.restore(abstract, step=9)
+    assert not ckpt.save(9, state)  # refuses to write over the broken directory, does not crash
+    # Saving the step of a leftover temporary directory replaces it.
+    assert ckpt.save(7, state)
+    assert ckpt.latest_step() == 7
+  assert not (tmp_path / '7.orbax-checkpoint-tmp').exists()
+
+
+@pytest.mark.parametrize('change', ['shape', 'new_param', 'removed_param'])
+def test_mismatched_state_names_the_parameter(tmp_path, change):
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    ckpt.save(4, _simple_state(width=4))
+    if change == 'shape':
+      target = _simple_state(width=6)
+      pattern = r"'params/enc/w' has shape \(8, 4\) in the checkpoint but \(8, 6\)"
+    elif change == 'new_param':
+      target = _simple_state()
+      target['params']['dec'] = {'w': jnp.ones((2, 3))}
+      pattern = r"'params/dec/w' \(shape \(2, 3\)\) is not in the checkpoint"
+    else:
+      target = _simple_state()
+      del target['params']['enc']['b']
+      pattern = r"checkpoint has parameter 'params/enc/b' \(shape \(8,\)\)"
+    calls = []
+    orbax_restore = ckpt._mngr.restore
+    ckpt._mngr.restore = lambda step, args: calls.append(set(args.keys())) or orbax_restore(
+        step, args=args)
+    with pytest.raises(CheckpointError, match=pattern) as info:
+      ckpt.restore(_abstract(target, _one_device))
+  assert str(tmp_path) in str(info.value) and 'step 4' in str(info.value)
+  assert all('state' not in items for items in calls)  # caught before loading any array
+
+
+def _corrupt_array_data(step_dir):
+  data_files = [p for p in (step_dir / 'state').rglob('*') if p.is_file() and p.parent.name == 'd']
+  assert data_files
+  for p in data_files:
+    p.write_bytes(b'not a checkpoint' * 4)
+
+
+def _corrupt_state_metadata(step_dir):
+  (step_dir / 'state' / '_METADATA').write_text('{"tree_metadata": ')
+
+
+def _corrupt_meta_item(step_dir):
+  meta_files = [p for p in (step_dir / 'meta').iterdir() if p.name != 'commit_success.txt']
+  assert meta_files
+  for p in meta_files:
+    p.write_text('{oops')
+
+
+@pytest.mark.parametrize('corrupt', [_corrupt_array_data, _corrupt_state_metadata,
+                                     _corrupt_meta_item])
+def test_corrupted_checkpoint_raises_checkpoint_error(tmp_path, corrupt):
+  state = _simple_state()
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    ckpt.save(5, state)
+  corrupt(tmp_path / '5')
+  with Checkpointer(tmp_path, save_every_steps=1) as ckpt:
+    assert ckpt.latest_step() == 5
+    with pytest.raises(CheckpointError) as info:
+      ckpt.restore(_abstract(state, _one_device))
+  message = str(info.value)
+  assert 'step 5' in message and str(tmp_path) in message
+
+
+def test_bad_input_raises_checkpoint_error(tmp_path):
+  with pytest.raises(CheckpointError, match='save_every_steps'):
+    Checkpointer(tmp_path, save_every_steps=0)
+  with pytest.raises(CheckpointError, match='max_to_keep'):
+    Checkpointer(tmp_path, save_every_steps=1, max_to_keep=0)
+  with Checkpointer(tmp_path, save_every_steps=1) as ckpt:
+    with pytest.raises(CheckpointError, match='no complete checkpoint in'):
+      ckpt.restore(_abstract(_simple_state(), _one_device))
+    with pytest.raises(CheckpointError, match='non-negative integer'):
+      ckpt.save(-1, _simple_state(), force=True)
+    with pytest.raises(CheckpointError, match='non-negative integer'):
+      ckpt.should_save(2.5)
+  with pytest.raises(CheckpointError, match='closed'):
+    ckpt.save(1, _simple_state())
+
+
+if __name__ == '__main__':
+  # Child process of test_restore_onto_a_different_mesh (JAX_NUM_CPU_DEVICES set by the parent).
+  _reshard_check(sys.argv[1])
+  print('RESHARD OK')
