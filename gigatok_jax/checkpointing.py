@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 import gigatok_jax
 from gigatok_jax.errors import CheckpointError
@@ -105,8 +106,8 @@ def _leaf_shape(leaf: Any) -> tuple[int, ...] | None:
 class Checkpointer:
   """Saves and restores training state and data-iterator state; one instance per training job.
 
-  Only one job may write to `directory` (Orbax's `CheckpointManager` is not multi-job safe):
-  evaluators that read a live training directory should open their own read path.
+  Only one job may save into `directory` (Orbax's `CheckpointManager` is not multi-job safe); a
+  second Checkpointer that only restores (e.g. an evaluator) is fine.
   """
 
   def __init__(self, directory: str | os.PathLike, *, save_every_steps: int,
@@ -239,6 +240,10 @@ class Checkpointer:
     self.wait_until_finished()
     if step is None:
       step = self.latest_step()
+      if jax.process_count() > 1:
+        # All processes must restore the same step, even if their views of the disk differ.
+        chosen = multihost_utils.broadcast_one_to_all(np.int64(-1 if step is None else step))
+        step = None if int(chosen) < 0 else int(chosen)
       if step is None:
         raise CheckpointError(f'no complete checkpoint in {self._directory}')
     else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from gigatok_jax.data import pipeline
+
 # Transformer sizes shared by encoder and decoder (spec 2.2): width, layers, heads.
 SIZES = {
     "tiny": (256, 4, 4),
@@ -106,21 +108,10 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       ema_decay=0.0,                # 0 disables the EMA of generator weights (reference: 0.9999 if on)
   ))
 
+  # Data keys and defaults are owned by the data package (data/pipeline.py: DEFAULTS).
   c.data = ml_collections.ConfigDict(dict(
-      source="array_record",        # 'demo' | 'array_record' | 'tfds'
-      image_size=256,
-      train_path="",
-      eval_path="",
-      tfds_name="imagenet2012",
-      tfds_data_dir="",
-      crop_max_scale=1.25,          # ADM crop: short side resized to [S, 1.25 S], random S crop
-      random_flip=True,
-      worker_count=0,
-      demo_num_samples=10_000,
-      prepare_source="image_folder",
-      prepare_input="",
-      prepare_output="",
-      prepare_num_shards=16,
+      pipeline.DEFAULTS,
+      source="array_record",        # real recipes train on prepared ArrayRecord shards
       reconstruct_input="",         # folder of images for --mode=reconstruct ('' = eval split)
   ))
 

@@ -11,17 +11,19 @@ Sources (`data.source`), all random access and yielding {'image': uint8 HxWx3, '
 
 Train iterator (per JAX process), a grain `DatasetIterator` with get_state()/set_state():
   source -> shuffle(seed) -> repeat() [each epoch reshuffled] -> random_map(augment, seed')
-  -> [process_index::process_count] -> to_iter_dataset -> batch(local, drop_remainder) -> to float
-  -> mp_prefetch (when data.worker_count > 0).
+  -> [process_index::process_count] -> batch(local, drop_remainder) -> to_iter_dataset(read threads)
+  -> to float -> mp_prefetch (when data.worker_count > 0).
 The augmentation generator is seeded by (seed', position in the global stream), so a record's crop
 depends only on the seed and its position: a restored iterator repeats batches bit for bit, and the k-th
-global batch holds the same records for any process count (process p takes positions p, p + P, ...).
+global batch holds the same records for any process count (process p takes positions p, p + P, ...)
+and any read_threads / worker_count. The saved state's layout does depend on worker_count (0 vs > 0,
+grain's multiprocess state is per worker): resume with the same data.worker_count.
 Batches: {'image': float32 [local_b, S, S, 3] in [-1, 1], 'label': int32 [local_b]}.
 
 Eval iterator: finite and deterministic. The eval split is put in a fixed pseudo-random order (so a
 subset of `num_images` is class balanced even when the files are sorted by class), padded up to a
 multiple of the global batch, and split over processes like train. Every process yields the same number
-of full batches; padded slots have a zero image, label 0 and mask False:
+of full batches; padded slots have a black image (-1), label 0 and mask False:
   {'image': float32 [local_b, S, S, 3], 'label': int32 [local_b], 'mask': bool [local_b]}.
 """
 
@@ -174,7 +176,7 @@ def make_source(data_cfg, split: str):
 
 def validate_data_config(data_cfg, global_batch_size: int, *, splits=SPLITS,
                          process_count: int | None = None,
-                         batch_size_key: str = 'train.global_batch_size') -> dict[str, int]:
+                         batch_size_key: str = 'global_batch_size') -> dict[str, int]:
   """Checks the data config before anything is compiled; returns {split: number of records}.
 
   Opens each split in `splits` (cheap: shard footers / tfds metadata, plus one decoded record) so that
@@ -266,10 +268,12 @@ class _PaddedEvalSource:
 
 
 def _finish(ds: grain.MapDataset, data_cfg, local_batch: int, drop_remainder: bool):
-  threads = _get(data_cfg, 'read_threads')
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                            prefetch_buffer_size=max(2 * local_batch, threads)))
+  # Batch in the MapDataset domain: a batch is then one unit of work for a reader thread or a
+  # grain worker process, so its contents do not depend on read_threads / worker_count.
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
+  threads = _get(data_cfg, 'read_threads')
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+  # uint8 -> float32 after the prefetch buffer (4x smaller buffer); in the workers when there are.
   ds = ds.map(_to_model_batch)
   workers = _get(data_cfg, 'worker_count')
   if workers > 0:
@@ -284,14 +288,16 @@ def _finish(ds: grain.MapDataset, data_cfg, local_batch: int, drop_remainder: bo
 # -------------------------------------------------------------------------------------- iterators
 
 def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
-                        process_index: int | None = None, process_count: int | None = None):
+                        process_index: int | None = None, process_count: int | None = None,
+                        batch_size_key: str = 'global_batch_size'):
   """Infinite, checkpointable train iterator of this process's batches (see the module docstring).
 
   `process_index` / `process_count` default to `jax.process_index()` / `jax.process_count()`.
+  `batch_size_key` names the config key of `global_batch_size` in errors.
   """
   process_index, process_count = _process_info(process_index, process_count)
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ConfigError('train.global_batch_size', f'{global_batch_size} must be positive and '
+    raise ConfigError(batch_size_key, f'{global_batch_size} must be positive and '
                       f'divisible by the number of processes ({process_count})')
   local_batch = global_batch_size // process_count
   source = make_source(data_cfg, 'train')
@@ -309,7 +315,8 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
 
 
 def make_eval_iterator(data_cfg, *, batch_size: int, num_images: int | None = None,
-                       process_index: int | None = None, process_count: int | None = None):
+                       process_index: int | None = None, process_count: int | None = None,
+                       batch_size_key: str = 'global_batch_size'):
   """Finite, deterministic eval iterator with padded, masked batches (see the module docstring).
 
   `batch_size` is global; each process yields ceil(n / batch_size) batches of batch_size / P. `n` is
@@ -317,7 +324,7 @@ def make_eval_iterator(data_cfg, *, batch_size: int, num_images: int | None = No
   """
   process_index, process_count = _process_info(process_index, process_count)
   if batch_size <= 0 or batch_size % process_count:
-    raise ConfigError('eval.batch_size', f'{batch_size} must be positive and divisible by the '
+    raise ConfigError(batch_size_key, f'{batch_size} must be positive and divisible by the '
                       f'number of processes ({process_count})')
   source = make_source(data_cfg, 'eval')
   available = len(source)

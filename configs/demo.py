@@ -1,0 +1,36 @@
+"""The embedded demo: a small 1D tokenizer trained on real photographs shipped inside pip packages
+(scikit-image / scikit-learn sample images, random crops). No download; ends within ~10 minutes on
+a 2-core CPU with a reconstruction grid in <workdir>/images/.
+
+python -m gigatok_jax.main --config=configs/demo.py --workdir=/tmp/gigatok_demo
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.tokenizer_config(enc="S", dec="S", kind="1d")
+  c.model.update(dict(
+      cnn_ch=32, cnn_ch_mult=(1, 2, 2, 4), cnn_num_res_blocks=1, z_channels=64,
+      enc_width=128, enc_layers=2, enc_heads=4,
+      dec_width=128, dec_layers=3, dec_heads=4,
+      codebook_size=1024, distill_dim=64,
+  ))
+  c.data.source = "demo"
+  c.data.image_size = 64            # 64 px -> 8 x 8 grid -> 64 tokens
+  c.global_batch_size = 16
+  c.total_steps = 1500
+  c.checkpoint_every_steps = 500
+  c.log_every_steps = 50
+  c.image_every_steps = 500
+  c.eval_num_images = 16
+  c.loss.disc_start_step = 1000     # the GAN joins for the last third of the run
+  c.optim.lr = 4e-4
+  c.optim.disc_lr = 4e-4
+  c.optim.final_lr = 4e-5
+  c.optim.warmup_steps = 50
+  if variant == "tiny":
+    return config_base.tiny_model_overrides(c)
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
+  return c

@@ -1,0 +1,71 @@
+r"""gigatok_jax command line: one function per mode.
+
+  python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR [--mode=train]
+      [--config.optim.lr=2e-4 ...]
+
+Modes: train, reconstruct, summary, prepare_data. User errors (config, data, checkpoints) print one
+line naming the culprit and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gigatok_jax.errors import UserError
+
+MODES = ("train", "reconstruct", "summary", "prepare_data")
+
+config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, images.")
+flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+
+def _need_workdir() -> str:
+  if not FLAGS.workdir:
+    raise UserError(f"--workdir is required for --mode={FLAGS.mode}")
+  return FLAGS.workdir
+
+
+def run(mode: str, config, workdir: str | None) -> None:
+  from gigatok_jax import validate
+  if mode == "summary":
+    from gigatok_jax import summary
+    validate.validate(config, check_data=False)
+    print(summary.summarize(config))
+  elif mode == "prepare_data":
+    from gigatok_jax.data import prepare
+    print(prepare.run_prepare(config.data))
+  elif mode == "train":
+    validate.validate(config)
+    from gigatok_jax.train import tokenizer_trainer
+    tokenizer_trainer.train(config, workdir, progress=FLAGS.progress)
+  elif mode == "reconstruct":
+    validate.validate(config, check_data=not config.data.reconstruct_input)
+    from gigatok_jax import reconstruct
+    reconstruct.run(config, workdir)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  if config is None:
+    print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
+    sys.exit(2)
+  try:
+    workdir = None if FLAGS.mode in ("summary", "prepare_data") else _need_workdir()
+    run(FLAGS.mode, config, workdir)
+  except UserError as e:
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,85 @@
+"""`--mode=reconstruct`: encode + decode images with the latest checkpoint in the workdir.
+
+Images come from `data.reconstruct_input` (a folder, center-cropped to the image size) or, when it
+is empty, the first `eval_num_images` images of the eval split. Writes
+`<workdir>/reconstruct/grid_<step>.png` (originals above reconstructions) and
+`<workdir>/reconstruct/metrics_<step>.json`, and prints PSNR and codebook usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from gigatok_jax import checkpointing, parallel
+from gigatok_jax.errors import CheckpointError
+from gigatok_jax.train import reporting
+from gigatok_jax.train.tokenizer_step import TokenizerTask
+
+
+def load_images(config) -> np.ndarray:
+  from gigatok_jax.data import pipeline
+  if config.data.reconstruct_input:
+    src = pipeline.image_folder_source(config.data.reconstruct_input, config.data.image_size,
+                                       key="data.reconstruct_input")
+    return np.stack([src[i]["image"] for i in range(min(len(src), config.eval_num_images))])
+  it = pipeline.make_eval_iterator(config.data, batch_size=config.eval_num_images,
+                                   num_images=config.eval_num_images)
+  batch = next(iter(it))
+  images = batch["image"]
+  if "mask" in batch:
+    images = images[np.asarray(batch["mask"], bool)]
+  return images
+
+
+def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """PSNR (dB) of uint8-quantised images, as image tools report it (peak 255)."""
+  a8 = reporting.to_uint8(a).astype(np.float64)
+  b8 = reporting.to_uint8(b).astype(np.float64)
+  mse = np.mean(np.square(a8 - b8), axis=(1, 2, 3))
+  return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def run(config, workdir: str, batch_size: int = 16) -> dict:
+  mesh = parallel.make_mesh(config.mesh)
+  task = TokenizerTask(config, mesh)
+  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
+  step = ckpt.latest_step()
+  if step is None:
+    raise CheckpointError(f"no checkpoint in {workdir}/checkpoints: train first "
+                          "(--mode=train) or point --workdir at a trained run")
+  state = ckpt.restore(task.abstract_state)
+  ckpt.close()
+  params = state.ema_params if state.ema_params is not None else state.gen_params
+  images = load_images(config)
+  reconstruct = task.jitted_reconstruct()
+  recons, codes = [], []
+  with jax.set_mesh(mesh):
+    for i in range(0, len(images), batch_size):
+      r, c = reconstruct(params, images[i:i + batch_size])
+      recons.append(np.asarray(jax.device_get(r)))
+      codes.append(np.asarray(jax.device_get(c)))
+  recon = np.concatenate(recons)
+  codes = np.concatenate(codes)
+  used = np.unique(codes)
+  result = {
+      "step": int(step),
+      "num_images": int(len(images)),
+      "psnr": float(np.mean(psnr_per_image(images, recon))),
+      "codes_used": int(used.size),
+      "codebook_usage": float(used.size / config.model.codebook_size),
+      "tokens_per_image": int(codes.shape[1]),
+  }
+  out_dir = os.path.join(workdir, "reconstruct")
+  if jax.process_index() == 0:
+    result["grid"] = reporting.save_png(reporting.comparison_grid(images, recon),
+                                        os.path.join(out_dir, f"grid_{step:08d}.png"))
+    with open(os.path.join(out_dir, f"metrics_{step:08d}.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"reconstructed {result['num_images']} images at step {step}: PSNR "
+          f"{result['psnr']:.2f} dB, {result['codes_used']} codes used "
+          f"({100 * result['codebook_usage']:.2f}% of the codebook); grid: {result['grid']}")
+  return result

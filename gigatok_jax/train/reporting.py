@@ -1,0 +1,88 @@
+"""Console progress, TensorBoard scalars/images (clu metric writers) and PNG grids.
+
+Only process 0 writes anything; other processes get a logging-only writer and no progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] float images -> uint8."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, per_row: int = 8,
+                    pad: int = 2) -> np.ndarray:
+  """uint8 grid: each row pair is originals above their reconstructions. Inputs (N, H, W, 3) in [-1, 1]."""
+  a, b = to_uint8(originals), to_uint8(reconstructions)
+  n, h, w, _ = a.shape
+  cols = min(per_row, n)
+  rows = -(-n // cols)
+  grid = np.full((rows * 2 * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, cols)
+    x = pad + col * (w + pad)
+    y = pad + r * 2 * (h + pad)
+    grid[y:y + h, x:x + w] = a[i]
+    grid[y + h + pad:y + 2 * h + pad, x:x + w] = b[i]
+  return grid
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  Image.fromarray(image).save(path)
+  return path
+
+
+class Reporter:
+  """Scalars and images to TensorBoard + console (process 0), and a progress bar with ETA."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int, *, progress: bool = True):
+    self.is_main = jax.process_index() == 0
+    self.workdir = workdir
+    from clu import metric_writers  # imports TensorFlow; keep it off the import path of the library
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_main)
+    self.bar = None
+    if self.is_main and progress:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                      smoothing=0.1, desc="train")
+    self._last_time = time.time()
+    self._last_step = start_step
+
+  def step(self, step: int, postfix: dict | None = None) -> None:
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+      if postfix:
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+  def scalars(self, step: int, metrics: dict, images_per_step: int) -> dict:
+    now = time.time()
+    steps = max(step - self._last_step, 1)
+    rates = {"steps_per_sec": steps / max(now - self._last_time, 1e-9)}
+    rates["images_per_sec"] = rates["steps_per_sec"] * images_per_step
+    self._last_time, self._last_step = now, step
+    values = {k: float(v) for k, v in metrics.items()}
+    values.update(rates)
+    self.writer.write_scalars(step, values)
+    return values
+
+  def images(self, step: int, name: str, grid: np.ndarray) -> str | None:
+    if not self.is_main:
+      return None
+    self.writer.write_images(step, {name: grid[None]})
+    return save_png(grid, os.path.join(self.workdir, "images", f"{name}_{step:08d}.png"))
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    self.writer.flush()
+    self.writer.close()

@@ -1,0 +1,107 @@
+"""Tokenizer training loop: data -> jitted step -> logs, image grids, checkpoints, resume, SIGTERM.
+
+The loop is short on purpose; the step itself lives in `tokenizer_step.py`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+import numpy as np
+from absl import logging
+
+from gigatok_jax import checkpointing, parallel
+from gigatok_jax.data import pipeline
+from gigatok_jax.train import reporting
+from gigatok_jax.train.tokenizer_step import TokenizerState, TokenizerTask
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (cloud preemption, `kill`, SLURM): the loop saves a checkpoint and exits."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def is_set(self) -> bool:
+    # In multi-process runs every process must agree, or they would save different steps.
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      flags = multihost_utils.process_allgather(np.array([self.event.is_set()], np.int32))
+      return bool(np.max(flags))
+    return self.event.is_set()
+
+
+def first_eval_batch(config) -> np.ndarray:
+  """The fixed images shown in reconstruction grids (deterministic eval split crops)."""
+  n = config.eval_num_images
+  it = pipeline.make_eval_iterator(config.data, batch_size=n * jax.process_count(), num_images=n)
+  return next(iter(it))["image"]
+
+
+def train(config, workdir: str, *, progress: bool = True) -> TokenizerState:
+  """Trains (or resumes) a tokenizer in `workdir`; returns the final state."""
+  mesh = parallel.make_mesh(config.mesh)
+  task = TokenizerTask(config, mesh)
+  logging.info("mesh %s; generator %.2fM params, discriminator %.2fM params",
+               dict(mesh.shape), task.num_params / 1e6, task.num_disc_params / 1e6)
+
+  data_iter = pipeline.make_train_iterator(config.data, global_batch_size=config.global_batch_size,
+                                           seed=config.seed)
+  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints",
+                                    save_every_steps=config.checkpoint_every_steps,
+                                    max_to_keep=config.max_checkpoints_to_keep)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    logging.info("resuming from checkpoint step %d in %s", latest, workdir)
+    state = ckpt.restore(task.abstract_state, data_iter)
+  else:
+    state = task.init_state()
+  step = int(jax.device_get(state.step))
+  total = config.total_steps
+
+  eval_images = first_eval_batch(config)
+  reconstruct = task.jitted_reconstruct()
+  reporter = reporting.Reporter(workdir, total, step, progress=progress)
+
+  def write_grid(state):
+    params = state.ema_params if state.ema_params is not None else state.gen_params
+    recon, _ = reconstruct(params, eval_images)
+    return reporter.images(step, "reconstruction", reporting.comparison_grid(
+        eval_images, np.asarray(jax.device_get(recon))))
+
+  metrics = None
+  with PreemptionFlag() as preempted, jax.set_mesh(mesh):
+    while step < total:
+      gan = task.gan_active(step)
+      batch = parallel.global_batch(next(data_iter), mesh, task.rules)
+      state, metrics = task.jitted_train_step(gan)(state, batch)
+      step += 1
+      if step % config.log_every_steps == 0 or step == total:
+        values = reporter.scalars(step, jax.device_get(metrics), config.global_batch_size)
+        reporter.step(step, {k: values[k] for k in ("gen_loss", "psnr", "codebook_usage")})
+      else:
+        reporter.step(step)
+      if step % config.image_every_steps == 0 or step == total:
+        write_grid(state)
+      if ckpt.should_save(step) or step == total:
+        ckpt.save(step, state, data_iter, force=True)
+      if preempted.is_set():
+        logging.warning("SIGTERM received: saving a checkpoint at step %d and exiting", step)
+        ckpt.save(step, state, data_iter, force=True)
+        break
+  ckpt.wait_until_finished()
+  ckpt.close()
+  reporter.close()
+  return state

@@ -1,0 +1,136 @@
+"""Config validation, run before anything is compiled.
+
+Every problem raises `ConfigError` naming the dotted key; `main.py` prints it as one line and exits
+non-zero. The schema is `config_base.tokenizer_config()`: a recipe (or a user's own config file)
+may only use its keys, with values of compatible types.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import jax
+import ml_collections
+
+from gigatok_jax import config_base, parallel
+from gigatok_jax.errors import ConfigError
+
+
+def _type_ok(expected, value) -> bool:
+  if isinstance(expected, bool):
+    return isinstance(value, bool)
+  if isinstance(expected, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(expected, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(expected, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  if isinstance(expected, str):
+    return isinstance(value, str)
+  return True
+
+
+def check_schema(config, schema, prefix: str = "") -> None:
+  """Unknown keys and wrong types, recursively."""
+  for key in config.keys():
+    name = f"{prefix}{key}"
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+      raise ConfigError(name, f"unknown key{hint}")
+    value, expected = config[key], schema[key]
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(name, f"must be a group of keys, got {type(value).__name__}")
+      check_schema(value, expected, name + ".")
+    elif not _type_ok(expected, value):
+      raise ConfigError(name, f"must be of type {type(expected).__name__}, got {value!r} "
+                        f"({type(value).__name__})")
+  missing = [k for k in schema.keys() if k not in config]
+  if missing:
+    raise ConfigError(f"{prefix}{missing[0]}", "missing (every recipe starts from "
+                      "config_base.tokenizer_config(), which sets it)")
+
+
+def _positive(config, key: str) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value <= 0:
+    raise ConfigError(key, f"must be positive, got {value!r}")
+
+
+def check_model(m, image_size: int) -> None:
+  if m.kind not in ("1d", "2d"):
+    raise ConfigError("model.kind", f"must be '1d' or '2d', got {m.kind!r}")
+  if m.kind == "2d" and m.vit_layer_type not in ("plain", "decoder"):
+    raise ConfigError("model.vit_layer_type", f"must be 'plain' or 'decoder', got {m.vit_layer_type!r}")
+  for side in ("enc", "dec"):
+    w, h = m[f"{side}_width"], m[f"{side}_heads"]
+    if w <= 0 or h <= 0 or w % h:
+      raise ConfigError(f"model.{side}_width", f"{w} must be a positive multiple of {side}_heads={h}")
+    if m[f"{side}_layers"] <= 0:
+      raise ConfigError(f"model.{side}_layers", "must be positive")
+  if not 1 <= m.distill_depth <= m.dec_layers:
+    raise ConfigError("model.distill_depth", f"must be in [1, dec_layers={m.dec_layers}], got "
+                      f"{m.distill_depth}")
+  for ch in [m.cnn_ch * k for k in m.cnn_ch_mult] + [m.z_channels]:
+    if ch % 32:
+      raise ConfigError("model.cnn_ch", f"CNN channel count {ch} is not a multiple of the 32 "
+                        "GroupNorm groups (cnn_ch * cnn_ch_mult and z_channels must be)")
+  factor = 2 ** (len(m.cnn_ch_mult) - 1)
+  grid = image_size // factor
+  if image_size % factor or grid < 2 or grid & (grid - 1):
+    raise ConfigError("data.image_size", f"{image_size} / {factor} (the CNN downsampling of "
+                      f"{len(m.cnn_ch_mult)} levels) must be a power-of-two grid >= 2")
+  for key in ("dtype", "param_dtype"):
+    if m[key] not in ("float32", "bfloat16"):
+      raise ConfigError(f"model.{key}", f"must be 'float32' or 'bfloat16', got {m[key]!r}")
+  if m.codebook_size <= 1 or m.code_dim <= 0:
+    raise ConfigError("model.codebook_size", "codebook_size must be > 1 and code_dim > 0")
+
+
+def check_losses(loss) -> None:
+  # Perceptual (LPIPS-VGG) and semantic (DINOv2) terms need the frozen-network ports; until they
+  # exist a positive weight would silently train without the term, so it is refused.
+  for key, what in (("perceptual_weight", "LPIPS-VGG"), ("semantic_weight", "DINOv2")):
+    if loss[key] != 0:
+      raise ConfigError(f"loss.{key}", f"the {what} loss is not available in this build yet; "
+                        "set it to 0")
+  for key in ("reconstruction_weight", "codebook_weight", "entropy_weight", "disc_weight"):
+    if loss[key] < 0:
+      raise ConfigError(f"loss.{key}", f"must be >= 0, got {loss[key]}")
+  if loss.disc_start_step < 0:
+    raise ConfigError("loss.disc_start_step", "must be >= 0")
+
+
+def validate(config, *, num_devices: int | None = None, check_data: bool = True) -> None:
+  """All checks; `check_data` opens the dataset (skip it for modes that do not read data)."""
+  check_schema(config, config_base.tokenizer_config())
+  for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
+              "image_every_steps", "eval_num_images", "max_checkpoints_to_keep"):
+    _positive(config, key)
+  check_model(config.model, config.data.image_size)
+  check_losses(config.loss)
+  for key in ("lr", "disc_lr", "grad_clip"):
+    _positive(config, f"optim.{key}")
+  if not 0.0 <= config.optim.ema_decay < 1.0:
+    raise ConfigError("optim.ema_decay", f"must be in [0, 1), got {config.optim.ema_decay}")
+  for key in ("warmup_steps",):
+    if config.optim[key] < 0:
+      raise ConfigError(f"optim.{key}", "must be >= 0")
+
+  n = num_devices if num_devices is not None else jax.device_count()
+  shape = dict(zip(parallel.MESH_AXES, parallel.mesh_shape(config.mesh, n)))
+  rules = tuple(tuple(r) for r in config.mesh.axis_rules)
+  spec = parallel.logical_to_spec(("batch",), rules)[0]
+  axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
+  dp = math.prod(shape[a] for a in axes)
+  if config.global_batch_size % dp:
+    raise ConfigError("global_batch_size", f"{config.global_batch_size} is not divisible by the "
+                      f"{dp} data-parallel devices (mesh {shape}, batch over {axes})")
+  if check_data:
+    from gigatok_jax.data import pipeline
+    pipeline.validate_data_config(config.data, config.global_batch_size,
+                                  batch_size_key="global_batch_size")
