@@ -54,6 +54,9 @@ def run(mode: str, config, workdir: str | None) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # Orbax and grain log every save at INFO; keep the console to our own progress and results.
+    logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   if config is None:
     print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)

@@ -91,8 +91,8 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules):
     names = var.get_metadata().get("out_sharding")
     spec = _fits(logical_to_spec(names, rules), var.shape, mesh)
     return NamedSharding(mesh, spec)
-  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-                      ).to_pure_dict()
+  return nnx.to_pure_dict(jax.tree.map(one, abstract_state,
+                                      is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:

@@ -43,8 +43,8 @@ def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
-def run(config, workdir: str, batch_size: int = 16) -> dict:
-  mesh = parallel.make_mesh(config.mesh)
+def run(config, workdir: str, batch_size: int = 16, devices=None) -> dict:
+  mesh = parallel.make_mesh(config.mesh, devices)
   task = TokenizerTask(config, mesh)
   ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
   step = ckpt.latest_step()

@@ -36,7 +36,7 @@ def summarize(config, depth: int = 2) -> str:
         if level + 1 < depth:
           walk(sub, path + "/", level + 1)
 
-  pure = gen.to_pure_dict()
+  pure = nnx.to_pure_dict(gen)
   walk(pure, "", 0)
   total = count_tree(pure)
   m = config.model

@@ -132,5 +132,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True)
                       f"{dp} data-parallel devices (mesh {shape}, batch over {axes})")
   if check_data:
     from gigatok_jax.data import pipeline
-    pipeline.validate_data_config(config.data, config.global_batch_size,
+    d = config.data
+    splits = ("train",) if d.source == "array_record" and not d.eval_path else ("train", "eval")
+    pipeline.validate_data_config(d, config.global_batch_size, splits=splits,
                                   batch_size_key="global_batch_size")

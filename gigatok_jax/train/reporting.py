@@ -14,6 +14,12 @@ from absl import logging
 from PIL import Image
 
 
+def info(message: str) -> None:
+  """A console line from process 0 (absl INFO is silenced by default: Orbax is too chatty)."""
+  if jax.process_index() == 0:
+    print(f"[gigatok {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """[-1, 1] float images -> uint8."""
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -73,6 +79,8 @@ class Reporter:
     values = {k: float(v) for k, v in metrics.items()}
     values.update(rates)
     self.writer.write_scalars(step, values)
+    if self.is_main and self.bar is None:
+      info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())))
     return values
 
   def images(self, step: int, name: str, grid: np.ndarray) -> str | None:

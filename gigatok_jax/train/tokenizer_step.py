@@ -110,9 +110,9 @@ class TokenizerTask:
     seed = self.config.seed
     gen = self._make_generator(seed)
     disc = self._make_discriminator(seed + 1)
-    gen_params = nnx.state(gen, nnx.Param).to_pure_dict()
-    disc_params = nnx.state(disc, nnx.Param).to_pure_dict()
-    disc_stats = nnx.state(disc, nnx.BatchStat).to_pure_dict()
+    gen_params = nnx.to_pure_dict(nnx.state(gen, nnx.Param))
+    disc_params = nnx.to_pure_dict(nnx.state(disc, nnx.Param))
+    disc_stats = nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
     return TokenizerState(
         step=jnp.zeros((), jnp.int32),
         gen_params=gen_params,
@@ -163,7 +163,7 @@ class TokenizerTask:
     def disc_apply(disc_params, stats, x):
       disc = nnx.merge(self.disc_graph, disc_params, stats)
       logits = disc(x, train=True)
-      return logits, nnx.state(disc, nnx.BatchStat).to_pure_dict()
+      return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
 
     def gen_loss_fn(gen_params):
       out = self.generator(gen_params)(images, with_entropy=lc.entropy_weight > 0)
@@ -183,7 +183,7 @@ class TokenizerTask:
     (_, (out, metrics)), gen_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(state.gen_params)
     gen_updates, gen_opt = self.gen_tx.update(gen_grads, state.gen_opt, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, gen_updates)
-    metrics["gen_grad_norm"] = optax.global_norm(gen_grads)
+    metrics["gen_grad_norm"] = optax.tree.norm(gen_grads)
 
     disc_params, disc_stats, disc_opt = state.disc_params, state.disc_stats, state.disc_opt
     if gan:
@@ -201,7 +201,7 @@ class TokenizerTask:
       d_updates, disc_opt = self.disc_tx.update(d_grads, state.disc_opt, state.disc_params)
       disc_params = optax.apply_updates(state.disc_params, d_updates)
       metrics.update(disc_loss=d_loss, logits_real=real_mean, logits_fake=fake_mean,
-                     disc_grad_norm=optax.global_norm(d_grads))
+                     disc_grad_norm=optax.tree.norm(d_grads))
 
     ema = state.ema_params
     if ema is not None:

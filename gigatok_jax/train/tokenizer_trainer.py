@@ -10,7 +10,6 @@ import threading
 
 import jax
 import numpy as np
-from absl import logging
 
 from gigatok_jax import checkpointing, parallel
 from gigatok_jax.data import pipeline
@@ -43,19 +42,34 @@ class PreemptionFlag:
     return self.event.is_set()
 
 
+def grid_data_config(data_cfg):
+  """The data config whose eval split feeds the grids: the train shards when no eval_path is set."""
+  if data_cfg.source == "array_record" and not data_cfg.eval_path:
+    data_cfg = data_cfg.copy_and_resolve_references()
+    data_cfg.eval_path = data_cfg.train_path
+  return data_cfg
+
+
 def first_eval_batch(config) -> np.ndarray:
-  """The fixed images shown in reconstruction grids (deterministic eval split crops)."""
+  """The fixed images shown in reconstruction grids (deterministic eval-split center crops)."""
   n = config.eval_num_images
-  it = pipeline.make_eval_iterator(config.data, batch_size=n * jax.process_count(), num_images=n)
-  return next(iter(it))["image"]
+  it = pipeline.make_eval_iterator(grid_data_config(config.data), batch_size=n * jax.process_count(),
+                                   num_images=n)
+  batch = next(iter(it))
+  return batch["image"][batch["mask"]]
 
 
-def train(config, workdir: str, *, progress: bool = True) -> TokenizerState:
-  """Trains (or resumes) a tokenizer in `workdir`; returns the final state."""
-  mesh = parallel.make_mesh(config.mesh)
+def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | None = None,
+          devices=None) -> TokenizerState:
+  """Trains (or resumes) a tokenizer in `workdir`; returns the final state.
+
+  `stop_at_step` ends this run early (with a checkpoint) without changing the schedule, e.g. for a
+  time-boxed job that a later run resumes. `devices` restricts the mesh to a subset (tests).
+  """
+  mesh = parallel.make_mesh(config.mesh, devices)
   task = TokenizerTask(config, mesh)
-  logging.info("mesh %s; generator %.2fM params, discriminator %.2fM params",
-               dict(mesh.shape), task.num_params / 1e6, task.num_disc_params / 1e6)
+  reporting.info(f"mesh {dict(mesh.shape)}; generator {task.num_params / 1e6:.2f}M params, "
+                 f"discriminator {task.num_disc_params / 1e6:.2f}M params")
 
   data_iter = pipeline.make_train_iterator(config.data, global_batch_size=config.global_batch_size,
                                            seed=config.seed)
@@ -64,12 +78,13 @@ def train(config, workdir: str, *, progress: bool = True) -> TokenizerState:
                                     max_to_keep=config.max_checkpoints_to_keep)
   latest = ckpt.latest_step()
   if latest is not None:
-    logging.info("resuming from checkpoint step %d in %s", latest, workdir)
+    reporting.info(f"resuming from checkpoint step {latest} in {workdir}")
     state = ckpt.restore(task.abstract_state, data_iter)
   else:
     state = task.init_state()
   step = int(jax.device_get(state.step))
   total = config.total_steps
+  end = min(total, stop_at_step) if stop_at_step is not None else total
 
   eval_images = first_eval_batch(config)
   reconstruct = task.jitted_reconstruct()
@@ -83,7 +98,7 @@ def train(config, workdir: str, *, progress: bool = True) -> TokenizerState:
 
   metrics = None
   with PreemptionFlag() as preempted, jax.set_mesh(mesh):
-    while step < total:
+    while step < end:
       gan = task.gan_active(step)
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
       state, metrics = task.jitted_train_step(gan)(state, batch)
@@ -95,13 +110,16 @@ def train(config, workdir: str, *, progress: bool = True) -> TokenizerState:
         reporter.step(step)
       if step % config.image_every_steps == 0 or step == total:
         write_grid(state)
-      if ckpt.should_save(step) or step == total:
+      if ckpt.should_save(step) or step == end:
         ckpt.save(step, state, data_iter, force=True)
       if preempted.is_set():
-        logging.warning("SIGTERM received: saving a checkpoint at step %d and exiting", step)
+        reporting.info(f"SIGTERM received: saved a checkpoint at step {step}; exiting")
         ckpt.save(step, state, data_iter, force=True)
         break
   ckpt.wait_until_finished()
   ckpt.close()
   reporter.close()
+  if metrics is not None:
+    reporting.info(f"stopped at step {step}: PSNR {float(metrics['psnr']):.2f} dB, codebook usage "
+                   f"{float(metrics['codebook_usage']):.4f}; grids in {workdir}/images")
   return state

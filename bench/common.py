@@ -1,0 +1,142 @@
+"""Helpers shared by the bench/ scripts: timing, XLA cost and memory analysis, device facts.
+
+Everything here works across jax versions: `compiled.cost_analysis()` returns a dict (jax >= 0.4.3x)
+or a list with one dict per program (older), and `memory_analysis()` may return None or lack some
+fields depending on the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+# Lets `python bench/<script>.py` import gigatok_jax from a checkout without installing it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+import jax  # noqa: E402
+
+
+def log(*args) -> None:
+  """Progress messages go to stderr; stdout carries only the JSON result."""
+  print(*args, file=sys.stderr, flush=True)
+
+
+def block(tree: Any) -> Any:
+  return jax.block_until_ready(tree)
+
+
+def summarize_times(samples: list[float]) -> dict[str, Any]:
+  return {
+      "median": statistics.median(samples),
+      "min": min(samples),
+      "max": max(samples),
+      "samples": list(samples),
+  }
+
+
+def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+  """Wall time of `steps` calls of `fn` (each blocked on), after `warmup` untimed calls."""
+  for _ in range(warmup):
+    block(fn())
+  samples = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    block(fn())
+    samples.append(time.perf_counter() - t0)
+  return samples
+
+
+def cost_analysis(compiled) -> dict[str, float]:
+  """XLA's cost analysis of a compiled executable as one flat dict (summed over programs)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception as e:  # noqa: BLE001 - some backends do not implement it
+    log(f"cost_analysis() unavailable: {e!r}")
+    return {}
+  if ca is None:
+    return {}
+  if isinstance(ca, dict):
+    parts = [ca]
+  else:  # list/tuple of per-program dicts (older jax)
+    parts = [p for p in ca if p]
+  out: dict[str, float] = {}
+  for part in parts:
+    for k, v in part.items():
+      try:
+        out[k] = out.get(k, 0.0) + float(v)
+      except (TypeError, ValueError):
+        pass
+  return out
+
+
+def flops(compiled) -> float:
+  """FLOPs of one execution per device (XLA counts a multiply-add as 2); 0.0 when unknown."""
+  return float(cost_analysis(compiled).get("flops", 0.0))
+
+
+MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                 "alias_size_in_bytes", "generated_code_size_in_bytes",
+                 "host_argument_size_in_bytes", "host_output_size_in_bytes",
+                 "host_temp_size_in_bytes", "host_alias_size_in_bytes")
+
+
+def memory_analysis(compiled) -> dict[str, int] | None:
+  """Per-device buffer sizes of a compiled executable, or None when the backend has none.
+
+  `peak_bytes` is XLA's `peak_memory_in_bytes` where reported (jax >= 0.5), else the usual bound
+  arguments + outputs + temporaries - aliased (donated) bytes.
+  """
+  try:
+    ma = compiled.memory_analysis()
+  except Exception as e:  # noqa: BLE001
+    log(f"memory_analysis() unavailable: {e!r}")
+    return None
+  if ma is None:
+    return None
+  if isinstance(ma, (list, tuple)):
+    ma = ma[0] if ma else None
+    if ma is None:
+      return None
+  out = {}
+  for f in MEMORY_FIELDS:
+    v = getattr(ma, f, None)
+    if v is not None:
+      out[f.replace("_size_in_bytes", "_bytes")] = int(v)
+  peak = getattr(ma, "peak_memory_in_bytes", None)
+  if peak:
+    out["peak_bytes"] = int(peak)
+    out["peak_source"] = "xla_peak_memory_in_bytes"
+  else:
+    out["peak_bytes"] = (out.get("argument_bytes", 0) + out.get("output_bytes", 0)
+                         + out.get("temp_bytes", 0) - out.get("alias_bytes", 0))
+    out["peak_source"] = "argument+output+temp-alias"
+  return out
+
+
+def device_info() -> dict[str, Any]:
+  devs = jax.devices()
+  d = devs[0]
+  info = {
+      "platform": d.platform,
+      "device_kind": d.device_kind,
+      "device_count": len(devs),
+      "process_count": jax.process_count(),
+      "jax_version": jax.__version__,
+  }
+  if d.platform == "cpu":
+    info["cpu_cores"] = os.cpu_count()
+    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+  return info
+
+
+def load_average() -> list[float] | None:
+  """1/5/15-minute load averages (other processes competing for the cores skew CPU timings)."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except (AttributeError, OSError):
+    return None

@@ -1,0 +1,162 @@
+r"""Throughput, FLOPs, MFU and memory of one tokenizer train step. Prints one JSON object.
+
+  python bench/tokenizer_step.py --config=configs/tokenizer_ss.py --config.global_batch_size=2 \
+      [--steps=3] [--warmup=1] [--gan|--nogan] [--config.model.dtype=bfloat16 ...]
+
+The step is `TokenizerTask.jitted_train_step(gan)`: by default the generator-only step (L2 + VQ +
+commitment (+ entropy if the config's weight is > 0); no discriminator), as before
+`loss.disc_start_step`. `--gan` benchmarks the step with the GAN term and the discriminator update.
+Inputs are random images in [-1, 1], so no dataset is needed.
+
+Reported:
+  step_time_s        median of `--steps` timed steps after `--warmup` untimed ones (+ min, samples)
+  flops_per_step     XLA `compiled.cost_analysis()['flops']` per device (x device_count: global)
+  peak_flops_per_s   measured matmul peak of one device (bench/matmul_peak.py), or --peak_flops
+  mfu                (flops_per_step_per_device / step_time) / peak_flops_per_s
+  memory             `compiled.memory_analysis()` per device (None where the backend has none)
+  compile_time_s     lower + compile of the step
+On a shared CPU, other processes skew timings: `load_average` is reported at start and end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (also puts the repo root on sys.path)
+import matmul_peak  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+_DEFAULT_CONFIG = os.path.join(common.REPO_ROOT, "configs", "tokenizer_ss.py")
+
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].", lock_config=True)
+flags.DEFINE_integer("steps", 3, "Timed steps (the median is reported).", lower_bound=1)
+flags.DEFINE_integer("warmup", 1, "Untimed steps before timing.", lower_bound=0)
+flags.DEFINE_bool("gan", False, "Benchmark the step with the GAN loss and discriminator update.")
+flags.DEFINE_float("peak_flops", 0.0,
+                   "Device peak FLOP/s for MFU; 0 = measure it with bench/matmul_peak.py.")
+flags.DEFINE_enum("peak_dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "Matmul dtype of the measured peak; auto = float32 on CPU, bfloat16 elsewhere.")
+flags.DEFINE_list("peak_sizes", [], "Matmul sizes for the peak (default: sized to the device).")
+flags.DEFINE_integer("peak_runs", 5, "Timed matmuls per size for the peak.")
+flags.DEFINE_integer("seed", 0, "Seed of the random input batch.")
+FLAGS = flags.FLAGS
+
+
+def _config_name(path: str) -> str:
+  return os.path.basename(path).split(":")[0].removesuffix(".py") + (
+      ":" + path.split(":", 1)[1] if ":" in path else "")
+
+
+def run(config) -> dict:
+  from gigatok_jax import parallel, validate
+  from gigatok_jax.train.tokenizer_step import TokenizerTask
+
+  load_start = common.load_average()
+  validate.validate(config, check_data=False)
+  mesh = parallel.make_mesh(config.mesh)
+  batch_size = int(config.global_batch_size)
+  size = int(config.data.image_size)
+  dp = parallel.data_parallel_size(mesh, tuple(tuple(r) for r in config.mesh.axis_rules))
+  if batch_size % dp:
+    raise SystemExit(f"--config.global_batch_size={batch_size} is not divisible by the "
+                     f"data-parallel size {dp}")
+
+  t0 = time.perf_counter()
+  task = TokenizerTask(config, mesh)
+  state = common.block(task.init_state())
+  init_s = time.perf_counter() - t0
+
+  # Process-local slice of one random global batch.
+  local = batch_size // jax.process_count()
+  rng = np.random.default_rng(FLAGS.seed)
+  np_batch = {
+      "image": rng.uniform(-1.0, 1.0, (local, size, size, 3)).astype(np.float32),
+      "label": rng.integers(0, 1000, (local,)).astype(np.int32),
+  }
+  batch = parallel.global_batch(np_batch, mesh, task.rules)
+  batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+                    for k, v in batch.items()}
+
+  step = task.jitted_train_step(gan=FLAGS.gan)
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    lowered = step.lower(task.abstract_state, batch_abstract)
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  common.log(f"lowered in {lower_s:.1f} s, compiled in {compile_s:.1f} s")
+
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    return metrics
+
+  samples = common.time_calls(one_step, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  t = common.summarize_times(samples)
+  common.log(f"step times (s): {[round(s, 3) for s in samples]}")
+
+  n_dev = len(jax.devices())
+  flops_dev = common.flops(compiled)
+  if FLAGS.peak_flops > 0:
+    peak = {"peak_flops_per_s": FLAGS.peak_flops, "source": "--peak_flops"}
+  else:
+    peak = matmul_peak.measure(FLAGS.peak_dtype, [int(s) for s in FLAGS.peak_sizes] or None,
+                               FLAGS.peak_runs)
+    peak["source"] = "bench/matmul_peak.py"
+  achieved = flops_dev / t["median"] if flops_dev else 0.0
+  result = {
+      "benchmark": "tokenizer_train_step",
+      "config": _config_name(config_flags.get_config_filename(FLAGS["config"])),
+      "kind": config.model.kind,
+      "gan": bool(FLAGS.gan),
+      "entropy_weight": float(config.loss.entropy_weight),
+      "batch_size": batch_size,
+      "image_size": size,
+      "dtype": config.model.dtype,
+      "param_dtype": config.model.param_dtype,
+      "remat": bool(config.model.remat),
+      "num_params": int(task.num_params),
+      **common.device_info(),
+      "mesh": dict(mesh.shape),
+      "steps": FLAGS.steps,
+      "warmup": FLAGS.warmup,
+      "step_time_s": t["median"],
+      "step_time_min_s": t["min"],
+      "step_time_samples_s": t["samples"],
+      "images_per_s": batch_size / t["median"],
+      "flops_per_step_per_device": flops_dev,
+      "flops_per_step": flops_dev * n_dev,
+      "achieved_flops_per_s_per_device": achieved,
+      "peak_flops_per_s": peak["peak_flops_per_s"],
+      "peak": peak,
+      "mfu": achieved / peak["peak_flops_per_s"],
+      "memory_per_device": common.memory_analysis(compiled),
+      "init_time_s": init_s,
+      "lower_time_s": lower_s,
+      "compile_time_s": compile_s,
+      "load_average_start": load_start,
+      "load_average_end": common.load_average(),
+  }
+  return result
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  print(json.dumps(run(FLAGS.config), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,46 @@
+"""bench/tokenizer_step.py runs on the tiny recipe and prints one sane JSON object.
+
+Never asserts on wall-clock values (the CPU is shared): only that they are present and positive.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tokenizer_step_bench_tiny():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "bench", "tokenizer_step.py"),
+       "--config=" + os.path.join(ROOT, "configs", "tokenizer_ss.py") + ":tiny",
+       "--steps=2", "--warmup=1", "--peak_sizes=512", "--peak_runs=3"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout)
+
+  assert out["config"] == "tokenizer_ss:tiny"
+  assert out["batch_size"] == 4 and out["image_size"] == 64
+  assert out["dtype"] == "float32" and out["gan"] is False
+  assert out["platform"] == "cpu" and out["device_count"] == 1
+  assert len(out["step_time_samples_s"]) == 2
+  for key in ("step_time_s", "step_time_min_s", "images_per_s", "compile_time_s",
+              "peak_flops_per_s", "achieved_flops_per_s_per_device"):
+    assert out[key] > 0, key
+  assert out["step_time_min_s"] <= out["step_time_s"]
+  # The tiny step is ~15 GFLOP (forward + backward); XLA's count must be in that range.
+  assert 1e9 < out["flops_per_step"] < 1e11
+  assert out["flops_per_step"] == out["flops_per_step_per_device"]
+  assert out["mfu"] > 0
+  mem = out["memory_per_device"]
+  assert mem is not None
+  for key in ("argument_bytes", "output_bytes", "temp_bytes", "peak_bytes"):
+    assert mem[key] > 0, key
+  # The state is donated: most of the argument bytes are aliased to outputs.
+  assert mem["alias_bytes"] > 0.5 * mem["argument_bytes"]
+  # The parameters alone (float32) are part of the arguments.
+  assert mem["argument_bytes"] > 4 * out["num_params"]
