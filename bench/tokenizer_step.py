@@ -10,6 +10,8 @@ Inputs are random images in [-1, 1], so no dataset is needed.
 
 Reported:
   step_time_s        median of `--steps` timed steps after `--warmup` untimed ones (+ min, samples)
+  step_cpu_time_s    median process CPU time (all threads) of a step: on a CPU shared with other
+                     processes, compare it with cpu_cores x step_time_s to see the contention
   flops_per_step     XLA `compiled.cost_analysis()['flops']` per device (x device_count: global)
   peak_flops_per_s   measured matmul peak of one device (bench/matmul_peak.py), or --peak_flops
   mfu                (flops_per_step_per_device / step_time) / peak_flops_per_s
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -31,7 +34,6 @@ import matmul_peak  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -103,9 +105,12 @@ def run(config) -> dict:
     holder["state"], metrics = compiled(holder["state"], batch)
     return metrics
 
-  samples = common.time_calls(one_step, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  cpu_samples: list[float] = []
+  samples = common.time_calls(one_step, steps=FLAGS.steps, warmup=FLAGS.warmup,
+                              cpu_samples=cpu_samples)
   t = common.summarize_times(samples)
-  common.log(f"step times (s): {[round(s, 3) for s in samples]}")
+  common.log(f"step times (s): {[round(s, 3) for s in samples]}, "
+             f"CPU times (s): {[round(s, 3) for s in cpu_samples]}")
 
   n_dev = len(jax.devices())
   flops_dev = common.flops(compiled)
@@ -135,6 +140,7 @@ def run(config) -> dict:
       "step_time_s": t["median"],
       "step_time_min_s": t["min"],
       "step_time_samples_s": t["samples"],
+      "step_cpu_time_s": statistics.median(cpu_samples),
       "images_per_s": batch_size / t["median"],
       "flops_per_step_per_device": flops_dev,
       "flops_per_step": flops_dev * n_dev,

@@ -9,7 +9,11 @@ line naming the culprit and exit with status 2.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# TensorFlow (imported by clu's TensorBoard writer) prints C++ banners at INFO; keep warnings.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 from ml_collections import config_flags

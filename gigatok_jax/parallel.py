@@ -19,9 +19,6 @@ from gigatok_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Parameters are created abstractly (eval_shape) and placed by jit out_shardings, so Flax's eager
-# sharding (which needs a mesh context at module construction) is not used.
-nnx.use_eager_sharding(False)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:

@@ -698,7 +698,8 @@ def test_quantizer_gradients_end_to_end():
 
   gp, gz = jax.grad(loss, argnums=(0, 1))(params, z_j)
   assert_close(gz, _np(zt.grad)[:, :, 0].transpose(0, 2, 1), 1e-5, "VQ grad w.r.t. pre-norm z")
-  assert_close(gp["embedding"][...], ref.embedding.weight.grad, 1e-4, "VQ grad w.r.t. codebook")
+  # The entropy term (logits -d/0.01) makes codebook gradients up to ~40: 1e-3 abs (~2e-5 relative).
+  assert_close(gp["embedding"][...], ref.embedding.weight.grad, 1e-3, "VQ grad w.r.t. codebook")
   assert float(np.abs(_np(ref.embedding.weight.grad)).max()) > 1e-3
 
 
@@ -725,6 +726,9 @@ class TTokenizer(nn.Module):
     return self.decoder(grid_map), idx, vq, commit, ent, distill, d
 
 
+SEED_IMAGES = 105
+
+
 def test_tokenizer_end_to_end_matches_torch():
   cfg = config_base.tokenizer_config()
   config_base.tiny_model_overrides(cfg)
@@ -739,7 +743,6 @@ def test_tokenizer_end_to_end_matches_torch():
   assert ours.grid == 16
   copy_cnn_encoder(ours.encoder, ref.encoder)
   copy_qformer_encoder(ours.s2to1encoder, ref.s2to1encoder)
-  copy_conv1x1_to_dense(ours.quant_conv, ref.quant_conv)
   _set(ours.quantize.embedding, ref.quantize.embedding.weight)
   copy_conv1x1_to_dense(ours.post_quant_conv, ref.post_quant_conv)
   copy_qformer_decoder(ours.s1to2decoder, ref.s1to2decoder)
@@ -748,19 +751,33 @@ def test_tokenizer_end_to_end_matches_torch():
   n_ours = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
   assert n_ours == sum(p.numel() for p in ref.parameters())
 
+  torch.manual_seed(SEED_IMAGES)
   x = torch.rand(2, 3, 64, 64) * 2 - 1
   with torch.no_grad():
+    # With random weights the encoder's 256 output tokens share a large common component, which
+    # would map almost every token to the same code. Project that component out of quant_conv's
+    # weight (any weight is a valid test weight) so that the tokens spread over the codebook.
+    t = ref.s2to1encoder(ref.encoder(x))
+    c = t.mean((0, 2, 3))
+    wq = ref.quant_conv.weight[:, :, 0, 0]
+    wq -= torch.outer(wq @ c, c) / c.dot(c)
+    ref.quant_conv.bias.zero_()
+    latents = ref.quant_conv(t)                               # (B, 8, 1, 256)
     recon, idx, vq, commit, ent, distill, d = ref(x)
+  copy_conv1x1_to_dense(ours.quant_conv, ref.quant_conv)
   srt = np.sort(_np(d), axis=1)
-  assert (srt[:, 1] - srt[:, 0]).min() > 1e-4, "near-tie in the reference argmin: pick another seed"
-  out = ours(jnp.asarray(nhwc(x)), with_distill=True, with_entropy=True)
+  assert (srt[:, 1] - srt[:, 0]).min() > 5e-5, "near-tie in the reference argmin: pick another seed"
+  x_j = jnp.asarray(nhwc(x))
+  assert_close(ours.encode_latents(x_j), _np(latents)[:, :, 0].transpose(0, 2, 1), 1e-5,
+               "Tokenizer pre-quantization latents")              # 1e-5 (|ref| ~ 1)
+  out = ours(x_j, with_distill=True, with_entropy=True)
   np.testing.assert_array_equal(np.asarray(out.indices).reshape(-1), _np(idx), "token indices")
-  assert len(np.unique(_np(idx))) > 20                       # tokens actually vary
+  assert len(np.unique(_np(idx))) > 100                      # tokens actually spread
   assert_close(out.reconstruction, nhwc(recon), 2e-4, "Tokenizer reconstruction")  # ~50 layers: 2e-4
   assert_close(out.distill, distill, 1e-4, "Tokenizer distill features")
   assert_close(out.vq_loss, vq, 1e-6, "Tokenizer vq loss")
   assert_close(out.commit_loss, commit, 1e-6, "Tokenizer commitment loss")
   assert_close(out.entropy_loss, ent, 1e-4, "Tokenizer entropy loss")
   # encode / decode_indices agree with the full pass.
-  np.testing.assert_array_equal(np.asarray(ours.encode(jnp.asarray(nhwc(x)))), np.asarray(out.indices))
+  np.testing.assert_array_equal(np.asarray(ours.encode(x_j)), np.asarray(out.indices))
   assert_close(ours.decode_indices(out.indices), nhwc(recon), 2e-4, "Tokenizer decode_indices")

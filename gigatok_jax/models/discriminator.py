@@ -25,8 +25,10 @@ class BatchNorm(nnx.Module):
     self.scale = param(rngs, lambda k, s, d: 1.0 + 0.02 * jax.random.normal(k, s, d), (channels,),
                        ("norm",))
     self.bias = param(rngs, zeros, (channels,), ("norm",))
-    self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32), out_sharding=("norm",))
-    self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32), out_sharding=("norm",))
+    self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32), out_sharding=("norm",),
+                             eager_sharding=False)
+    self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32), out_sharding=("norm",),
+                             eager_sharding=False)
     self.momentum = momentum
     self.eps = eps
 

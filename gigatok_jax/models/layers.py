@@ -62,7 +62,10 @@ def param(rngs: KeyGen, init: Initializer, shape: Sequence[int], axes: Sequence[
           dtype=jnp.float32) -> nnx.Param:
   """Creates an `nnx.Param` carrying logical axis names (one per dimension)."""
   assert len(axes) == len(shape), (axes, shape)
-  return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes))
+  # eager_sharding=False: modules build anywhere (no mesh needed); the trainer places parameters
+  # with jit out_shardings derived from these names (parallel.state_shardings).
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes),
+                   eager_sharding=False)
 
 
 class Dense(nnx.Module):

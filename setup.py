@@ -1,0 +1,40 @@
+"""gigatok_jax: GigaTok-style visual tokenizers and LlamaGen-style AR generators in JAX/Flax.
+
+Lower bounds here; exact, tested pins in requirements.txt / requirements-test.txt.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gigatok_jax",
+    version="0.1.0",
+    description="GigaTok visual tokenizers and AR image generators in JAX/Flax NNX, TPU-first",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gigatok_jax", "gigatok_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "ml_collections>=1.1.0",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8.6",
+        "einops>=0.8.2",
+        "clu>=0.0.12",
+        "numpy>=2.0",
+        "pillow>=10.0",
+        "scikit-image>=0.24",   # demo photographs ship inside it
+        "scikit-learn>=1.5",    # demo photographs (china, flower) and digits
+        "tqdm>=4.66",
+        "tensorboard>=2.21",
+        "tensorflow-cpu>=2.21",  # clu.metric_writers imports TensorFlow for event files
+        "absl-py>=2.1",
+    ],
+    extras_require={
+        "test": ["pytest>=9.0", "torch>=2.13"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+    },
+)
