@@ -28,27 +28,37 @@ def default_dtype(platform: str) -> str:
   return "float32" if platform == "cpu" else "bfloat16"
 
 
-def measure(dtype: str = "auto", sizes: Sequence[int] | None = None, runs: int = 5) -> dict:
-  """Returns {'peak_flops_per_s', 'dtype', 'size', 'per_size': {...}} for one device."""
+def make_matmul(n: int, dtype: str):
+  """A zero-argument callable running one jitted (n, n) @ (n, n) on the first device."""
+  dev = jax.devices()[0]
+  ka, kb = jax.random.split(jax.random.key(n))
+  a = jax.device_put(jax.random.normal(ka, (n, n), jnp.dtype(dtype)), dev)
+  b = jax.device_put(jax.random.normal(kb, (n, n), jnp.dtype(dtype)), dev)
+  f = jax.jit(jnp.matmul).lower(a, b).compile()
+  return lambda: f(a, b)
+
+
+def resolve(dtype: str, sizes: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
   platform = jax.devices()[0].platform
   if dtype == "auto":
     dtype = default_dtype(platform)
-  sizes = tuple(sizes or DEFAULT_SIZES.get(platform, (4096,)))
-  dev = jax.devices()[0]
+  return dtype, tuple(sizes or DEFAULT_SIZES.get(platform, (4096,)))
+
+
+def measure(dtype: str = "auto", sizes: Sequence[int] | None = None, runs: int = 5) -> dict:
+  """Returns {'peak_flops_per_s', 'dtype', 'size', 'per_size': {...}} for one device."""
+  dtype, sizes = resolve(dtype, sizes)
   per_size = {}
   for n in sizes:
-    ka, kb = jax.random.split(jax.random.key(n))
-    a = jax.device_put(jax.random.normal(ka, (n, n), jnp.dtype(dtype)), dev)
-    b = jax.device_put(jax.random.normal(kb, (n, n), jnp.dtype(dtype)), dev)
-    f = jax.jit(jnp.matmul)
-    samples = common.time_calls(lambda: f(a, b), steps=runs, warmup=1)
+    mm = make_matmul(n, dtype)
+    samples = common.time_calls(mm, steps=runs, warmup=1)
     t = common.summarize_times(samples)
     per_size[str(n)] = {
         "median_s": t["median"],
         "min_s": t["min"],
         "flops_per_s": 2.0 * n ** 3 / t["median"],
     }
-    del a, b
+    del mm
   best = max(per_size, key=lambda k: per_size[k]["flops_per_s"])
   return {
       "peak_flops_per_s": per_size[best]["flops_per_s"],

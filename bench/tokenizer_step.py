@@ -3,9 +3,10 @@ r"""Throughput, FLOPs, MFU and memory of one tokenizer train step. Prints one JS
   python bench/tokenizer_step.py --config=configs/tokenizer_ss.py --config.global_batch_size=2 \
       [--steps=3] [--warmup=1] [--gan|--nogan] [--config.model.dtype=bfloat16 ...]
 
-The step is `TokenizerTask.jitted_train_step(gan)`: by default the generator-only step (L2 + VQ +
-commitment (+ entropy if the config's weight is > 0); no discriminator), as before
-`loss.disc_start_step`. `--gan` benchmarks the step with the GAN term and the discriminator update.
+The step is `TokenizerTask.jitted_train_step((gan, aux))`: by default the generator-only step (L2 +
+VQ + commitment (+ entropy if the config's weight is > 0); no discriminator, no auxiliary losses).
+`--gan` adds the GAN term and the discriminator update (after `loss.disc_start_step`), `--aux` the
+auxiliary losses of early training (before `loss.aux_loss_end`).
 Inputs are random images in [-1, 1], so no dataset is needed.
 
 Reported:
@@ -13,7 +14,8 @@ Reported:
   step_cpu_time_s    median process CPU time (all threads) of a step: on a CPU shared with other
                      processes, compare it with cpu_cores x step_time_s to see the contention
   flops_per_step     XLA `compiled.cost_analysis()['flops']` per device (x device_count: global)
-  peak_flops_per_s   measured matmul peak of one device (bench/matmul_peak.py), or --peak_flops
+  peak_flops_per_s   measured matmul peak of one device (bench/matmul_peak.py: the fastest size is
+                     re-timed after every timed step and the median is used), or --peak_flops
   mfu                (flops_per_step_per_device / step_time) / peak_flops_per_s
   memory             `compiled.memory_analysis()` per device (None where the backend has none)
   compile_time_s     lower + compile of the step
@@ -22,6 +24,7 @@ On a shared CPU, other processes skew timings: `load_average` is reported at sta
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import statistics
@@ -44,6 +47,8 @@ config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
 flags.DEFINE_integer("steps", 3, "Timed steps (the median is reported).", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed steps before timing.", lower_bound=0)
 flags.DEFINE_bool("gan", False, "Benchmark the step with the GAN loss and discriminator update.")
+flags.DEFINE_bool("aux", False, "Include the auxiliary losses of early training (feature "
+                  "reconstruction, shortcut reconstruction if configured).")
 flags.DEFINE_float("peak_flops", 0.0,
                    "Device peak FLOP/s for MFU; 0 = measure it with bench/matmul_peak.py.")
 flags.DEFINE_enum("peak_dtype", "auto", ["auto", "float32", "bfloat16"],
@@ -57,6 +62,17 @@ FLAGS = flags.FLAGS
 def _config_name(path: str) -> str:
   return os.path.basename(path).split(":")[0].removesuffix(".py") + (
       ":" + path.split(":", 1)[1] if ":" in path else "")
+
+
+def _jitted_step(task, gan: bool, aux: bool):
+  """The jitted step of a phase; accepts both `jitted_train_step(phase=(gan, aux))` and the
+  older `jitted_train_step(gan)`."""
+  params = inspect.signature(task.jitted_train_step).parameters
+  if "phase" in params:
+    return task.jitted_train_step((gan, aux))
+  if aux:
+    raise SystemExit("--aux: this version of TokenizerTask has no auxiliary-loss phase")
+  return task.jitted_train_step(gan)
 
 
 def run(config) -> dict:
@@ -89,7 +105,7 @@ def run(config) -> dict:
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
                     for k, v in batch.items()}
 
-  step = task.jitted_train_step(gan=FLAGS.gan)
+  step = _jitted_step(task, FLAGS.gan, FLAGS.aux)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
     lowered = step.lower(task.abstract_state, batch_abstract)
@@ -105,27 +121,43 @@ def run(config) -> dict:
     holder["state"], metrics = compiled(holder["state"], batch)
     return metrics
 
-  cpu_samples: list[float] = []
-  samples = common.time_calls(one_step, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                              cpu_samples=cpu_samples)
-  t = common.summarize_times(samples)
-  common.log(f"step times (s): {[round(s, 3) for s in samples]}, "
-             f"CPU times (s): {[round(s, 3) for s in cpu_samples]}")
-
-  n_dev = len(jax.devices())
-  flops_dev = common.flops(compiled)
+  # Matmul peak: every size once (to pick the fastest), then the chosen size is timed again after
+  # each timed step, so that the peak is measured under the same load as the step.
   if FLAGS.peak_flops > 0:
     peak = {"peak_flops_per_s": FLAGS.peak_flops, "source": "--peak_flops"}
+    matmul, peak_flop = None, 0.0
   else:
     peak = matmul_peak.measure(FLAGS.peak_dtype, [int(s) for s in FLAGS.peak_sizes] or None,
                                FLAGS.peak_runs)
-    peak["source"] = "bench/matmul_peak.py"
+    peak["source"] = "bench/matmul_peak.py, interleaved with the timed steps"
+    matmul = matmul_peak.make_matmul(peak["size"], peak["dtype"])
+    peak_flop = 2.0 * peak["size"] ** 3
+  peak_samples: list[float] = []
+
+  for _ in range(FLAGS.warmup):
+    common.block(one_step())
+  samples, cpu_samples = [], []
+  for _ in range(FLAGS.steps):
+    samples += common.time_calls(one_step, steps=1, warmup=0, cpu_samples=cpu_samples)
+    if matmul is not None:
+      peak_samples += common.time_calls(matmul, steps=FLAGS.peak_runs, warmup=0)
+  t = common.summarize_times(samples)
+  common.log(f"step times (s): {[round(s, 3) for s in samples]}, "
+             f"CPU times (s): {[round(s, 3) for s in cpu_samples]}")
+  if matmul is not None:
+    peak["before_steps_flops_per_s"] = peak["peak_flops_per_s"]
+    peak["interleaved_flops_per_s"] = peak_flop / statistics.median(peak_samples)
+    peak["peak_flops_per_s"] = peak["interleaved_flops_per_s"]
+
+  n_dev = len(jax.devices())
+  flops_dev = common.flops(compiled)
   achieved = flops_dev / t["median"] if flops_dev else 0.0
   result = {
       "benchmark": "tokenizer_train_step",
       "config": _config_name(config_flags.get_config_filename(FLAGS["config"])),
       "kind": config.model.kind,
       "gan": bool(FLAGS.gan),
+      "aux": bool(FLAGS.aux),
       "entropy_weight": float(config.loss.entropy_weight),
       "batch_size": batch_size,
       "image_size": size,

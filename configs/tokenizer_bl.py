@@ -10,8 +10,7 @@ def get_config(variant: str = ""):
   c = config_base.tokenizer_config(enc="B", dec="L", kind="1d")
   c.global_batch_size = 256
   c.total_steps = 1_000_000       # 200 epochs x 5000 iterations
-  if variant == "tiny":
-    return config_base.tiny_model_overrides(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
-  return c
+  # Feature-reconstruction aux loss for the first 15k steps (reference configs; the released
+  # VQ_BL256_train_new.yaml keeps use_direct_rec_loss off, so the shortcut term stays off).
+  c.loss.aux_loss_end = 15_000
+  return config_base.with_variant(c, variant)

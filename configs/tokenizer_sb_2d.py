@@ -10,8 +10,4 @@ def get_config(variant: str = ""):
   c = config_base.tokenizer_config(enc="S", dec="B", kind="2d")
   c.global_batch_size = 128
   c.total_steps = 2_000_000
-  if variant == "tiny":
-    return config_base.tiny_model_overrides(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
-  return c
+  return config_base.with_variant(c, variant)

@@ -10,8 +10,7 @@ def get_config(variant: str = ""):
   c = config_base.tokenizer_config(enc="S", dec="S", kind="1d")
   c.global_batch_size = 128      # S-S config batch (spec 2.3)
   c.total_steps = 1_000_000       # 100 epochs of 5000 iterations at batch 256, scaled to batch 128
-  if variant == "tiny":
-    return config_base.tiny_model_overrides(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
-  return c
+  # Feature-reconstruction aux loss for the first 15k steps (reference configs; the released
+  # VQ_BL256_train_new.yaml keeps use_direct_rec_loss off, so the shortcut term stays off).
+  c.loss.aux_loss_end = 15_000
+  return config_base.with_variant(c, variant)

@@ -11,8 +11,4 @@ def get_config(variant: str = ""):
   c.global_batch_size = 128
   c.total_steps = 1_000_000
   c.model.vit_layer_type = 'decoder'   # SS_2d leaves the reference's default layer type
-  if variant == "tiny":
-    return config_base.tiny_model_overrides(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
-  return c
+  return config_base.with_variant(c, variant)

@@ -14,8 +14,4 @@ def get_config(variant: str = ""):
   c.optim.warmup_steps = 5000
   c.model.dtype = 'bfloat16'
   c.model.remat = True
-  if variant == "tiny":
-    return config_base.tiny_model_overrides(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
-  return c
+  return config_base.with_variant(c, variant)

@@ -89,6 +89,12 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       semantic_weight=0.0,          # -cos to DINOv2; paper 0.5. Needs the DINOv2 port (not in this build yet)
       disc_weight=0.5,              # hinge generator loss weight, no adaptive weight
       disc_start_step=20_000,       # neither the GAN term nor the discriminator runs before this
+      # Auxiliary losses of the reference, active while step < aux_loss_end (0 = off):
+      # feature reconstruction MSE(sg(CNN encoder map), transformer decoder map) with this weight,
+      # and, if shortcut_reconstruction, L2 of the CNN decoder applied to the CNN encoder map.
+      aux_loss_end=0,
+      feature_rec_weight=1.0,
+      shortcut_reconstruction=False,
   ))
 
   c.discriminator = ml_collections.ConfigDict(dict(
@@ -141,4 +147,13 @@ def tiny_model_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
   c.image_every_steps = 5
   c.eval_num_images = 4
   c.loss.disc_start_step = 4
+  return c
+
+
+def with_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """Applies a recipe variant named after the colon: `--config=configs/x.py:tiny`."""
+  if variant == "tiny":
+    return tiny_model_overrides(c)
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
   return c

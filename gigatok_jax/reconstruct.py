@@ -35,14 +35,6 @@ def load_images(config) -> np.ndarray:
   return images
 
 
-def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """PSNR (dB) of uint8-quantised images, as image tools report it (peak 255)."""
-  a8 = reporting.to_uint8(a).astype(np.float64)
-  b8 = reporting.to_uint8(b).astype(np.float64)
-  mse = np.mean(np.square(a8 - b8), axis=(1, 2, 3))
-  return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
-
-
 def run(config, workdir: str, batch_size: int = 16, devices=None) -> dict:
   mesh = parallel.make_mesh(config.mesh, devices)
   task = TokenizerTask(config, mesh)
@@ -68,7 +60,7 @@ def run(config, workdir: str, batch_size: int = 16, devices=None) -> dict:
   result = {
       "step": int(step),
       "num_images": int(len(images)),
-      "psnr": float(np.mean(psnr_per_image(images, recon))),
+      "psnr": float(np.mean(reporting.psnr_uint8(images, recon))),
       "codes_used": int(used.size),
       "codebook_usage": float(used.size / config.model.codebook_size),
       "tokens_per_image": int(codes.shape[1]),

@@ -101,6 +101,10 @@ def check_losses(loss) -> None:
   for key in ("reconstruction_weight", "codebook_weight", "entropy_weight", "disc_weight"):
     if loss[key] < 0:
       raise ConfigError(f"loss.{key}", f"must be >= 0, got {loss[key]}")
+  if loss.aux_loss_end < 0:
+    raise ConfigError("loss.aux_loss_end", "must be >= 0 (0 turns the auxiliary losses off)")
+  if loss.feature_rec_weight < 0:
+    raise ConfigError("loss.feature_rec_weight", "must be >= 0")
   if loss.disc_start_step < 0:
     raise ConfigError("loss.disc_start_step", "must be >= 0")
 

@@ -8,24 +8,23 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, subprocess_env
 
 
 def test_tokenizer_step_bench_tiny():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  env.pop("JAX_NUM_CPU_DEVICES", None)
+  # One CPU device, conftest's XLA settings and compilation cache (speed is not checked here).
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "bench", "tokenizer_step.py"),
-       "--config=" + os.path.join(ROOT, "configs", "tokenizer_ss.py") + ":tiny",
+      [sys.executable, os.path.join(REPO, "bench", "tokenizer_step.py"),
+       "--config=" + os.path.join(REPO, "configs", "tokenizer_ss.py") + ":tiny",
        "--steps=2", "--warmup=1", "--peak_sizes=512", "--peak_runs=3"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+      cwd=REPO, env=subprocess_env(JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.loads(proc.stdout)
 
   assert out["config"] == "tokenizer_ss:tiny"
   assert out["batch_size"] == 4 and out["image_size"] == 64
-  assert out["dtype"] == "float32" and out["gan"] is False
+  assert out["dtype"] == "float32" and out["gan"] is False and out["aux"] is False
   assert out["platform"] == "cpu" and out["device_count"] == 1
   assert len(out["step_time_samples_s"]) == 2
   for key in ("step_time_s", "step_time_min_s", "images_per_s", "compile_time_s",

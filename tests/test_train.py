@@ -23,7 +23,10 @@ def tiny_config(total_steps=6):
   config.total_steps = total_steps
   config.checkpoint_every_steps = 100
   config.image_every_steps = 100
-  config.loss.disc_start_step = 3          # the GAN switches on mid-run: both executables run
+  config.loss.disc_weight = 0.5            # the demo recipe leaves the GAN off
+  config.loss.disc_start_step = 3          # the GAN switches on mid-run: every phase runs
+  config.loss.aux_loss_end = 2
+  config.loss.shortcut_reconstruction = True
   config.optim.ema_decay = 0.9
   config.mesh.data = 1
   validate.validate(config, num_devices=1)
@@ -74,7 +77,8 @@ def test_discriminator_not_stepped_before_gan_start(tmp_path):
 def test_outputs_written(straight_run):
   workdir, _ = straight_run
   images = os.listdir(os.path.join(workdir, "images"))
-  assert any(name.endswith(".png") for name in images)
+  assert "reconstruction_00000000.png" in images      # untrained baseline grid
+  assert "reconstruction_00000006.png" in images
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
 
@@ -116,3 +120,24 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
   assert "SIGTERM received" in text
   step = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1).latest_step()
   assert step is not None and step >= 2
+
+
+def test_loss_phases_and_aux_metrics():
+  from gigatok_jax import parallel
+  from gigatok_jax.train.tokenizer_step import TokenizerTask
+  config = tiny_config()
+  task = TokenizerTask(config, parallel.make_mesh(config.mesh, ONE_DEVICE))
+  assert [task.phase(s) for s in range(5)] == [
+      (False, True), (False, True), (False, False), (True, False), (True, False)]
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32),
+           "label": np.zeros((4,), np.int32)}
+  with jax.set_mesh(task.mesh):
+    state = task.init_state()
+    _, aux = task.jitted_train_step((False, True))(state, batch)
+    state = task.init_state()
+    _, plain = task.jitted_train_step((False, False))(state, batch)
+  assert {"feature_rec_loss", "shortcut_rec_loss"} <= set(aux)
+  assert not {"feature_rec_loss", "shortcut_rec_loss", "disc_loss"} & set(plain)
+  extra = float(aux["feature_rec_loss"]) + float(aux["shortcut_rec_loss"])
+  assert float(aux["gen_loss"]) == pytest.approx(float(plain["gen_loss"]) + extra, rel=1e-4)

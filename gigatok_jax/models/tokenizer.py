@@ -30,6 +30,9 @@ class TokenizerOutput(NamedTuple):
   commit_loss: jax.Array
   entropy_loss: jax.Array
   distill: jax.Array | None   # (B, hw, distill_dim) projected decoder features, or None
+  encoder_map: jax.Array      # (B, g, g, z) CNN encoder output
+  decoder_map: jax.Array      # (B, g, g, z) transformer decoder output (the CNN decoder's input)
+  shortcut: jax.Array | None  # (B, H, W, 3) CNN decoder applied to encoder_map, or None
 
 
 def grid_size(cfg: ml_collections.ConfigDict, image_size: int) -> int:
@@ -75,23 +78,30 @@ class Tokenizer(nnx.Module):
                                  bias_init=torch_default_uniform(d))
 
   # --- pieces -------------------------------------------------------------------------------
-  def encode_latents(self, images: jax.Array) -> jax.Array:
-    """(B, H, W, 3) in [-1, 1] -> (B, N, code_dim) pre-quantization latents."""
+  def _encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B, H, W, 3) in [-1, 1] -> (CNN map (B, g, g, z), latents (B, N, code_dim))."""
     h = self.encoder(images)                                     # (B, g, g, z)
     if self.kind == "1d":
       tokens = self.s2to1encoder(h)                              # (B, g*g, z)
     else:
       tokens = self.s2dencoder(h).reshape(h.shape[0], -1, h.shape[-1])
-    return self.quant_conv(tokens)                               # (B, N, code_dim)
+    return h, self.quant_conv(tokens)                            # (B, N, code_dim)
+
+  def _decode_map(self, quantized: jax.Array, with_distill: bool):
+    """(B, N, code_dim) -> (map (B, g, g, z) for the CNN decoder, distill features or None)."""
+    tokens = self.post_quant_conv(quantized)                     # (B, N, z)
+    if self.kind == "1d":
+      return self.s1to2decoder(tokens, with_distill)
+    b, n, z = tokens.shape
+    return self.s2ddecoder(tokens.reshape(b, self.grid, self.grid, z), with_distill)
+
+  def encode_latents(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) in [-1, 1] -> (B, N, code_dim) pre-quantization latents."""
+    return self._encode(images)[1]
 
   def decode_quantized(self, quantized: jax.Array, with_distill: bool = False):
     """(B, N, code_dim) -> ((B, H, W, 3) image, distill features or None)."""
-    tokens = self.post_quant_conv(quantized)                     # (B, N, z)
-    if self.kind == "1d":
-      grid_map, distill = self.s1to2decoder(tokens, with_distill)
-    else:
-      b, n, z = tokens.shape
-      grid_map, distill = self.s2ddecoder(tokens.reshape(b, self.grid, self.grid, z), with_distill)
+    grid_map, distill = self._decode_map(quantized, with_distill)
     return self.decoder(grid_map).astype(jnp.float32), distill
 
   # --- public API ---------------------------------------------------------------------------
@@ -104,7 +114,13 @@ class Tokenizer(nnx.Module):
     return self.decode_quantized(self.quantize.lookup(indices))[0]
 
   def __call__(self, images: jax.Array, *, with_distill: bool = False,
-               with_entropy: bool = False) -> TokenizerOutput:
-    q = self.quantize(self.encode_latents(images), with_entropy=with_entropy)
-    recon, distill = self.decode_quantized(q.quantized, with_distill)
-    return TokenizerOutput(recon, q.indices, q.vq_loss, q.commit_loss, q.entropy_loss, distill)
+               with_entropy: bool = False, with_shortcut: bool = False) -> TokenizerOutput:
+    """Full pass. `with_shortcut` also decodes the CNN encoder map directly (the reference's
+    auxiliary "direct reconstruction" used early in training)."""
+    h, latents = self._encode(images)
+    q = self.quantize(latents, with_entropy=with_entropy)
+    grid_map, distill = self._decode_map(q.quantized, with_distill)
+    recon = self.decoder(grid_map).astype(jnp.float32)
+    shortcut = self.decoder(h).astype(jnp.float32) if with_shortcut else None
+    return TokenizerOutput(recon, q.indices, q.vq_loss, q.commit_loss, q.entropy_loss, distill,
+                           h, grid_map, shortcut)

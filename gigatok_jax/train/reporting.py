@@ -25,6 +25,14 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Per-image PSNR (dB) after quantising [-1, 1] images to uint8, as image tools report it."""
+  a8 = to_uint8(a).astype(np.float64)
+  b8 = to_uint8(b).astype(np.float64)
+  mse = np.mean(np.square(a8 - b8), axis=tuple(range(1, a8.ndim)))
+  return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
 def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, per_row: int = 8,
                     pad: int = 2) -> np.ndarray:
   """uint8 grid: each row pair is originals above their reconstructions. Inputs (N, H, W, 3) in [-1, 1]."""

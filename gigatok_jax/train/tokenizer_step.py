@@ -2,10 +2,12 @@
 
 `TokenizerTask` builds the models abstractly, derives every sharding from the logical axis names,
 initialises the state directly into its shardings, and compiles `train_step(state, batch)` with
-in/out shardings and donation. The GAN is a static switch: before `loss.disc_start_step` the step
-neither runs the discriminator nor updates it (a second executable is compiled at the switch).
+in/out shardings and donation. The loss phase is static: before `loss.disc_start_step` the step
+neither runs the discriminator nor updates it, and the auxiliary losses run only before
+`loss.aux_loss_end`; each phase is its own executable, compiled when the run reaches it.
 
 Generator loss (spec 3.1):  w_rec * L2 + w_cb * vq + commit + w_ent * entropy + w_gan * (-D(fake))
+                            [+ w_feat * MSE(sg(CNN map), decoder map) + L2(shortcut) while aux]
 Discriminator loss (spec 3.2): w_gan * 0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))
 """
 
@@ -133,29 +135,34 @@ class TokenizerTask:
     return nnx.merge(self.gen_graph, params)
 
   # --- the train step -------------------------------------------------------------------------
-  def gan_active(self, step: int) -> bool:
-    return self.config.loss.disc_weight > 0 and step >= self.config.loss.disc_start_step
+  def phase(self, step: int) -> tuple[bool, bool]:
+    """(GAN active, auxiliary losses active) at `step`: the static switches of the step."""
+    lc = self.config.loss
+    return (lc.disc_weight > 0 and step >= lc.disc_start_step, step < lc.aux_loss_end)
 
   def batch_shardings(self, batch_spec: dict[str, Any]):
     return {k: parallel.batch_sharding(self.mesh, self.rules, len(v.shape))
             for k, v in batch_spec.items()}
 
-  def train_step_fn(self, gan: bool):
-    """The pure step function (un-jitted), for jit here and for AOT lowering elsewhere."""
-    return functools.partial(self._train_step, gan=gan)
+  def train_step_fn(self, phase: tuple[bool, bool] = (False, False)):
+    """The pure step function (un-jitted) of a phase, for jit here and for AOT lowering elsewhere."""
+    gan, aux = phase
+    return functools.partial(self._train_step, gan=gan, aux=aux)
 
-  def jitted_train_step(self, gan: bool):
-    if gan not in self._steps:
+  def jitted_train_step(self, phase: tuple[bool, bool] = (False, False)):
+    phase = tuple(phase)
+    if phase not in self._steps:
       batch_sh = {"image": parallel.batch_sharding(self.mesh, self.rules, 4),
                   "label": parallel.batch_sharding(self.mesh, self.rules, 1)}
-      self._steps[gan] = jax.jit(
-          self.train_step_fn(gan),
+      self._steps[phase] = jax.jit(
+          self.train_step_fn(phase),
           in_shardings=(self.state_shardings, batch_sh),
           out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
           donate_argnums=(0,))
-    return self._steps[gan]
+    return self._steps[phase]
 
-  def _train_step(self, state: TokenizerState, batch: dict[str, jax.Array], *, gan: bool):
+  def _train_step(self, state: TokenizerState, batch: dict[str, jax.Array], *, gan: bool,
+                  aux: bool):
     c = self.config
     lc = c.loss
     images = batch["image"].astype(jnp.float32)                     # (B, H, W, 3) in [-1, 1]
@@ -166,12 +173,22 @@ class TokenizerTask:
       return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
 
     def gen_loss_fn(gen_params):
-      out = self.generator(gen_params)(images, with_entropy=lc.entropy_weight > 0)
+      out = self.generator(gen_params)(images, with_entropy=lc.entropy_weight > 0,
+                                       with_shortcut=aux and lc.shortcut_reconstruction)
       rec = jnp.mean(jnp.square(out.reconstruction - images))
       loss = (lc.reconstruction_weight * rec + lc.codebook_weight * out.vq_loss + out.commit_loss
               + lc.entropy_weight * out.entropy_loss)
       terms = {"rec_loss": rec, "vq_loss": out.vq_loss, "commit_loss": out.commit_loss,
                "entropy_loss": out.entropy_loss}
+      if aux:
+        target = jax.lax.stop_gradient(out.encoder_map.astype(jnp.float32))
+        feat = jnp.mean(jnp.square(out.decoder_map.astype(jnp.float32) - target))
+        loss = loss + lc.feature_rec_weight * feat
+        terms["feature_rec_loss"] = feat
+        if out.shortcut is not None:
+          short = jnp.mean(jnp.square(out.shortcut - images))
+          loss = loss + lc.reconstruction_weight * short
+          terms["shortcut_rec_loss"] = short
       if gan:
         logits_fake, _ = disc_apply(state.disc_params, state.disc_stats, out.reconstruction)
         g_adv = -jnp.mean(logits_fake)

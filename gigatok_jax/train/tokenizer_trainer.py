@@ -90,31 +90,40 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   reconstruct = task.jitted_reconstruct()
   reporter = reporting.Reporter(workdir, total, step, progress=progress)
 
-  def write_grid(state):
+  def write_grid(state) -> float:
+    """Grid of the fixed eval images + their PSNR (dB, uint8 like image tools), logged as eval_psnr."""
     params = state.ema_params if state.ema_params is not None else state.gen_params
-    recon, _ = reconstruct(params, eval_images)
-    return reporter.images(step, "reconstruction", reporting.comparison_grid(
-        eval_images, np.asarray(jax.device_get(recon))))
+    recon = np.asarray(jax.device_get(reconstruct(params, eval_images)[0]))
+    reporter.images(step, "reconstruction", reporting.comparison_grid(eval_images, recon))
+    value = float(np.mean(reporting.psnr_uint8(eval_images, recon)))
+    reporter.writer.write_scalars(step, {"eval_psnr": value})
+    reporting.info(f"step {step}: eval PSNR {value:.2f} dB on {len(eval_images)} fixed images")
+    return value
 
   metrics = None
+  first_step = step
+  if step == 0:
+    write_grid(state)   # the untrained baseline, for comparison with later grids
   with PreemptionFlag() as preempted, jax.set_mesh(mesh):
     while step < end:
-      gan = task.gan_active(step)
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
-      state, metrics = task.jitted_train_step(gan)(state, batch)
+      state, metrics = task.jitted_train_step(task.phase(step))(state, batch)
       step += 1
-      if step % config.log_every_steps == 0 or step == total:
+      # The first step of a run is logged too: it is the baseline the later PSNR is read against.
+      if step % config.log_every_steps == 0 or step == end or step == first_step + 1:
         values = reporter.scalars(step, jax.device_get(metrics), config.global_batch_size)
         reporter.step(step, {k: values[k] for k in ("gen_loss", "psnr", "codebook_usage")})
       else:
         reporter.step(step)
       if step % config.image_every_steps == 0 or step == total:
         write_grid(state)
-      if ckpt.should_save(step) or step == end:
+      preempt = preempted.is_set()
+      # One save per step: a preemption on a checkpoint step reuses the save already under way.
+      if ckpt.should_save(step) or step == end or preempt:
         ckpt.save(step, state, data_iter, force=True)
-      if preempted.is_set():
+      if preempt:
+        ckpt.wait_until_finished()
         reporting.info(f"SIGTERM received: saved a checkpoint at step {step}; exiting")
-        ckpt.save(step, state, data_iter, force=True)
         break
   ckpt.wait_until_finished()
   ckpt.close()
