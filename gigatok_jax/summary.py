@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from gigatok_jax import parallel  # noqa: F401  (sets Flax's eager-sharding mode)
 from gigatok_jax.models.discriminator import PatchGANDiscriminator
 from gigatok_jax.models.tokenizer import Tokenizer
 
