@@ -1,7 +1,7 @@
 r"""Throughput, FLOPs, MFU and memory of one tokenizer train step. Prints one JSON object.
 
   python bench/tokenizer_step.py --config=configs/tokenizer_ss.py --config.global_batch_size=2 \
-      [--steps=3] [--warmup=1] [--gan|--nogan] [--config.model.dtype=bfloat16 ...]
+      [--steps=3] [--warmup=1] [--gan] [--aux] [--peak_flops=F] [--config.model.dtype=bfloat16 ...]
 
 The step is `TokenizerTask.jitted_train_step((gan, aux))`: by default the generator-only step (L2 +
 VQ + commitment (+ entropy if the config's weight is > 0); no discriminator, no auxiliary losses).
@@ -18,8 +18,12 @@ Reported:
                      re-timed after every timed step; the better median is used), or --peak_flops
   mfu                (flops_per_step_per_device / step_time) / peak_flops_per_s
   memory             `compiled.memory_analysis()` per device (None where the backend has none)
-  compile_time_s     lower + compile of the step
+  compile_time_s     XLA compile of the step (lower_time_s: tracing + lowering; init_time_s: state)
 On a shared CPU, other processes skew timings: `load_average` is reported at start and end.
+
+CPU note (jaxlib 0.10): XLA routes convolutions to YNNPACK by default, whose kernel-gradient
+convolution is ~10x slower than XLA's own; `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`
+turns YNNPACK fusions off and roughly halves the S-S step time. `xla_flags` records the setting.
 """
 
 from __future__ import annotations
