@@ -18,6 +18,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
+import gigatok_jax  # noqa: E402,F401  (sets XLA:CPU flags before the backend starts)
 import jax  # noqa: E402
 
 

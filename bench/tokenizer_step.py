@@ -22,8 +22,9 @@ Reported:
 On a shared CPU, other processes skew timings: `load_average` is reported at start and end.
 
 CPU note (jaxlib 0.10): XLA routes convolutions to YNNPACK by default, whose kernel-gradient
-convolution is ~10x slower than XLA's own; `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`
-turns YNNPACK fusions off and roughly halves the S-S step time. `xla_flags` records the setting.
+convolution is several times slower than XLA's own; importing gigatok_jax turns YNNPACK fusions off
+(gigatok_jax/xla_cpu_flags.py; GIGATOK_KEEP_XLA_FLAGS=1 keeps XLA's default). `xla_flags` records
+the flags in effect.
 """
 
 from __future__ import annotations

@@ -781,3 +781,34 @@ def test_tokenizer_end_to_end_matches_torch():
   # encode / decode_indices agree with the full pass.
   np.testing.assert_array_equal(np.asarray(ours.encode(x_j)), np.asarray(out.indices))
   assert_close(ours.decode_indices(out.indices), nhwc(recon), 2e-4, "Tokenizer decode_indices")
+
+
+@pytest.mark.parametrize("swish", [False, True])
+def test_group_norm_forward_and_gradients(swish):
+  """The fused GroupNorm(+swish) has a hand-written VJP (models/group_norm.py): its input, scale
+  and bias gradients must match torch autograd through nn.GroupNorm (+ SiLU)."""
+  torch.manual_seed(7)
+  ref = randomize_(nn.GroupNorm(32, 64, eps=1e-6))
+  ours = layers.GroupNorm(64, rngs=keys(7), **F32)
+  _set(ours.scale, ref.weight)
+  _set(ours.bias, ref.bias)
+  x = (torch.randn(2, 64, 6, 5) * 3 + 1.5).requires_grad_(True)
+  cot = torch.randn(2, 64, 6, 5)
+  out = ref(x)
+  if swish:
+    out = F.silu(out)
+  (out * cot).sum().backward()
+
+  graphdef, params = nnx.split(ours)
+
+  def loss(x_nhwc, params):
+    return jnp.sum(nnx.merge(graphdef, params)(x_nhwc, swish=swish) * jnp.asarray(nhwc(cot)))
+
+  x_j = jnp.asarray(nhwc(x))
+  got_out = ours(x_j, swish=swish)
+  dx, dparams = jax.grad(loss, (0, 1))(x_j, params)
+  dscale, dbias = dparams["scale"][...], dparams["bias"][...]
+  assert_close(got_out, nhwc(out), 1e-5, f"GroupNorm(swish={swish}) output")
+  assert_close(dx, nhwc(x.grad), 1e-5, f"GroupNorm(swish={swish}) d input")
+  assert_close(dscale, ref.weight.grad, 1e-4, f"GroupNorm(swish={swish}) d scale")
+  assert_close(dbias, ref.bias.grad, 1e-4, f"GroupNorm(swish={swish}) d bias")

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gigatok_jax.models import layers
-from gigatok_jax.models.layers import Conv, Dense, GroupNorm, swish
+from gigatok_jax.models.group_norm import group_norm
+from gigatok_jax.models.layers import Conv, Dense, GroupNorm
 
 
 class ResnetBlock(nnx.Module):
@@ -31,8 +31,8 @@ class ResnetBlock(nnx.Module):
     self.nin_shortcut = Conv(cin, cout, 1, padding=0, **kw) if cin != cout else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.conv1(swish(self.norm1(x)))
-    h = self.conv2(swish(self.norm2(h)))
+    h = self.conv1(self.norm1(x, swish=True))
+    h = self.conv2(self.norm2(h, swish=True))
     if self.nin_shortcut is not None:
       x = self.nin_shortcut(x)
     return x + h
@@ -74,7 +74,7 @@ class CNNEncoder(nnx.Module):
       h = level(h)
     for block in self.mid:
       h = block(h)
-    return self.conv_out(swish(self.norm_out(h)))
+    return self.conv_out(self.norm_out(h, swish=True))
 
 
 def depth_to_space(x: jax.Array) -> jax.Array:
@@ -116,10 +116,9 @@ class AdaptiveGroupNorm(nnx.Module):
     mean = c32.mean(axis=(1, 2))                                         # (B, Z)
     var = jnp.square(c32 - mean[:, None, None]).sum(axis=(1, 2)) / (n - 1)
     std = jnp.sqrt(var + self.eps)
-    y = layers.group_norm_stats(x, 32, 1e-6)
-    scale = self.gamma(std).astype(jnp.float32)[:, None, None, :]
-    shift = self.beta(mean).astype(jnp.float32)[:, None, None, :]
-    return (y * scale + shift).astype(x.dtype)
+    scale = self.gamma(std).astype(jnp.float32)                          # (B, C)
+    shift = self.beta(mean).astype(jnp.float32)
+    return group_norm(x, scale, shift, 32, 1e-6, False)
 
 
 class DecoderLevel(nnx.Module):
@@ -159,4 +158,4 @@ class CNNDecoder(nnx.Module):
       h = block(h)
     for adaptive, level in zip(self.adaptive, self.conv_blocks):
       h = level(adaptive(h, z))
-    return self.conv_out(swish(self.norm_out(h)))
+    return self.conv_out(self.norm_out(h, swish=True))

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gigatok_jax.models.group_norm import group_norm
+
 Initializer = Callable[..., jax.Array]
 
 # Torch-default-like inits used by the reference model.
@@ -136,17 +138,11 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
-def group_norm_stats(x: jax.Array, num_groups: int, eps: float) -> jax.Array:
-  """Normalises NHWC `x` over (H, W, channels-in-group); contiguous channel groups like torch."""
-  b, h, w, c = x.shape
-  x32 = x.astype(jnp.float32).reshape(b, h, w, num_groups, c // num_groups)
-  mean = x32.mean(axis=(1, 2, 4), keepdims=True)
-  var = jnp.square(x32 - mean).mean(axis=(1, 2, 4), keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).reshape(b, h, w, c)
-
-
 class GroupNorm(nnx.Module):
-  """GroupNorm (32 groups, eps 1e-6 as in the VQGAN CNNs), optional affine."""
+  """GroupNorm (32 groups, eps 1e-6 as in the VQGAN CNNs), optional affine, optional fused swish.
+
+  Runs the fused op of `group_norm.py` (per-channel reductions, hand-written backward).
+  """
 
   def __init__(self, channels: int, *, rngs: nnx.Rngs, num_groups: int = 32, eps: float = 1e-6,
                affine: bool = True, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -158,11 +154,15 @@ class GroupNorm(nnx.Module):
     self.scale = param(rngs, ones, (channels,), ("norm",), param_dtype) if affine else None
     self.bias = param(rngs, zeros, (channels,), ("norm",), param_dtype) if affine else None
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = group_norm_stats(x, self.num_groups, self.eps)
+  def __call__(self, x: jax.Array, *, swish: bool = False) -> jax.Array:
+    """x (B, H, W, C) -> same shape in the compute dtype; `swish=True` applies x * sigmoid(x)."""
+    b, c = x.shape[0], x.shape[-1]
     if self.scale is not None:
-      y = y * self.scale[...] + self.bias[...]
-    return y.astype(self.dtype)
+      scale = jnp.broadcast_to(self.scale[...].astype(jnp.float32), (b, c))
+      shift = jnp.broadcast_to(self.bias[...].astype(jnp.float32), (b, c))
+    else:
+      scale, shift = jnp.ones((b, c), jnp.float32), jnp.zeros((b, c), jnp.float32)
+    return group_norm(x.astype(self.dtype), scale, shift, self.num_groups, self.eps, swish)
 
 
 class Attention(nnx.Module):
