@@ -32,9 +32,12 @@ setup(
         "tensorboard>=2.21",
         "tensorflow-cpu>=2.21",  # clu.metric_writers imports TensorFlow for event files
         "absl-py>=2.1",
+        "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=9.0", "torch>=2.13"],
+        # lpips (LPIPS parity test) is installed with --no-deps: it requires torchvision, which does
+        # not install beside the CPU torch build; the test supplies the VGG16 layout itself.
+        "test": ["pytest>=9.0", "torch>=2.13", "transformers>=5.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },
 )

@@ -6,7 +6,11 @@ r"""Throughput, FLOPs, MFU and memory of one tokenizer train step. Prints one JS
 The step is `TokenizerTask.jitted_train_step((gan, aux))`: by default the generator-only step (L2 +
 VQ + commitment (+ entropy if the config's weight is > 0); no discriminator, no auxiliary losses).
 `--gan` adds the GAN term and the discriminator update (after `loss.disc_start_step`), `--aux` the
-auxiliary losses of early training (before `loss.aux_loss_end`).
+auxiliary losses of early training (before `loss.aux_loss_end`), `--teachers` the LPIPS and DINOv2
+semantic terms with the config's weights (random-weight teachers of the real shapes: timing needs no
+weight files). `--split` (implies --gan --teachers) also reports the cost split of the full step:
+generator (the default step), DINOv2 teacher forward, LPIPS forward+backward, discriminator
+(update + adversarial term), each compiled alone: FLOPs, time and share of their sum.
 Inputs are random images in [-1, 1], so no dataset is needed.
 
 Reported:
@@ -29,7 +33,6 @@ the flags in effect.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import statistics
@@ -54,6 +57,10 @@ flags.DEFINE_integer("warmup", 1, "Untimed steps before timing.", lower_bound=0)
 flags.DEFINE_bool("gan", False, "Benchmark the step with the GAN loss and discriminator update.")
 flags.DEFINE_bool("aux", False, "Include the auxiliary losses of early training (feature "
                   "reconstruction, shortcut reconstruction if configured).")
+flags.DEFINE_bool("teachers", False, "Add the LPIPS and DINOv2 semantic losses (random-weight "
+                  "teachers of the real shapes).")
+flags.DEFINE_bool("split", False, "Also report the cost split generator / teacher / LPIPS / "
+                  "discriminator (implies --gan --teachers).")
 flags.DEFINE_float("peak_flops", 0.0,
                    "Device peak FLOP/s for MFU; 0 = measure it with bench/matmul_peak.py.")
 flags.DEFINE_enum("peak_dtype", "auto", ["auto", "float32", "bfloat16"],
@@ -70,14 +77,71 @@ def _config_name(path: str) -> str:
 
 
 def _jitted_step(task, gan: bool, aux: bool):
-  """The jitted step of a phase; accepts both `jitted_train_step(phase=(gan, aux))` and the
-  older `jitted_train_step(gan)`."""
-  params = inspect.signature(task.jitted_train_step).parameters
-  if "phase" in params:
-    return task.jitted_train_step((gan, aux))
-  if aux:
-    raise SystemExit("--aux: this version of TokenizerTask has no auxiliary-loss phase")
-  return task.jitted_train_step(gan)
+  return task.jitted_train_step((gan, aux))
+
+
+def _time_compiled(compiled, args, steps: int) -> dict:
+  """FLOPs and median time of a compiled function (one untimed call first)."""
+  samples = common.time_calls(lambda: compiled(*args), steps=steps, warmup=1)
+  return {"flops": common.flops(compiled), "time_s": statistics.median(samples)}
+
+
+def cost_split(task, state, batch, frozen, steps: int) -> dict:
+  """Generator step, teacher forward, LPIPS fwd+bwd and discriminator work, each compiled alone."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from gigatok_jax.train.tokenizer_step import hinge_d_loss
+
+  images = batch["image"]
+  parts = {}
+  # Generator: the default step (L2 + VQ terms); the teachers' weights are passed but unused.
+  saved_names = task.teachers.names
+  task.teachers.names = ()          # the same task object with the teacher terms switched off
+  task._steps.pop((False, False), None)
+  try:
+    plain = task.jitted_train_step((False, False))
+    with jax.set_mesh(task.mesh):
+      compiled = plain.lower(state, batch, frozen).compile()
+  finally:
+    task.teachers.names = saved_names
+    task._steps.pop((False, False), None)
+  # Donation consumes the state: time a copy.
+  state_copy = jax.tree.map(jnp.copy, state)
+  holder = {"s": state_copy}
+
+  def gen_step():
+    holder["s"], m = compiled(holder["s"], batch, frozen)
+    return m
+  samples = common.time_calls(gen_step, steps=steps, warmup=1)
+  parts["generator"] = {"flops": common.flops(compiled), "time_s": statistics.median(samples)}
+
+  with jax.set_mesh(task.mesh):
+    teacher = jax.jit(task.teachers.semantic_target).lower(frozen, images).compile()
+    parts["dinov2_teacher"] = _time_compiled(teacher, (frozen, images), steps)
+    lp = jax.jit(jax.grad(task.teachers.perceptual_loss, argnums=1)).lower(
+        frozen, images, images).compile()
+    parts["lpips"] = _time_compiled(lp, (frozen, images * 0.9, images), steps)
+
+    def disc_work(dp, stats, real, fake):
+      def d_loss(dp):
+        disc = nnx.merge(task.disc_graph, dp, stats)
+        logits = disc(jnp.concatenate([real, fake], 0), train=True)
+        r, f = jnp.split(logits, 2, 0)
+        return hinge_d_loss(r, f)
+
+      def g_adv(x):
+        disc = nnx.merge(task.disc_graph, dp, stats)
+        return -jnp.mean(disc(x, train=True))
+      return jax.grad(d_loss)(dp), jax.grad(g_adv)(fake)
+    dw = jax.jit(disc_work).lower(state.disc_params, state.disc_stats, images, images).compile()
+    parts["discriminator"] = _time_compiled(
+        dw, (state.disc_params, state.disc_stats, images, images * 0.9), steps)
+  total = sum(p["time_s"] for p in parts.values())
+  total_flops = sum(p["flops"] for p in parts.values())
+  for p in parts.values():
+    p["time_share"] = p["time_s"] / total
+    p["flops_share"] = p["flops"] / total_flops if total_flops else 0.0
+  return parts
 
 
 def run(config) -> dict:
@@ -85,6 +149,13 @@ def run(config) -> dict:
   from gigatok_jax.train.tokenizer_step import TokenizerTask
 
   load_start = common.load_average()
+  if FLAGS.split:
+    FLAGS.gan = FLAGS.teachers = True
+  if not FLAGS.teachers:  # the generator step the MFU target is about: no frozen networks
+    config.loss.perceptual_weight = 0.0
+    config.loss.semantic_weight = 0.0
+  elif config.loss.perceptual_weight <= 0 or config.loss.semantic_weight <= 0:
+    raise SystemExit("--teachers: set loss.perceptual_weight and loss.semantic_weight > 0")
   validate.validate(config, check_data=False)
   mesh = parallel.make_mesh(config.mesh)
   batch_size = int(config.global_batch_size)
@@ -95,8 +166,9 @@ def run(config) -> dict:
                      f"data-parallel size {dp}")
 
   t0 = time.perf_counter()
-  task = TokenizerTask(config, mesh)
+  task = TokenizerTask(config, mesh, random_teachers=FLAGS.teachers)
   state = common.block(task.init_state())
+  frozen = common.block(task.load_teachers())
   init_s = time.perf_counter() - t0
 
   # Process-local slice of one random global batch.
@@ -113,7 +185,8 @@ def run(config) -> dict:
   step = _jitted_step(task, FLAGS.gan, FLAGS.aux)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
-    lowered = step.lower(task.abstract_state, batch_abstract)
+    lowered = step.lower(task.abstract_state, batch_abstract,
+                         task.teachers.abstract_args(mesh, task.rules))
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile()
@@ -123,7 +196,7 @@ def run(config) -> dict:
   holder = {"state": state}
 
   def one_step():
-    holder["state"], metrics = compiled(holder["state"], batch)
+    holder["state"], metrics = compiled(holder["state"], batch, frozen)
     return metrics
 
   # Matmul peak: every size once (to pick the fastest), then the chosen size again after each
@@ -167,6 +240,7 @@ def run(config) -> dict:
       "kind": config.model.kind,
       "gan": bool(FLAGS.gan),
       "aux": bool(FLAGS.aux),
+      "teachers": list(task.teachers.names),
       "entropy_weight": float(config.loss.entropy_weight),
       "batch_size": batch_size,
       "image_size": size,
@@ -194,8 +268,10 @@ def run(config) -> dict:
       "lower_time_s": lower_s,
       "compile_time_s": compile_s,
       "load_average_start": load_start,
-      "load_average_end": common.load_average(),
   }
+  if FLAGS.split:
+    result["cost_split"] = cost_split(task, holder["state"], batch, frozen, FLAGS.steps)
+  result["load_average_end"] = common.load_average()
   return result
 
 

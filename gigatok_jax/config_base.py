@@ -85,8 +85,8 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       reconstruction_weight=1.0,    # L2
       codebook_weight=1.0,          # vq term mean((z_q - sg z)^2); commitment weight is model.commitment
       entropy_weight=0.0,           # 0.005 for XL-XXL
-      perceptual_weight=0.0,        # LPIPS-VGG; paper 1.0. Needs the LPIPS port (not in this build yet)
-      semantic_weight=0.0,          # -cos to DINOv2; paper 0.5. Needs the DINOv2 port (not in this build yet)
+      perceptual_weight=1.0,        # LPIPS-VGG; > 0 needs teachers.lpips_path
+      semantic_weight=0.5,          # -cos to DINOv2 patch tokens; > 0 needs teachers.dinov2_path
       disc_weight=0.5,              # hinge generator loss weight, no adaptive weight
       disc_start_step=20_000,       # neither the GAN term nor the discriminator runs before this
       # Auxiliary losses of the reference, active while step < aux_loss_end (0 = off):
@@ -95,6 +95,15 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       aux_loss_end=0,
       feature_rec_weight=1.0,
       shortcut_reconstruction=False,
+  ))
+
+  # Frozen networks, loaded from converted local files (README "Semantic regularization and
+  # perceptual loss"); nothing is downloaded and a missing file stops the run before compilation.
+  # The DINOv2 input size is 14 x the tokenizer grid (224 px for 16 x 16), so that its patch tokens
+  # match the decoder queries one to one.
+  c.teachers = ml_collections.ConfigDict(dict(
+      dinov2_path="",               # from `python -m gigatok_jax.convert.dinov2`
+      lpips_path="",                # from `python -m gigatok_jax.convert.lpips`
   ))
 
   c.discriminator = ml_collections.ConfigDict(dict(
@@ -147,6 +156,10 @@ def tiny_model_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
   c.image_every_steps = 5
   c.eval_num_images = 4
   c.loss.disc_start_step = 4
+  # Tiny variants train without the frozen teachers (no weight files on test machines); the tests
+  # that check the teacher wiring give them small random-weight teacher files.
+  c.loss.perceptual_weight = 0.0
+  c.loss.semantic_weight = 0.0
   return c
 
 

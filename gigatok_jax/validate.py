@@ -92,13 +92,8 @@ def check_model(m, image_size: int) -> None:
 
 
 def check_losses(loss) -> None:
-  # Perceptual (LPIPS-VGG) and semantic (DINOv2) terms need the frozen-network ports; until they
-  # exist a positive weight would silently train without the term, so it is refused.
-  for key, what in (("perceptual_weight", "LPIPS-VGG"), ("semantic_weight", "DINOv2")):
-    if loss[key] != 0:
-      raise ConfigError(f"loss.{key}", f"the {what} loss is not available in this build yet; "
-                        "set it to 0")
-  for key in ("reconstruction_weight", "codebook_weight", "entropy_weight", "disc_weight"):
+  for key in ("reconstruction_weight", "codebook_weight", "entropy_weight", "disc_weight",
+              "perceptual_weight", "semantic_weight"):
     if loss[key] < 0:
       raise ConfigError(f"loss.{key}", f"must be >= 0, got {loss[key]}")
   if loss.aux_loss_end < 0:
@@ -109,8 +104,10 @@ def check_losses(loss) -> None:
     raise ConfigError("loss.disc_start_step", "must be >= 0")
 
 
-def validate(config, *, num_devices: int | None = None, check_data: bool = True) -> None:
-  """All checks; `check_data` opens the dataset (skip it for modes that do not read data)."""
+def validate(config, *, num_devices: int | None = None, check_data: bool = True,
+             check_teachers: bool | None = None) -> None:
+  """All checks; `check_data` opens the dataset (skip it for modes that do not read data) and,
+  unless `check_teachers` says otherwise, the frozen teachers' weight files."""
   check_schema(config, config_base.tokenizer_config())
   for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
               "image_every_steps", "eval_num_images", "max_checkpoints_to_keep"):
@@ -134,6 +131,9 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True)
   if config.global_batch_size % dp:
     raise ConfigError("global_batch_size", f"{config.global_batch_size} is not divisible by the "
                       f"{dp} data-parallel devices (mesh {shape}, batch over {axes})")
+  if check_data if check_teachers is None else check_teachers:
+    from gigatok_jax.train import teachers
+    teachers.check_config(config)
   if check_data:
     from gigatok_jax.data import pipeline
     d = config.data

@@ -32,8 +32,16 @@ def test_unknown_override_key_is_rejected():
 
 def test_missing_dataset_names_the_key(tmp_path):
   proc = run_cli("--config=configs/tokenizer_ss.py", f"--workdir={tmp_path}",
+                 "--config.loss.semantic_weight=0", "--config.loss.perceptual_weight=0",
                  f"--config.data.train_path={tmp_path}/nothing_here")
   assert_user_error(proc, "data.train_path")
+  assert proc.returncode == 2
+
+
+def test_paper_recipe_without_teacher_files_says_what_to_convert(tmp_path):
+  proc = run_cli("--config=configs/tokenizer_ss.py", f"--workdir={tmp_path}",
+                 f"--config.teachers.dinov2_path={tmp_path}/dino.safetensors")
+  assert_user_error(proc, "teachers.dinov2_path", "not found", "gigatok_jax.convert.dinov2")
   assert proc.returncode == 2
 
 
@@ -66,7 +74,7 @@ def test_batch_not_divisible_by_data_parallel_devices():
     ("model.kind", "3d", "model.kind"),
     ("model.dtype", "float16", "model.dtype"),
     ("optim.lr", -1.0, "optim.lr"),
-    ("loss.semantic_weight", 0.5, "loss.semantic_weight"),
+    ("loss.semantic_weight", -0.5, "loss.semantic_weight"),
     ("total_steps", 0, "total_steps"),
     ("data.image_size", 80, "data.image_size"),
 ])

@@ -134,9 +134,9 @@ def test_loss_phases_and_aux_metrics():
            "label": np.zeros((4,), np.int32)}
   with jax.set_mesh(task.mesh):
     state = task.init_state()
-    _, aux = task.jitted_train_step((False, True))(state, batch)
+    _, aux = task.jitted_train_step((False, True))(state, batch, {})
     state = task.init_state()
-    _, plain = task.jitted_train_step((False, False))(state, batch)
+    _, plain = task.jitted_train_step((False, False))(state, batch, {})
   assert {"feature_rec_loss", "shortcut_rec_loss"} <= set(aux)
   assert not {"feature_rec_loss", "shortcut_rec_loss", "disc_loss"} & set(plain)
   extra = float(aux["feature_rec_loss"]) + float(aux["shortcut_rec_loss"])

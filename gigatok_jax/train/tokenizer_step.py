@@ -7,7 +7,9 @@ neither runs the discriminator nor updates it, and the auxiliary losses run only
 `loss.aux_loss_end`; each phase is its own executable, compiled when the run reaches it.
 
 Generator loss (spec 3.1):  w_rec * L2 + w_cb * vq + commit + w_ent * entropy + w_gan * (-D(fake))
-                            [+ w_feat * MSE(sg(CNN map), decoder map) + L2(shortcut) while aux]
+                            + w_perc * LPIPS + w_sem * (-cos(projector(dec layer k), DINOv2))
+                            [+ w_feat * MSE(sg(CNN map), decoder map) + L2(+LPIPS)(shortcut) while aux]
+The frozen teachers (train/teachers.py) are a third, non-donated argument of the step.
 Discriminator loss (spec 3.2): w_gan * 0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))
 """
 
@@ -29,6 +31,7 @@ from gigatok_jax.models.discriminator import PatchGANDiscriminator
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
+from gigatok_jax.train.teachers import FrozenTeachers, cosine_similarity
 
 USAGE_BUFFER = 65536  # codebook usage is measured over the last 65536 code indices (spec 2.5)
 
@@ -58,7 +61,9 @@ def hinge_d_loss(logits_real, logits_fake):
 class TokenizerTask:
   """Everything needed to initialise, shard and step a tokenizer training run."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+               random_teachers: bool = False):
+    """`random_teachers`: random-weight DINOv2/LPIPS of the right shapes (benchmarks only)."""
     self.config = config
     self.mesh = mesh
     self.rules = tuple(tuple(r) for r in config.mesh.axis_rules)
@@ -98,6 +103,8 @@ class TokenizerTask:
         self.abstract_state, self.state_shardings)
     self.num_params = sum(x.size for x in jax.tree.leaves(s.gen_params))
     self.num_disc_params = sum(x.size for x in jax.tree.leaves(s.disc_params))
+    self.teachers = FrozenTeachers(config, random_init=random_teachers)
+    self.teacher_shardings = self.teachers.shardings(mesh, self.rules)
     self._steps = {}
 
   # --- construction ---------------------------------------------------------------------------
@@ -125,6 +132,12 @@ class TokenizerTask:
         ema_params=(jax.tree.map(jnp.copy, gen_params) if self.config.optim.ema_decay > 0 else None),
         recent_codes=jnp.full((USAGE_BUFFER,), -1, jnp.int32),
     )
+
+  def load_teachers(self) -> dict[str, Any]:
+    """The frozen teachers' weights on the mesh ({} when no teacher loss is on)."""
+    if self.teachers.random_init:
+      return self.teachers.init_random(self.mesh, self.rules, seed=self.config.seed)
+    return self.teachers.load(self.mesh, self.rules)
 
   def init_state(self) -> TokenizerState:
     """Initialises parameters directly into their shardings (no host copy of the full model)."""
@@ -156,16 +169,19 @@ class TokenizerTask:
                   "label": parallel.batch_sharding(self.mesh, self.rules, 1)}
       self._steps[phase] = jax.jit(
           self.train_step_fn(phase),
-          in_shardings=(self.state_shardings, batch_sh),
+          in_shardings=(self.state_shardings, batch_sh, self.teacher_shardings),
           out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
           donate_argnums=(0,))
     return self._steps[phase]
 
-  def _train_step(self, state: TokenizerState, batch: dict[str, jax.Array], *, gan: bool,
-                  aux: bool):
+  def _train_step(self, state: TokenizerState, batch: dict[str, jax.Array],
+                  frozen: dict[str, Any], *, gan: bool, aux: bool):
     c = self.config
     lc = c.loss
+    teachers = self.teachers
     images = batch["image"].astype(jnp.float32)                     # (B, H, W, 3) in [-1, 1]
+    # DINOv2 patch tokens of the input: a constant of the generator loss.
+    teacher_tokens = teachers.semantic_target(frozen, images) if teachers.semantic else None
 
     def disc_apply(disc_params, stats, x):
       disc = nnx.merge(self.disc_graph, disc_params, stats)
@@ -174,12 +190,21 @@ class TokenizerTask:
 
     def gen_loss_fn(gen_params):
       out = self.generator(gen_params)(images, with_entropy=lc.entropy_weight > 0,
+                                       with_distill=teachers.semantic,
                                        with_shortcut=aux and lc.shortcut_reconstruction)
       rec = jnp.mean(jnp.square(out.reconstruction - images))
       loss = (lc.reconstruction_weight * rec + lc.codebook_weight * out.vq_loss + out.commit_loss
               + lc.entropy_weight * out.entropy_loss)
       terms = {"rec_loss": rec, "vq_loss": out.vq_loss, "commit_loss": out.commit_loss,
                "entropy_loss": out.entropy_loss}
+      if teachers.perceptual:
+        perc = teachers.perceptual_loss(frozen, out.reconstruction, images)
+        loss = loss + lc.perceptual_weight * perc
+        terms["lpips"] = perc
+      if teachers.semantic:
+        cos = cosine_similarity(out.distill, teacher_tokens)
+        loss = loss - lc.semantic_weight * cos
+        terms["semantic_cos"] = cos
       if aux:
         target = jax.lax.stop_gradient(out.encoder_map.astype(jnp.float32))
         feat = jnp.mean(jnp.square(out.decoder_map.astype(jnp.float32) - target))
@@ -189,6 +214,10 @@ class TokenizerTask:
           short = jnp.mean(jnp.square(out.shortcut - images))
           loss = loss + lc.reconstruction_weight * short
           terms["shortcut_rec_loss"] = short
+          if teachers.perceptual:
+            short_perc = teachers.perceptual_loss(frozen, out.shortcut, images)
+            loss = loss + lc.perceptual_weight * short_perc
+            terms["shortcut_lpips"] = short_perc
       if gan:
         logits_fake, _ = disc_apply(state.disc_params, state.disc_stats, out.reconstruction)
         g_adv = -jnp.mean(logits_fake)

@@ -70,6 +70,9 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   task = TokenizerTask(config, mesh)
   reporting.info(f"mesh {dict(mesh.shape)}; generator {task.num_params / 1e6:.2f}M params, "
                  f"discriminator {task.num_disc_params / 1e6:.2f}M params")
+  frozen = task.load_teachers()
+  for name in task.teachers.names:
+    reporting.info(f"frozen {name}: {config.teachers[name + '_path']}")
 
   data_iter = pipeline.make_train_iterator(config.data, global_batch_size=config.global_batch_size,
                                            seed=config.seed)
@@ -107,7 +110,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   with PreemptionFlag() as preempted, jax.set_mesh(mesh):
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
-      state, metrics = task.jitted_train_step(task.phase(step))(state, batch)
+      state, metrics = task.jitted_train_step(task.phase(step))(state, batch, frozen)
       step += 1
       # The first step of a run is logged too: it is the baseline the later PSNR is read against.
       if step % config.log_every_steps == 0 or step == end or step == first_step + 1:

@@ -1,0 +1,140 @@
+"""Reading PyTorch weight files and writing/reading our flat parameter files, strictly.
+
+Our converted weights are `.safetensors` files of flat "a.b.c" parameter paths (the nnx state path
+of each parameter joined with dots) plus string metadata (which model, its config as JSON). They
+load into an nnx module only if every parameter is present with the right shape and nothing is left
+over; otherwise a CheckpointError lists the names (and shapes) at fault.
+
+PyTorch `.pt/.pth/.bin` files are read with `torch.load(weights_only=True)`, which never unpickles
+code; `.safetensors` files need no torch at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gigatok_jax.errors import CheckpointError
+
+FORMAT = "gigatok_jax.flat.v1"
+
+
+def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
+  """A PyTorch state dict (or the sub-dict `key` of a training checkpoint) as float32 numpy arrays.
+
+  `key` picks e.g. "model" or "ema" from `{"model": ..., "ema": ..., "optimizer": ...}`; with
+  key=None a file whose values are all tensors is taken as is.
+  """
+  if not os.path.isfile(path):
+    raise CheckpointError(f"weight file not found: {path}")
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    raw: Mapping[str, Any] = load_file(path)
+  else:
+    try:
+      import torch
+    except ImportError as e:  # pragma: no cover - torch is a test dependency here
+      raise CheckpointError(f"{path}: reading a PyTorch pickle needs `pip install torch`; or "
+                            "convert it to .safetensors elsewhere") from e
+    try:
+      raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+      raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from e
+  if key is not None:
+    if not isinstance(raw, Mapping) or key not in raw:
+      have = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
+      raise CheckpointError(f"{path}: has no entry '{key}' (top-level entries: {have})")
+    raw = raw[key]
+  if not isinstance(raw, Mapping):
+    raise CheckpointError(f"{path}: expected a state dict, found {type(raw).__name__}")
+  out = {}
+  for name, value in raw.items():
+    if hasattr(value, "detach"):  # torch.Tensor
+      value = value.detach().to("cpu").float().numpy() if value.is_floating_point() else \
+          value.detach().to("cpu").numpy()
+    if not isinstance(value, np.ndarray):
+      raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, not a tensor "
+                            f"(is this a training checkpoint? pick its weights with key='model')")
+    out[name] = value
+  return out
+
+
+def flatten_module(module: nnx.Module) -> dict[str, np.ndarray]:
+  """{ "a.b.c": array } for every nnx.Param of `module`."""
+  flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
+  return {".".join(str(p) for p in path): np.asarray(var[...]) for path, var in flat}
+
+
+def assign_flat(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str) -> None:
+  """Copies `flat` into `module`'s parameters in place; strict about names and shapes."""
+  params = {".".join(str(p) for p in path): var
+            for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+  missing = sorted(set(params) - set(flat))
+  unused = sorted(set(flat) - set(params))
+  bad = [f"{k}: file {tuple(flat[k].shape)} vs model {tuple(params[k][...].shape)}"
+         for k in sorted(set(params) & set(flat))
+         if tuple(flat[k].shape) != tuple(params[k][...].shape)]
+  problems = []
+  if missing:
+    problems.append(f"missing parameters {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+  if unused:
+    problems.append(f"unexpected entries {unused[:20]}{' ...' if len(unused) > 20 else ''}")
+  if bad:
+    problems.append("shape mismatches: " + "; ".join(bad[:20]))
+  if problems:
+    raise CheckpointError(f"{source}: does not fit the model: " + " | ".join(problems))
+  for k, var in params.items():
+    var[...] = jnp.asarray(flat[k], dtype=var[...].dtype)
+
+
+def save_flat(path: str, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
+  """Writes a converted parameter file atomically (temp file + rename)."""
+  from safetensors.numpy import save_file
+  meta = {"format": FORMAT}
+  meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, tmp, metadata=meta)
+  os.replace(tmp, path)
+
+
+def read_metadata(path: str) -> dict:
+  """The metadata of a converted file, without reading its tensors (cheap: header only)."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"converted weight file not found: {path}")
+  from safetensors import safe_open
+  try:
+    with safe_open(path, framework="numpy") as f:
+      meta = dict(f.metadata() or {})
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from e
+  if meta.get("format") != FORMAT:
+    raise CheckpointError(f"{path}: not a gigatok_jax converted weight file (format "
+                          f"{meta.get('format')!r}); convert the original with "
+                          "`python -m gigatok_jax.convert.<model>`")
+  return meta
+
+
+def load_flat(path: str, expect_model: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads a file written by `save_flat`; checks its format and (optionally) its model name."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"converted weight file not found: {path}")
+  from safetensors import safe_open
+  try:
+    with safe_open(path, framework="numpy") as f:
+      meta = dict(f.metadata() or {})
+      flat = {k: f.get_tensor(k) for k in f.keys()}
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from e
+  if meta.get("format") != FORMAT:
+    raise CheckpointError(f"{path}: not a gigatok_jax converted weight file (format "
+                          f"{meta.get('format')!r}); convert the original with "
+                          "`python -m gigatok_jax.convert.<model>`")
+  if expect_model is not None and meta.get("model") != expect_model:
+    raise CheckpointError(f"{path}: holds '{meta.get('model')}' weights, expected '{expect_model}'")
+  return flat, meta
