@@ -16,7 +16,7 @@ from flax import nnx
 from gigatok_jax import parallel, validate
 from gigatok_jax.convert import lpips as lpips_convert
 from gigatok_jax.convert import weight_files
-from gigatok_jax.errors import ConfigError
+from gigatok_jax.errors import CheckpointError, ConfigError
 from gigatok_jax.models import dinov2, lpips
 from gigatok_jax.train import teachers
 from gigatok_jax.train.tokenizer_step import TokenizerTask
@@ -147,3 +147,36 @@ def test_trainer_runs_with_teachers_and_shortcut_lpips(teacher_files, tmp_path):
   state = tokenizer_trainer.train(config, str(tmp_path), progress=False, devices=ONE_DEVICE)
   assert int(state.step) == 2
   assert os.listdir(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_teachers_follow_compute_dtype_and_mesh(teacher_files):
+  """bf16 tokenizers get bf16 teachers; teacher weights are sharded by their logical axis names."""
+  config = _config(teacher_files)
+  config.model.dtype = "bfloat16"
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  mesh = parallel.make_mesh(config.mesh, jax.devices()[:8])
+  t = teachers.FrozenTeachers(config)
+  assert t.dtype == jnp.bfloat16
+  specs = [s.spec for s in jax.tree.leaves(t.shardings(mesh, parallel_rules(config)))]
+  assert any(any(axis is not None for axis in spec) for spec in specs), specs
+  frozen = t.load(mesh, parallel_rules(config))
+  images = jnp.zeros((2, 64, 64, 3), jnp.float32)
+  assert t.semantic_target(frozen, images).shape == (2, 64, 32)
+
+
+def test_wrong_shape_in_teacher_file_names_the_parameter(teacher_files, tmp_path):
+  flat, meta = weight_files.load_flat(teacher_files["dinov2"])
+  name = next(k for k in flat if k.endswith("norm.scale"))
+  flat[name] = np.ones((7,), np.float32)
+  path = str(tmp_path / "bad.safetensors")
+  weight_files.save_flat(path, flat, {k: v for k, v in meta.items() if k != "format"})
+  config = _config(dict(teacher_files, dinov2=path))
+  teachers.check_config(config)       # the header is fine ...
+  task = TokenizerTask(config, parallel.make_mesh(config.mesh, ONE_DEVICE))
+  with pytest.raises(CheckpointError) as e:  # ... the tensor is not: named, with both shapes
+    task.load_teachers()
+  assert name in str(e.value) and "(7,)" in str(e.value) and "(32,)" in str(e.value)
+
+
+def parallel_rules(config):
+  return tuple(tuple(r) for r in config.mesh.axis_rules)
