@@ -246,7 +246,7 @@ def run(config) -> dict:
       "image_size": size,
       "dtype": config.model.dtype,
       "param_dtype": config.model.param_dtype,
-      "remat": bool(config.model.remat),
+      "remat": config.model.remat,
       "num_params": int(task.num_params),
       **common.device_info(),
       "mesh": dict(mesh.shape),

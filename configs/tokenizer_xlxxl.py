@@ -13,5 +13,5 @@ def get_config(variant: str = ""):
   c.loss.entropy_weight = 0.005   # entropy loss is what makes the 2.9B model use its codebook
   c.optim.warmup_steps = 5000
   c.model.dtype = 'bfloat16'
-  c.model.remat = True
+  c.model.remat = "full"
   return config_base.with_variant(c, variant)

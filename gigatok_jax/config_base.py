@@ -62,7 +62,7 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
       distill_dim=768,           # DINOv2-B/14 feature width
       dtype="float32",           # compute dtype: 'float32' or 'bfloat16'
       param_dtype="float32",     # master weights
-      remat=False,               # rematerialise each transformer layer in the backward pass
+      remat="none",              # per transformer layer and CNN res block: 'none', 'full', 'save_dots'
   ))
 
 

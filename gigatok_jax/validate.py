@@ -15,6 +15,7 @@ import ml_collections
 
 from gigatok_jax import config_base, parallel
 from gigatok_jax.errors import ConfigError
+from gigatok_jax.models.layers import REMAT_POLICIES
 
 
 def _type_ok(expected, value) -> bool:
@@ -87,6 +88,8 @@ def check_model(m, image_size: int) -> None:
   for key in ("dtype", "param_dtype"):
     if m[key] not in ("float32", "bfloat16"):
       raise ConfigError(f"model.{key}", f"must be 'float32' or 'bfloat16', got {m[key]!r}")
+  if m.remat not in REMAT_POLICIES:
+    raise ConfigError("model.remat", f"must be one of {REMAT_POLICIES}, got {m.remat!r}")
   if m.codebook_size <= 1 or m.code_dim <= 0:
     raise ConfigError("model.codebook_size", "codebook_size must be > 1 and code_dim > 0")
 

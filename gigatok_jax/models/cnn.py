@@ -16,7 +16,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gigatok_jax.models.group_norm import group_norm
-from gigatok_jax.models.layers import Conv, Dense, GroupNorm
+from gigatok_jax.models.layers import Conv, Dense, GroupNorm, remat_call
+
+
+def run_blocks(blocks, x: jax.Array, remat: str) -> jax.Array:
+  """Applies res blocks in order, each under the `model.remat` policy."""
+  for block in blocks:
+    x = remat_call(remat, lambda b, h: b(h), block, x)
+  return x
 
 
 class ResnetBlock(nnx.Module):
@@ -40,28 +47,31 @@ class ResnetBlock(nnx.Module):
 
 class EncoderLevel(nnx.Module):
   def __init__(self, cin: int, cout: int, num_blocks: int, downsample: bool, *, rngs, dtype,
-               param_dtype):
+               param_dtype, remat: str = "none"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.remat = remat
     self.res = nnx.List([ResnetBlock(cin if j == 0 else cout, cout, **kw) for j in range(num_blocks)])
     # Stride-2 3x3 conv; input padded by one row at the bottom and one column at the right.
     self.downsample = (Conv(cout, cout, 3, stride=2, padding=((0, 1), (0, 1)), **kw)
                        if downsample else None)
 
   def __call__(self, x):
-    for block in self.res:
-      x = block(x)
+    x = run_blocks(self.res, x, self.remat)
     return self.downsample(x) if self.downsample is not None else x
 
 
 class CNNEncoder(nnx.Module):
   def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-               rngs: nnx.Rngs, in_channels: int = 3, dtype=jnp.float32, param_dtype=jnp.float32):
+               rngs: nnx.Rngs, in_channels: int = 3, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = "none"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.remat = remat
     self.conv_in = Conv(in_channels, ch, 3, padding=1, **kw)
     levels, cin = [], ch
     for i, mult in enumerate(ch_mult):
       cout = ch * mult
-      levels.append(EncoderLevel(cin, cout, num_res_blocks, i < len(ch_mult) - 1, **kw))
+      levels.append(EncoderLevel(cin, cout, num_res_blocks, i < len(ch_mult) - 1, remat=remat,
+                                 **kw))
       cin = cout
     self.conv_blocks = nnx.List(levels)
     self.mid = nnx.List([ResnetBlock(cin, cin, **kw) for _ in range(2)])
@@ -72,8 +82,7 @@ class CNNEncoder(nnx.Module):
     h = self.conv_in(x)
     for level in self.conv_blocks:
       h = level(h)
-    for block in self.mid:
-      h = block(h)
+    h = run_blocks(self.mid, h, self.remat)
     return self.conv_out(self.norm_out(h, swish=True))
 
 
@@ -123,21 +132,23 @@ class AdaptiveGroupNorm(nnx.Module):
 
 class DecoderLevel(nnx.Module):
   def __init__(self, cin: int, cout: int, num_blocks: int, upsample: bool, *, rngs, dtype,
-               param_dtype):
+               param_dtype, remat: str = "none"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.remat = remat
     self.res = nnx.List([ResnetBlock(cin if j == 0 else cout, cout, **kw) for j in range(num_blocks)])
     self.upsample = DepthToSpaceUpsample(cout, **kw) if upsample else None
 
   def __call__(self, x):
-    for block in self.res:
-      x = block(x)
+    x = run_blocks(self.res, x, self.remat)
     return self.upsample(x) if self.upsample is not None else x
 
 
 class CNNDecoder(nnx.Module):
   def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-               rngs: nnx.Rngs, out_channels: int = 3, dtype=jnp.float32, param_dtype=jnp.float32):
+               rngs: nnx.Rngs, out_channels: int = 3, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = "none"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.remat = remat
     cin = ch * ch_mult[-1]
     self.conv_in = Conv(z_channels, cin, 3, padding=1, **kw)
     self.mid = nnx.List([ResnetBlock(cin, cin, **kw) for _ in range(2)])
@@ -145,7 +156,8 @@ class CNNDecoder(nnx.Module):
     for i, mult in enumerate(reversed(ch_mult)):
       cout = ch * mult
       adaptive.append(AdaptiveGroupNorm(z_channels, cin, **kw))
-      levels.append(DecoderLevel(cin, cout, num_res_blocks + 1, i < len(ch_mult) - 1, **kw))
+      levels.append(DecoderLevel(cin, cout, num_res_blocks + 1, i < len(ch_mult) - 1,
+                                 remat=remat, **kw))
       cin = cout
     self.adaptive = nnx.List(adaptive)
     self.conv_blocks = nnx.List(levels)
@@ -153,9 +165,7 @@ class CNNDecoder(nnx.Module):
     self.conv_out = Conv(cin, out_channels, 3, padding=1, **kw)
 
   def __call__(self, z: jax.Array) -> jax.Array:  # (B, h, w, z_channels) -> (B, h*f, w*f, 3)
-    h = self.conv_in(z)
-    for block in self.mid:
-      h = block(h)
+    h = run_blocks(self.mid, self.conv_in(z), self.remat)
     for adaptive, level in zip(self.adaptive, self.conv_blocks):
       h = level(adaptive(h, z))
     return self.conv_out(self.norm_out(h, swish=True))

@@ -217,5 +217,21 @@ class Mlp(nnx.Module):
     return self.fc2(self.activation(self.fc1(x)))
 
 
+# Rematerialisation policies of `model.remat` (applied per transformer layer and per CNN res block):
+# "none" keeps every activation for the backward pass, "full" keeps only the block inputs and
+# recomputes the rest, "save_dots" keeps matmul outputs and recomputes the cheap elementwise work.
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
+def remat_call(policy: str, fn: Callable, *args):
+  """fn(*args) under a rematerialisation policy; `fn`'s arguments may be nnx Modules."""
+  if policy == "none":
+    return fn(*args)
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {policy!r}; expected one of {REMAT_POLICIES}")
+  saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return nnx.remat(fn, policy=saveable)(*args)
+
+
 def swish(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(x)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gigatok_jax.models.layers import Attention, Conv, Dense, LayerNorm, Mlp, param
+from gigatok_jax.models.layers import Attention, Conv, Dense, LayerNorm, Mlp, param, remat_call
 
 
 class QFormerLayer(nnx.Module):
@@ -74,7 +74,7 @@ class _Stack(nnx.Module):
   """Layers plus the optional semantic-branch tap after layer `distill_depth` (1-indexed)."""
 
   def __init__(self, width, layers, heads, mlp_ratio, *, rngs, dtype, param_dtype,
-               cross_attention=True, remat=False):
+               cross_attention=True, remat="none"):
     self.transformer = nnx.List([
         QFormerLayer(width, heads, mlp_ratio, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                      cross_attention=cross_attention) for _ in range(layers)])
@@ -83,10 +83,7 @@ class _Stack(nnx.Module):
   def run(self, t, qp, memory=None, mp=None, tap_depth: int = 0):
     tapped = None
     for i, layer in enumerate(self.transformer):
-      if self.remat:
-        t = nnx.remat(lambda lyr, *a: lyr(*a))(layer, t, qp, memory, mp)
-      else:
-        t = layer(t, qp, memory, mp)
+      t = remat_call(self.remat, lambda lyr, *a: lyr(*a), layer, t, qp, memory, mp)
       if i + 1 == tap_depth:
         tapped = t
     return t, tapped
@@ -97,7 +94,7 @@ class QFormerEncoder(nnx.Module):
 
   def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
                mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat=False):
+               remat="none"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     n = grid * grid
     self.positional_embedding = _pos_embed(rngs, n, width, param_dtype)               # memory keys
@@ -123,7 +120,7 @@ class QFormerDecoder(nnx.Module):
 
   def __init__(self, *, grid: int, num_tokens: int, z_channels: int, width: int, layers: int,
                heads: int, mlp_ratio: float, distill_depth: int, distill_dim: int, rngs: nnx.Rngs,
-               dtype=jnp.float32, param_dtype=jnp.float32, remat=False):
+               dtype=jnp.float32, param_dtype=jnp.float32, remat="none"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.grid = grid
     self.distill_depth = distill_depth
@@ -172,7 +169,7 @@ class ViTEncoder2D(nnx.Module):
 
   def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
                mlp_ratio: float, layer_type: str, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat=False, out_kernel: int = 1):
+               param_dtype=jnp.float32, remat="none", out_kernel: int = 1):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.grid = grid
     self.layer_type = layer_type

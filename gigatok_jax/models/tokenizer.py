@@ -48,7 +48,8 @@ class Tokenizer(nnx.Module):
     self.kind = cfg.kind
     self.grid = grid
     cnn = dict(ch=cfg.cnn_ch, ch_mult=tuple(cfg.cnn_ch_mult), num_res_blocks=cfg.cnn_num_res_blocks,
-               z_channels=cfg.z_channels, rngs=rngs, dtype=dtype, param_dtype=pdt)
+               z_channels=cfg.z_channels, rngs=rngs, dtype=dtype, param_dtype=pdt,
+               remat=cfg.remat)
     self.encoder = CNNEncoder(**cnn)
     self.decoder = CNNDecoder(**cnn)
     enc = dict(grid=grid, z_channels=cfg.z_channels, width=cfg.enc_width, layers=cfg.enc_layers,
