@@ -17,6 +17,7 @@ synchronizes the processes inside `save` and `restore`).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import operator
 import os
@@ -80,6 +81,10 @@ def _as_step(step: Any) -> int:
   if value < 0:
     raise CheckpointError(f'checkpoint step must be a non-negative integer, got {value}')
   return int(value)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _path_str(path: tuple[str, ...]) -> str:
@@ -275,10 +280,14 @@ class Checkpointer:
         logger.warning('%s has no data iterator state; the data iterator starts from scratch.',
                        where)
       elif meta.get('process_count') != jax.process_count():
-        logger.warning(
-            '%s was written by %s processes, this job has %d: the data iterator state cannot be '
-            'reused and the data iterator starts from scratch.', where, meta.get('process_count'),
-            jax.process_count())
+        portable = self._portable_iter_state(step, meta.get('process_count'))
+        if portable is not None:
+          data_iterator.set_state(portable)
+        else:
+          logger.warning(
+              '%s was written by %s processes, this job has %d: the data iterator state cannot be '
+              'reused and the data iterator starts from scratch.', where,
+              meta.get('process_count'), jax.process_count())
       else:
         items[DATA_ITER_ITEM] = _GRAIN_ARGS[1](data_iterator)
     try:
@@ -286,6 +295,22 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f'cannot restore {where}: {type(e).__name__}: {e}') from e
     return restored[STATE_ITEM]
+
+  def _portable_iter_state(self, step: int, process_count: Any) -> dict | None:
+    """Process 0's iterator state if it is valid for any process count, else None.
+
+    Our pipeline (worker_count = 0) saves {'next_index': k}: k global batches consumed, the same
+    number on every process and for any process count (data/pipeline.py), so a job with another
+    process count can continue the same stream. Other states (grain workers) are per process.
+    """
+    path = self._step_dir(step) / DATA_ITER_ITEM / f'process_0-of-{process_count}.json'
+    try:
+      state = json.loads(path.read_text())
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if isinstance(state, dict) and set(state) == {'next_index'} and _is_int(state['next_index']):
+      return state
+    return None
 
   def _check_compatible(self, step: int, abstract_state: Any, where: str) -> None:
     """Compares tree paths and shapes with the checkpoint's metadata, before loading arrays."""

@@ -136,6 +136,16 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       tensor=1,
       axis_rules=DEFAULT_AXIS_RULES,
   ))
+
+  # Multi-process jobs (distributed.py). Unset ('' / -1) = JAX's own detection: SLURM, Cloud TPU
+  # VMs, env JAX_COORDINATOR_ADDRESS; no cluster found = one process.
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="",       # 'host:port' of process 0
+      num_processes=-1,
+      process_id=-1,
+      initialization_timeout_s=300,  # wait this long for every process to connect
+      heartbeat_timeout_s=100,      # a process silent this long is dead: the others abort
+  ))
   return c
 
 

@@ -3,8 +3,9 @@ r"""gigatok_jax command line: one function per mode.
   python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR [--mode=train]
       [--config.optim.lr=2e-4 ...]
 
-Modes: train, reconstruct, summary, prepare_data. User errors (config, data, checkpoints) print one
-line naming the culprit and exit with status 2.
+Modes: train, reconstruct, summary, prepare_data. Multi-process jobs (SLURM, TPU VMs, or
+--config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
+print one line naming the culprit and exit with status 2.
 """
 
 from __future__ import annotations
@@ -65,13 +66,20 @@ def main(argv) -> None:
   if config is None:
     print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
     sys.exit(2)
+  from gigatok_jax import distributed
   try:
+    # Before anything touches a JAX backend: a multi-process job must connect its processes first.
+    distributed.initialize(config)
     workdir = None if FLAGS.mode in ("summary", "prepare_data") else _need_workdir()
     run(FLAGS.mode, config, workdir)
   except UserError as e:
+    distributed.abort_on_failure(e, code=2)
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    distributed.abort_on_failure(e)
+    raise
 
 
 if __name__ == "__main__":

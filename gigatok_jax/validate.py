@@ -107,6 +107,20 @@ def check_losses(loss) -> None:
     raise ConfigError("loss.disc_start_step", "must be >= 0")
 
 
+def check_distributed(d) -> None:
+  if d.num_processes == 0 or d.num_processes < -1:
+    raise ConfigError("distributed.num_processes", f"must be positive or -1, got {d.num_processes}")
+  if d.process_id < -1 or (d.num_processes > 0 and d.process_id >= d.num_processes):
+    raise ConfigError("distributed.process_id", f"must be -1 or in [0, num_processes), got "
+                      f"{d.process_id}")
+  if d.coordinator_address and ":" not in d.coordinator_address:
+    raise ConfigError("distributed.coordinator_address",
+                      f"must be 'host:port', got {d.coordinator_address!r}")
+  for key in ("initialization_timeout_s", "heartbeat_timeout_s"):
+    if d[key] < 1:
+      raise ConfigError(f"distributed.{key}", f"must be >= 1 second, got {d[key]}")
+
+
 def validate(config, *, num_devices: int | None = None, check_data: bool = True,
              check_teachers: bool | None = None) -> None:
   """All checks; `check_data` opens the dataset (skip it for modes that do not read data) and,
@@ -124,6 +138,8 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
   for key in ("warmup_steps",):
     if config.optim[key] < 0:
       raise ConfigError(f"optim.{key}", "must be >= 0")
+
+  check_distributed(config.distributed)
 
   n = num_devices if num_devices is not None else jax.device_count()
   shape = dict(zip(parallel.MESH_AXES, parallel.mesh_shape(config.mesh, n)))

@@ -10,6 +10,7 @@ import threading
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gigatok_jax import checkpointing, parallel
 from gigatok_jax.data import pipeline
@@ -36,7 +37,6 @@ class PreemptionFlag:
   def is_set(self) -> bool:
     # In multi-process runs every process must agree, or they would save different steps.
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       flags = multihost_utils.process_allgather(np.array([self.event.is_set()], np.int32))
       return bool(np.max(flags))
     return self.event.is_set()
@@ -53,8 +53,10 @@ def grid_data_config(data_cfg):
 def first_eval_batch(config) -> np.ndarray:
   """The fixed images shown in reconstruction grids (deterministic eval-split center crops)."""
   n = config.eval_num_images
-  it = pipeline.make_eval_iterator(grid_data_config(config.data), batch_size=n * jax.process_count(),
-                                   num_images=n)
+  # Every process reads all n images: the reconstruction runs on the global mesh and takes the
+  # same (replicated) input everywhere.
+  it = pipeline.make_eval_iterator(grid_data_config(config.data), batch_size=n, num_images=n,
+                                   process_index=0, process_count=1)
   batch = next(iter(it))
   return batch["image"][batch["mask"]]
 
@@ -96,7 +98,10 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   def write_grid(state) -> float:
     """Grid of the fixed eval images + their PSNR (dB, uint8 like image tools), logged as eval_psnr."""
     params = state.ema_params if state.ema_params is not None else state.gen_params
-    recon = np.asarray(jax.device_get(reconstruct(params, eval_images)[0]))
+    recon = reconstruct(params, eval_images)[0]
+    if not recon.is_fully_addressable:   # multi-process: gather the batch-sharded output
+      recon = multihost_utils.process_allgather(recon, tiled=True)
+    recon = np.asarray(jax.device_get(recon))
     reporter.images(step, "reconstruction", reporting.comparison_grid(eval_images, recon))
     value = float(np.mean(reporting.psnr_uint8(eval_images, recon)))
     reporter.writer.write_scalars(step, {"eval_psnr": value})

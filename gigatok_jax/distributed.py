@@ -1,0 +1,110 @@
+"""Multi-process (multi-host) start-up: `jax.distributed.initialize` before any JAX backend use.
+
+JAX must connect the processes before the first device query, or each process sees only its own
+devices and trains alone. `initialize(config)` decides whether the job is multi-process:
+
+1. Explicit config: `distributed.coordinator_address` set, or `distributed.num_processes` > 1.
+   Unset values ('' / -1) are left to JAX (env `JAX_COORDINATOR_ADDRESS`, cluster detection).
+2. Else the environment of a known launcher, where JAX detects everything itself:
+   SLURM with more than one task (`SLURM_NTASKS` > 1 under `SLURM_JOB_ID`), a multi-worker Cloud TPU
+   VM (`TPU_WORKER_HOSTNAMES` with more than one host, or `MEGASCALE_COORDINATOR_ADDRESS`), or
+   `JAX_COORDINATOR_ADDRESS` set.
+3. Else a single process: nothing to do.
+
+Failure handling (bounded, no hang): a collective whose peer died fails at once (gloo: connection
+reset), and a peer that stops answering is declared dead after `distributed.heartbeat_timeout_s` by
+the coordination service, which fails the others' pending work. `main.py` then calls
+`abort_on_failure`: one line naming the process, exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import logging
+
+from gigatok_jax.errors import ConfigError, UserError
+
+
+def _cfg(config, key: str, default):
+  section = config.get("distributed", None) if hasattr(config, "get") else None
+  if section is None:
+    return default
+  value = section.get(key, default)
+  return default if value is None else value
+
+
+def cluster_env() -> str | None:
+  """The multi-process launcher found in the environment (JAX auto-detects these), or None."""
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+    return "SLURM"
+  if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+    return "Cloud TPU"
+  if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return "Cloud TPU multislice"
+  return None
+
+
+def initialize(config) -> bool:
+  """Connects this process to the job's others if the job is multi-process; returns whether it did.
+
+  Call it first thing (before `jax.devices()` or any array op). Idempotent.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  address = str(_cfg(config, "coordinator_address", "") or "")
+  num = int(_cfg(config, "num_processes", -1))
+  pid = int(_cfg(config, "process_id", -1))
+  explicit = bool(address) or num > 1
+  launcher = None if explicit else cluster_env()
+  if not explicit and launcher is None:
+    return False
+  if num == 1 and not address:
+    return False
+  kwargs = dict(
+      initialization_timeout=int(_cfg(config, "initialization_timeout_s", 300)),
+      heartbeat_timeout_seconds=int(_cfg(config, "heartbeat_timeout_s", 100)))
+  if explicit:
+    kwargs.update(coordinator_address=address or None, num_processes=num if num > 0 else None,
+                  process_id=pid if pid >= 0 else None)
+  # Cross-process collectives on CPU need an implementation; gloo is JAX's default on recent
+  # versions, but set it where the flag exists so older defaults ('none') do not hang or fail.
+  try:
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # pragma: no cover - flag renamed or removed in a future JAX
+    pass
+  where = f"coordinator {address}" if address else f"{launcher or 'JAX'} auto-detection"
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:  # unreachable coordinator, timeout, bad address
+    raise ConfigError("distributed", f"cannot start the multi-process job ({where}): "
+                      f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+  logging.info("distributed: process %d of %d (%s)", jax.process_index(), jax.process_count(),
+               where)
+  return True
+
+
+def abort_on_failure(error: BaseException, code: int = 1) -> None:
+  """Multi-process only: one line naming this process and the error, then exit `code` at once.
+
+  Exiting without Python's atexit hooks skips JAX's shutdown barrier, which would wait for a
+  process that died (and then abort with a C++ stack dump). Single-process: returns.
+  """
+  if not jax.distributed.is_initialized():
+    return
+  text = str(error).strip()
+  if not isinstance(error, UserError):
+    text = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+  if not isinstance(error, UserError) or "JaxRuntimeError" in text:
+    text += " (a collective failed: another process of this job probably died; see its log)"
+  logging.flush()
+  print(f"error: process {jax.process_index()} of {jax.process_count()}: {text}", file=sys.stderr,
+        flush=True)
+  sys.stdout.flush()
+  os._exit(code)

@@ -1,0 +1,224 @@
+"""Multi-process training on one machine: 2 local processes x 2 CPU devices = one 4-device mesh.
+
+Checks that a checkpoint written by 2 processes resumes in 1 process (and the reverse) on the same
+trajectory as a straight 1-process run, that only process 0 writes logs and images, and that a dead
+process makes the other exit with an error instead of hanging.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gigatok_jax import checkpointing, distributed, parallel, validate
+from gigatok_jax.errors import ConfigError
+from gigatok_jax.train.tokenizer_step import TokenizerTask
+from helpers import REPO, load_recipe, subprocess_env
+
+# The tiny demo recipe (one loss phase all run: one compile) on a data=2 x fsdp=2 mesh. The recipe
+# warms up for 100 steps, so the learning rate does not depend on total_steps: a 2-step run resumed
+# to 4 steps follows the same schedule as a straight 4-step run.
+OVERRIDES = ["--config.checkpoint_every_steps=2", "--config.image_every_steps=100",
+             "--config.optim.ema_decay=0.9", "--config.mesh.data=2", "--config.mesh.fsdp=2"]
+# Not bit-identical across process counts: the 2-process global batch holds the same images in
+# another row order (process p reads stream positions p, p + 2, ...: data/pipeline.py) and gloo
+# all-reduces add in another order, so sums differ in the last bits. Adam turns those into full-size
+# sign flips for the few weights whose gradient is ~0, hence a bound on the whole update instead of
+# per element: measured 0.6-1.2% (||params_a - params_b|| / ||params_a - init||) after 2 + 2 steps.
+MAX_RELATIVE_UPDATE_DIFF = 0.05
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, steps, *, processes, extra=(), heartbeat_s=10):
+  """Starts the CLI as `processes` local processes with 4 CPU devices in all.
+
+  Returns [(Popen, log path)]: output goes to files, since a full pipe that nobody reads would
+  block one process and, through the collectives, all of them.
+  """
+  cmd = [sys.executable, "-m", "gigatok_jax.main", "--config=configs/demo.py:tiny",
+         f"--workdir={workdir}", "--noprogress", f"--config.total_steps={steps}", *OVERRIDES,
+         *extra]
+  env = subprocess_env(JAX_NUM_CPU_DEVICES=4 // processes)
+  if processes > 1:
+    cmd += [f"--config.distributed.coordinator_address=127.0.0.1:{free_port()}",
+            f"--config.distributed.num_processes={processes}",
+            f"--config.distributed.heartbeat_timeout_s={heartbeat_s}",
+            "--config.distributed.initialization_timeout_s=60"]
+  os.makedirs(workdir, exist_ok=True)
+  out = []
+  for i in range(processes):
+    log = os.path.join(os.path.dirname(os.path.abspath(workdir)),
+                       f"{os.path.basename(workdir)}.{time.time_ns()}.process{i}.log")
+    with open(log, "w") as f:
+      ids = [f"--config.distributed.process_id={i}"] if processes > 1 else []
+      out.append((subprocess.Popen(cmd + ids, cwd=REPO, env=env, stdout=f,
+                                   stderr=subprocess.STDOUT), log))
+  return out
+
+
+def read(log: str) -> str:
+  with open(log) as f:
+    return f.read()
+
+
+def finish(procs, timeout=300) -> list[str]:
+  try:
+    for p, _ in procs:
+      p.wait(timeout=timeout)
+  finally:
+    for p, _ in procs:
+      p.kill()
+  outs = [read(log) for _, log in procs]
+  for i, ((p, _), out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-3000:]}"
+  return outs
+
+
+def train(workdir, steps, processes):
+  return finish(launch(workdir, steps, processes=processes))
+
+
+def tiny_task():
+  config = load_recipe("demo", "tiny")
+  config.mesh.data = 1
+  config.optim.ema_decay = 0.9
+  return TokenizerTask(config, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+
+
+def restored(workdir):
+  """The latest checkpoint's state, restored here on 1 device."""
+  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
+  try:
+    return ckpt.restore(tiny_task().abstract_state)
+  finally:
+    ckpt.close()
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """A straight 1-process 4-step run (checkpoints at 2 and 4) and the initial state."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  train(workdir, 4, processes=1)
+  return workdir, tiny_task().init_state()
+
+
+def assert_same_run(straight, workdir):
+  straight_dir, init = straight
+  a, b = restored(straight_dir), restored(workdir)
+  assert int(a.step) == int(b.step) == 4
+  # The data stream went on where the checkpoint left it (4 global batches consumed).
+  paths = glob.glob(os.path.join(workdir, "checkpoints", "4", "data_iter", "process_*.json"))
+  assert paths
+  for path in paths:
+    with open(path) as f:
+      assert json.load(f) == {"next_index": 4}, path
+  for name in ("disc_params", "disc_stats"):               # no GAN in this recipe: untouched
+    np.testing.assert_array_equal(flat(getattr(a, name)), flat(getattr(b, name)))
+  for name in ("gen_params", "ema_params"):
+    pa, pb, p0 = flat(getattr(a, name)), flat(getattr(b, name)), flat(getattr(init, name))
+    ratio = np.linalg.norm(pa - pb) / np.linalg.norm(pa - p0)
+    print(f"{name}: ||a - b|| / ||a - init|| = {ratio:.4f}")
+    assert ratio < MAX_RELATIVE_UPDATE_DIFF, (name, ratio)
+
+
+def test_two_processes_then_one(straight, tmp_path):
+  workdir = str(tmp_path)
+  outs = train(workdir, 2, processes=2)
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in outs[0]
+  assert "[gigatok" not in outs[1]                     # process 1 prints nothing of its own
+  events = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
+  assert len(events) == 1                              # one TensorBoard file: process 0's
+  assert sorted(os.listdir(os.path.join(workdir, "images"))) == [
+      "reconstruction_00000000.png", "reconstruction_00000002.png"]
+  step_dir = os.path.join(workdir, "checkpoints", "2")
+  files = [n for n in os.listdir(os.path.join(step_dir, "data_iter")) if n.startswith("process_")]
+  assert sorted(files) == ["process_0-of-2.json", "process_1-of-2.json"]
+  # Each process wrote the array shards it holds (Orbax OCDBT: one sub-store per process).
+  assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(os.path.join(step_dir, "state")))
+  train(workdir, 4, processes=1)
+  assert_same_run(straight, workdir)
+
+
+# The reverse direction and the coordinator's death cost ~2 more minutes of the 15-minute CI budget
+# on 2 cores; they run with GIGATOK_SLOW_TESTS=1 (all passed when written, 2026-11-23).
+_SLOW = pytest.mark.skipif(not os.environ.get("GIGATOK_SLOW_TESTS"),
+                           reason="slow multi-process case; set GIGATOK_SLOW_TESTS=1")
+
+
+@_SLOW
+def test_one_process_then_two(straight, tmp_path):
+  workdir = str(tmp_path)
+  shutil.copytree(os.path.join(straight[0], "checkpoints", "2"),
+                  os.path.join(workdir, "checkpoints", "2"))      # the straight run at step 2
+  train(workdir, 4, processes=2)
+  assert_same_run(straight, workdir)
+
+
+@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=_SLOW)])
+def test_dead_process_stops_the_other(tmp_path, victim):
+  """Killing a worker or the coordinator's process: the survivor exits non-zero within seconds."""
+  procs = launch(str(tmp_path / "run"), 100000, processes=2, heartbeat_s=5)
+  survivor = 1 - victim
+  start = time.time()
+  try:
+    while "step 2:" not in read(procs[0][1]):             # process 0 logs: training runs
+      assert procs[0][0].poll() is None and time.time() - start < 300, read(procs[0][1])[-3000:]
+      time.sleep(0.5)
+    procs[victim][0].send_signal(signal.SIGKILL)
+    killed = time.time()
+    procs[survivor][0].wait(timeout=120)
+    waited = time.time() - killed
+  finally:
+    for p, _ in procs:
+      p.kill()
+  text = read(procs[survivor][1])
+  print(f"survivor {survivor} exited with {procs[survivor][0].returncode} after {waited:.1f} s")
+  assert waited < 120
+  if victim == 1:
+    # Our line: exit 1 if the step's collective failed, 2 if the checkpoint save's did.
+    assert procs[survivor][0].returncode in (1, 2), text[-3000:]
+    assert f"error: process {survivor} of 2: " in text and "another process" in text, text[-3000:]
+  else:
+    # The coordination service went with process 0: JAX's own error poller aborts (SIGABRT) first.
+    assert procs[survivor][0].returncode != 0, text[-3000:]
+    assert "This most likely indicates that another task died" in text, text[-3000:]
+
+
+def test_single_process_does_not_initialize(monkeypatch):
+  for key in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+              "MEGASCALE_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(key, raising=False)
+  assert distributed.cluster_env() is None
+  assert not distributed.initialize(load_recipe("demo", "tiny"))
+  monkeypatch.setenv("SLURM_JOB_ID", "1")
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed.cluster_env() == "SLURM"
+
+
+@pytest.mark.parametrize("key,value", [("num_processes", 0), ("process_id", 2),
+                                       ("coordinator_address", "localhost"),
+                                       ("heartbeat_timeout_s", 0)])
+def test_bad_distributed_keys_are_named(key, value):
+  config = load_recipe("demo", "tiny")
+  config.distributed.num_processes = 2
+  config.distributed[key] = value
+  with pytest.raises(ConfigError, match=f"distributed.{key}"):
+    validate.check_distributed(config.distributed)
