@@ -268,18 +268,9 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], config: DinoV2Config) -> di
   want("norm.weight", (d,), lambda a: {"norm.scale": a})
   want("norm.bias", (d,), lambda a: {"norm.bias": a})
 
-  have = set(hub) - set(IGNORED)
-  missing = sorted(set(expected) - have)
-  unused = sorted(have - set(expected))
-  bad = [f"{k}: file {tuple(hub[k].shape)} vs expected {expected[k][0]}"
-         for k in sorted(have & set(expected)) if tuple(hub[k].shape) != expected[k][0]]
-  problems = []
-  if missing:
-    problems.append(f"missing {missing[:20]}{' ...' if len(missing) > 20 else ''}")
-  if unused:
-    problems.append(f"unexpected {unused[:20]}{' ...' if len(unused) > 20 else ''}")
-  if bad:
-    problems.append("wrong shapes: " + "; ".join(bad[:20]))
+  problems = weight_files.fit_problems(
+      {k: np.shape(v) for k, v in hub.items() if k not in IGNORED},
+      {k: spec[0] for k, spec in expected.items()})
   if problems:
     raise CheckpointError(f"DINOv2 state dict does not fit {config.variant} (width {d}, depth "
                           f"{config.depth}, {config.num_registers} registers, swiglu "

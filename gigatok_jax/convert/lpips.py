@@ -53,19 +53,8 @@ def _conv_shapes() -> list[tuple[int, int]]:
 def _check(source: str, sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
            ignored_prefixes: tuple[str, ...] = ()) -> list[str]:
   """Problems (missing / unexpected / mis-shaped entries) of one state dict, as messages."""
-  have = {k for k in sd if not k.startswith(ignored_prefixes)}
-  missing = sorted(set(expected) - have)
-  unused = sorted(have - set(expected))
-  bad = [f"{k}: file {tuple(np.shape(sd[k]))} vs expected {expected[k]}"
-         for k in sorted(have & set(expected)) if tuple(np.shape(sd[k])) != expected[k]]
-  problems = []
-  if missing:
-    problems.append(f"{source}: missing entries {missing}")
-  if unused:
-    problems.append(f"{source}: unexpected entries {unused}")
-  if bad:
-    problems.append(f"{source}: shape mismatches: " + "; ".join(bad))
-  return problems
+  have = {k: np.shape(v) for k, v in sd.items() if not k.startswith(ignored_prefixes)}
+  return [f"{source}: {p}" for p in weight_files.fit_problems(have, expected, limit=10**6)]
 
 
 def convert(vgg_sd: Mapping[str, np.ndarray], heads_sd: Mapping[str, np.ndarray]

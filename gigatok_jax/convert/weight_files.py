@@ -64,6 +64,28 @@ def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.nda
   return out
 
 
+def fit_problems(have: Mapping[str, tuple[int, ...]], want: Mapping[str, tuple[int, ...]],
+                 limit: int = 20) -> list[str]:
+  """Messages for names in `want` but not `have`, the reverse, and shape mismatches (empty = fits).
+
+  The one strict name-and-shape check of every converter and of `assign_flat`.
+  """
+  def listed(names):
+    return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
+  missing = sorted(set(want) - set(have))
+  unused = sorted(set(have) - set(want))
+  bad = [f"{k}: file {tuple(have[k])} vs expected {tuple(want[k])}"
+         for k in sorted(set(have) & set(want)) if tuple(have[k]) != tuple(want[k])]
+  problems = []
+  if missing:
+    problems.append(f"missing {listed(missing)}")
+  if unused:
+    problems.append(f"unexpected {listed(unused)}")
+  if bad:
+    problems.append("wrong shapes: " + "; ".join(bad[:limit]))
+  return problems
+
+
 def flatten_module(module: nnx.Module) -> dict[str, np.ndarray]:
   """{ "a.b.c": array } for every nnx.Param of `module`."""
   flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
@@ -74,18 +96,8 @@ def assign_flat(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str)
   """Copies `flat` into `module`'s parameters in place; strict about names and shapes."""
   params = {".".join(str(p) for p in path): var
             for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param))}
-  missing = sorted(set(params) - set(flat))
-  unused = sorted(set(flat) - set(params))
-  bad = [f"{k}: file {tuple(flat[k].shape)} vs model {tuple(params[k][...].shape)}"
-         for k in sorted(set(params) & set(flat))
-         if tuple(flat[k].shape) != tuple(params[k][...].shape)]
-  problems = []
-  if missing:
-    problems.append(f"missing parameters {missing[:20]}{' ...' if len(missing) > 20 else ''}")
-  if unused:
-    problems.append(f"unexpected entries {unused[:20]}{' ...' if len(unused) > 20 else ''}")
-  if bad:
-    problems.append("shape mismatches: " + "; ".join(bad[:20]))
+  problems = fit_problems({k: np.shape(v) for k, v in flat.items()},
+                          {k: var[...].shape for k, var in params.items()})
   if problems:
     raise CheckpointError(f"{source}: does not fit the model: " + " | ".join(problems))
   for k, var in params.items():
@@ -122,19 +134,13 @@ def read_metadata(path: str) -> dict:
 
 def load_flat(path: str, expect_model: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
   """Reads a file written by `save_flat`; checks its format and (optionally) its model name."""
-  if not os.path.isfile(path):
-    raise CheckpointError(f"converted weight file not found: {path}")
+  meta = read_metadata(path)
   from safetensors import safe_open
   try:
     with safe_open(path, framework="numpy") as f:
-      meta = dict(f.metadata() or {})
       flat = {k: f.get_tensor(k) for k in f.keys()}
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from e
-  if meta.get("format") != FORMAT:
-    raise CheckpointError(f"{path}: not a gigatok_jax converted weight file (format "
-                          f"{meta.get('format')!r}); convert the original with "
-                          "`python -m gigatok_jax.convert.<model>`")
   if expect_model is not None and meta.get("model") != expect_model:
     raise CheckpointError(f"{path}: holds '{meta.get('model')}' weights, expected '{expect_model}'")
   return flat, meta
