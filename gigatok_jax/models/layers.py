@@ -138,6 +138,21 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
+class RMSNorm(nnx.Module):
+  """x * rsqrt(mean(x^2) + eps) * scale over the last axis, in float32 (LLaMA; weight only)."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, eps: float = 1e-5, dtype=jnp.float32,
+               param_dtype=jnp.float32):
+    self.eps = eps
+    self.dtype = dtype
+    self.scale = param(rngs, ones, (dim,), ("norm",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
 class GroupNorm(nnx.Module):
   """GroupNorm (32 groups, eps 1e-6 as in the VQGAN CNNs), optional affine, optional fused swish.
 
@@ -215,6 +230,29 @@ class Mlp(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(self.activation(self.fc1(x)))
+
+
+class SwiGLU(nnx.Module):
+  """w2(silu(w1 x) * w3 x), no biases (LLaMA FFN)."""
+
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32, kernel_init: Initializer = trunc_normal_02):
+    kw = dict(rngs=rngs, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+              kernel_init=kernel_init)
+    self.w1 = Dense(width, hidden, axes=("embed", "mlp"), **kw)
+    self.w3 = Dense(width, hidden, axes=("embed", "mlp"), **kw)
+    self.w2 = Dense(hidden, width, axes=("mlp", "embed"), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # (..., W) -> (..., W)
+    return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when `key` is None (inference) or rate is 0."""
+  if key is None or rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 # Rematerialisation policies of `model.remat` (applied per transformer layer and per CNN res block):

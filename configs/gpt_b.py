@@ -1,0 +1,15 @@
+"""GPT-B (111M), class-conditional on the codes of a 1D tokenizer (spec 4.1 / 4.2).
+
+python -m gigatok_jax.main --config=configs/gpt_b.py --workdir=DIR --mode=extract_codes \
+    --config.tokenizer.recipe=configs/tokenizer_ss.py --config.tokenizer.workdir=TOKDIR
+python -m gigatok_jax.main --config=configs/gpt_b.py --workdir=DIR --config.data.codes_path=DIR/codes/train
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.gpt_config("B")
+  c.optim.warmup_steps = 5000         # README of the reference for GPT-B
+  c.sample.cfg_scale = 2.5            # step schedule starting value for GPT-B (spec 4.4)
+  return config_base.with_gpt_variant(c, variant)

@@ -1,0 +1,10 @@
+"""GPT-XL (775M), class-conditional on tokenizer codes (spec 4.1; its recipe is unverified in the
+reference, so this keeps the GPT-B/L training settings). See gpt_b.py."""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.gpt_config("XL")
+  c.sample.cfg_scale = 1.25
+  return config_base.with_gpt_variant(c, variant)

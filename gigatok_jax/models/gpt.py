@@ -1,0 +1,216 @@
+"""LlamaGen-style class-conditional GPT over tokenizer codes (spec 4.1, layout section 2).
+
+Sequence: [class embedding, tok(z_0), ..., tok(z_{T-2})] at positions 0..T-1 -> logits for z_0..z_{T-1}.
+Pre-norm blocks without biases:  h = x + Attn(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h)).
+Position: a learned absolute embedding (T + 1 rows, the 1D-tokenizer GPT) or 2D RoPE on the
+sqrt(T) x sqrt(T) grid (LlamaGen's 2D GPT, whose class position gets an all-zero rotation table).
+
+Parameter names and shapes hold the reference state dict one to one (`tok_embeddings`,
+`cls_embedding`, `positional_embedding`, `layers.{i}.attention.wqkv/wo`,
+`layers.{i}.feed_forward.w1/w2/w3`, `attention_norm`, `ffn_norm`, `norm`, `output`); the fused qkv
+is stored (embed, 3, heads, head_dim), i.e. the torch (3D, D) weight transposed and reshaped.
+
+Decoding uses a KV cache: `init_cache` + `decode(...)` process any number of new positions at
+`pos` and return the updated cache; a full forward and a token-by-token decode give the same logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from gigatok_jax.models.layers import (KeyGen, RMSNorm, SwiGLU, dropout, param, remat_call,
+                                       zeros)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+normal_02 = nnx.initializers.normal(stddev=0.02)
+
+# One layer's cache: (keys, values), each (B, max_len, heads, head_dim).
+LayerCache = tuple[jax.Array, jax.Array]
+
+
+def ffn_hidden(width: int, multiple_of: int = 256) -> int:
+  """SwiGLU width: int(2 * 4d / 3) rounded up to a multiple of 256 (LLaMA / LlamaGen)."""
+  hidden = int(2 * 4 * width / 3)
+  return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def rope_2d_table(num_tokens: int, head_dim: int, base: float = 10000.0,
+                  cls_tokens: int = 1) -> jax.Array:
+  """(cls_tokens + num_tokens, head_dim // 2, 2) [cos, sin] table of LlamaGen's 2D RoPE.
+
+  The first head_dim / 4 feature pairs rotate with the row index, the rest with the column index;
+  the class position(s) get zeros (as in the reference, which zeroes q and k there).
+  """
+  grid = math.isqrt(num_tokens)
+  if grid * grid != num_tokens:
+    raise ValueError(f"2D RoPE needs a square number of tokens, got {num_tokens}")
+  half = head_dim // 2
+  freqs = 1.0 / (base ** (jnp.arange(0, half, 2)[: half // 2].astype(jnp.float32) / half))
+  t = jnp.outer(jnp.arange(grid, dtype=jnp.float32), freqs)            # (g, half/2)
+  angles = jnp.concatenate([jnp.broadcast_to(t[:, None, :], (grid, grid, half // 2)),
+                            jnp.broadcast_to(t[None, :, :], (grid, grid, half // 2))], -1)
+  table = jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1).reshape(num_tokens, half, 2)
+  return jnp.concatenate([jnp.zeros((cls_tokens, half, 2), jnp.float32), table])
+
+
+def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
+  """x (B, T, H, D) with interleaved feature pairs; table (T, D/2, 2) -> rotated x."""
+  b, t, h, d = x.shape
+  xs = x.astype(jnp.float32).reshape(b, t, h, d // 2, 2)
+  cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
+  out = jnp.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], -1)
+  return out.reshape(b, t, h, d).astype(x.dtype)
+
+
+class CausalSelfAttention(nnx.Module):
+  def __init__(self, width: int, heads: int, *, rngs, dtype, param_dtype):
+    if width % heads:
+      raise ValueError(f"GPT: width {width} not divisible by {heads} heads")
+    self.heads, self.head_dim, self.dtype = heads, width // heads, dtype
+    self.wqkv = param(rngs, normal_02, (width, 3, heads, self.head_dim),
+                      ("embed", None, "heads", "head_dim"), param_dtype)
+    self.wo = param(rngs, normal_02, (heads, self.head_dim, width),
+                    ("heads", "head_dim", "embed"), param_dtype)
+
+  def __call__(self, x: jax.Array, rope: jax.Array | None, cache: LayerCache | None = None,
+               pos: jax.Array | int = 0) -> tuple[jax.Array, LayerCache | None]:
+    # x (B, T, W); rope (T, head_dim/2, 2) for these positions or None; pos: first position of x.
+    dt = self.dtype
+    q, k, v = jnp.einsum("btw,wshd->sbthd", x.astype(dt), self.wqkv[...].astype(dt))
+    if rope is not None:
+      q, k = apply_rope(q, rope), apply_rope(k, rope)
+    if cache is None:
+      o = jax.nn.dot_product_attention(q, k, v, is_causal=True)          # (B, T, H, D)
+    else:
+      kc = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, pos, 0, 0))
+      vc = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, pos, 0, 0))
+      t, s = x.shape[1], kc.shape[1]
+      visible = jnp.arange(s)[None, :] <= (pos + jnp.arange(t))[:, None]   # (T, S)
+      o = jax.nn.dot_product_attention(q, kc.astype(dt), vc.astype(dt), mask=visible[None, None])
+      cache = (kc, vc)
+    return jnp.einsum("bthd,hdw->btw", o, self.wo[...].astype(dt)), cache
+
+
+class Block(nnx.Module):
+  def __init__(self, width: int, heads: int, hidden: int, *, rngs, dtype, param_dtype, eps,
+               resid_dropout: float, ffn_dropout: float):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.attention_norm = RMSNorm(width, eps=eps, **kw)
+    self.attention = CausalSelfAttention(width, heads, **kw)
+    self.ffn_norm = RMSNorm(width, eps=eps, **kw)
+    self.feed_forward = SwiGLU(width, hidden, kernel_init=normal_02, **kw)
+    self.resid_dropout, self.ffn_dropout = resid_dropout, ffn_dropout
+
+  def __call__(self, x, rope, key=None, cache=None, pos=0):
+    keys = (None, None) if key is None else tuple(jax.random.split(key))
+    a, cache = self.attention(self.attention_norm(x), rope, cache, pos)
+    h = x + dropout(a, self.resid_dropout, keys[0])
+    return h + dropout(self.feed_forward(self.ffn_norm(h)), self.ffn_dropout, keys[1]), cache
+
+
+class GPT(nnx.Module):
+  """Class-conditional decoder-only transformer; `cfg` is a recipe's `model` group (config_base)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    rngs = KeyGen(rngs)
+    dtype, pdt = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    w = cfg.width
+    self.cfg = cfg
+    self.dtype = dtype
+    self.num_tokens, self.num_classes = cfg.num_tokens, cfg.num_classes
+    self.tok_embeddings = param(rngs, normal_02, (cfg.vocab_size, w), ("vocab", "embed"), pdt)
+    # Row num_classes is the null class of classifier-free guidance.
+    self.cls_embedding = param(rngs, normal_02, (cfg.num_classes + 1, w), ("classes", "embed"), pdt)
+    if cfg.position == "learned_1d":
+      self.positional_embedding = param(rngs, normal_02, (cfg.num_tokens + 1, w),
+                                        ("position", "embed"), pdt)
+    elif cfg.position != "rope_2d":
+      raise ValueError(f"unknown GPT position {cfg.position!r} (expected 'learned_1d' or 'rope_2d')")
+    hidden = ffn_hidden(w)
+    self.layers = nnx.List([
+        Block(w, cfg.heads, hidden, rngs=rngs, dtype=dtype, param_dtype=pdt, eps=cfg.norm_eps,
+              resid_dropout=cfg.resid_dropout, ffn_dropout=cfg.ffn_dropout)
+        for _ in range(cfg.layers)])
+    self.norm = RMSNorm(w, eps=cfg.norm_eps, rngs=rngs, dtype=dtype, param_dtype=pdt)
+    self.output = param(rngs, zeros, (w, cfg.vocab_size), ("embed", "vocab"), pdt)
+
+  # --- pieces ------------------------------------------------------------------------------------
+  def _rope(self, pos, length: int) -> jax.Array | None:
+    if self.cfg.position != "rope_2d":
+      return None
+    table = rope_2d_table(self.num_tokens, self.cfg.width // self.cfg.heads, self.cfg.rope_base)
+    table = jnp.concatenate([table, jnp.zeros((1,) + table.shape[1:], table.dtype)])  # pos T: unused
+    return jax.lax.dynamic_slice_in_dim(table, pos, length)
+
+  def embed(self, labels: jax.Array | None, tokens: jax.Array | None) -> jax.Array:
+    """[class embedding (if labels)] + token embeddings -> (B, T, W) in the compute dtype."""
+    parts = []
+    if labels is not None:
+      parts.append(jnp.take(self.cls_embedding[...], labels, axis=0)[:, None, :])
+    if tokens is not None:
+      parts.append(jnp.take(self.tok_embeddings[...], tokens, axis=0))
+    return jnp.concatenate(parts, axis=1).astype(self.dtype)
+
+  def _run(self, x: jax.Array, pos, key, caches):
+    """Positions + blocks + final norm + head: x (B, T, W) at positions pos.. -> logits (B, T, V)."""
+    t = x.shape[1]
+    if self.cfg.position == "learned_1d":
+      x = x + jax.lax.dynamic_slice_in_dim(self.positional_embedding[...], pos, t).astype(x.dtype)
+    rope = self._rope(pos, t)
+    keys = [None] * (len(self.layers) + 1) if key is None else list(
+        jax.random.split(key, len(self.layers) + 1))
+    x = dropout(x, self.cfg.token_dropout, keys[-1])
+    new_caches = []
+    for i, layer in enumerate(self.layers):
+      cache = None if caches is None else caches[i]
+      if cache is None:
+        x, _ = remat_call(self.cfg.remat, lambda l, h, k: l(h, rope, k), layer, x, keys[i])
+      else:
+        x, cache = layer(x, rope, None, cache, pos)
+      new_caches.append(cache)
+    h = self.norm(x)
+    logits = jnp.einsum("btw,wv->btv", h, self.output[...].astype(self.dtype))
+    return logits.astype(jnp.float32), (new_caches if caches is not None else None)
+
+  def drop_labels(self, labels: jax.Array, key: jax.Array) -> jax.Array:
+    """Class dropout for CFG training: each label becomes the null class with p = class_dropout."""
+    drop = jax.random.bernoulli(key, self.cfg.class_dropout, labels.shape)
+    return jnp.where(drop, self.num_classes, labels)
+
+  # --- public API ----------------------------------------------------------------------------------
+  def __call__(self, tokens: jax.Array, labels: jax.Array, *, dropout_key: jax.Array | None = None,
+               return_hidden_at: int | None = None) -> jax.Array:
+    """Teacher-forced logits (B, T, V) float32 for targets `tokens` (B, T) given class `labels` (B,).
+
+    `dropout_key` turns on training behaviour (class, token, residual and FFN dropout).
+    """
+    if dropout_key is not None:
+      label_key, dropout_key = jax.random.split(dropout_key)
+      labels = self.drop_labels(labels, label_key)
+    x = self.embed(labels, tokens[:, :-1])                      # (B, T, W)
+    return self._run(x, 0, dropout_key, None)[0]
+
+  def init_cache(self, batch: int, max_len: int | None = None, dtype=None) -> list[LayerCache]:
+    """Zeroed KV cache for `max_len` positions (default: class token + all image tokens but the last)."""
+    max_len = max_len or self.num_tokens
+    h, d = self.cfg.heads, self.cfg.width // self.cfg.heads
+    shape = (batch, max_len, h, d)
+    dtype = dtype or self.dtype
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.layers]
+
+  def decode(self, x: jax.Array, caches: list[LayerCache], pos) -> tuple[jax.Array, list[LayerCache]]:
+    """Embedded inputs x (B, t, W) at positions pos..pos+t-1 -> (logits (B, t, V), updated caches).
+
+    Position 0 is the class token (`embed(labels, None)`); position i > 0 is token z_{i-1}.
+    """
+    return self._run(x, pos, None, caches)
+
+
+def count_params(model_state: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(model_state))

@@ -1,0 +1,166 @@
+"""GPT model and sampler: parameter counts, KV-cache decoding, sampling semantics."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gigatok_jax import config_base
+from gigatok_jax.models import gpt as gpt_lib
+from gigatok_jax.sample import SamplingSettings, filter_logits, generate, guidance_scale
+from helpers import load_recipe
+
+
+@pytest.mark.parametrize("name, expected", [("gpt_b", 111.1e6), ("gpt_l", 343e6),
+                                            ("gpt_xl", 775e6), ("gpt_xxl", 1.4e9)])
+def test_recipe_parameter_counts(name, expected):
+  """Spec 4.1 sizes within 1% (vocabulary 16384, 256 tokens, 1000 classes), without allocating."""
+  c = load_recipe(name)
+  assert (c.model.vocab_size, c.model.num_tokens, c.model.num_classes) == (16384, 256, 1000)
+  model = nnx.eval_shape(lambda: gpt_lib.GPT(c.model, rngs=nnx.Rngs(0)))
+  n = gpt_lib.count_params(nnx.state(model, nnx.Param))
+  assert abs(n / expected - 1) < 0.01, n
+
+
+def test_gpt_b_matches_reference_layout_exactly():
+  """Every tensor of the reference GPT-B state dict (layouts section 2) has its counterpart."""
+  c = load_recipe("gpt_b")
+  model = nnx.eval_shape(lambda: gpt_lib.GPT(c.model, rngs=nnx.Rngs(0)))
+  p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  assert p["tok_embeddings"].shape == (16384, 768)
+  assert p["cls_embedding"].shape == (1001, 768)
+  assert p["positional_embedding"].shape == (257, 768)
+  layer = p["layers"][0]
+  assert layer["attention"]["wqkv"].shape == (768, 3, 12, 64)
+  assert layer["feed_forward"]["w1"]["kernel"].shape == (768, 2048)
+  assert "bias" not in layer["feed_forward"]["w1"] or layer["feed_forward"]["w1"]["bias"] is None
+  assert gpt_lib.count_params(p) == 111_085_824
+
+
+def _tiny(position="learned_1d", **overrides):
+  c = config_base.gpt_tiny_overrides(config_base.gpt_config("B", position))
+  c.model.update(overrides)
+  return c.model
+
+
+@functools.lru_cache(maxsize=None)
+def _model(position="learned_1d"):
+  cfg = _tiny(position)
+  model = gpt_lib.GPT(cfg, rngs=nnx.Rngs(0))
+  # The output head starts at zero (reference init); give it values so logits differ per token.
+  model.output[...] = 0.5 * jax.random.normal(jax.random.key(1), model.output.shape)
+  return model
+
+
+@pytest.mark.parametrize("position", ["learned_1d", "rope_2d"])
+def test_kv_cache_decoding_matches_full_forward(position):
+  model = _model(position)
+  t = model.num_tokens
+  tokens = jax.random.randint(jax.random.key(2), (3, t), 0, model.cfg.vocab_size)
+  labels = jnp.array([0, 5, model.num_classes])
+  full = model(tokens, labels)                                   # (3, T, V)
+  cache = model.init_cache(3)
+  step_logits, cache = model.decode(model.embed(labels, None), cache, 0)
+  outs = [step_logits]
+  for i in range(t - 1):
+    step_logits, cache = model.decode(model.embed(None, tokens[:, i:i + 1]), cache, i + 1)
+    outs.append(step_logits)
+  np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5, rtol=1e-5)
+  # A multi-position prefill through the cache agrees too.
+  prefill, _ = model.decode(model.embed(labels, tokens[:, :4]), model.init_cache(3), 0)
+  np.testing.assert_allclose(prefill, full[:, :5], atol=2e-5, rtol=1e-5)
+
+
+def test_rope_2d_table_layout():
+  table = gpt_lib.rope_2d_table(16, 8)                         # 4 x 4 grid, head_dim 8
+  assert table.shape == (17, 4, 2)
+  np.testing.assert_array_equal(table[0], 0.0)                  # class position: zeros
+  # token (row 1, col 2) = index 1 + 6: first half of the pairs rotate by the row, the rest by col.
+  freqs = 1.0 / 10000 ** (np.arange(0, 4, 2) / 4)
+  np.testing.assert_allclose(table[1 + 6, :2, 0], np.cos(1 * freqs), rtol=1e-6)
+  np.testing.assert_allclose(table[1 + 6, 2:, 1], np.sin(2 * freqs), rtol=1e-6)
+
+
+def test_dropout_only_with_a_key():
+  model = _model()
+  tokens = jnp.zeros((2, model.num_tokens), jnp.int32)
+  labels = jnp.array([1, 2])
+  a, b = model(tokens, labels), model(tokens, labels)
+  np.testing.assert_array_equal(a, b)
+  c = model(tokens, labels, dropout_key=jax.random.key(0))
+  assert not np.allclose(a, c)
+  dropped = model.drop_labels(jnp.zeros((10_000,), jnp.int32), jax.random.key(3))
+  assert abs(float(jnp.mean(dropped == model.num_classes)) - 0.1) < 0.015
+
+
+def _sample(labels, settings, key=0, guidance=None, position="learned_1d"):
+  model = _model(position)
+  graph, params = nnx.split(model)
+
+  @jax.jit
+  def run(params, labels, key):
+    return generate(nnx.merge(graph, params), labels, key, settings, guidance=guidance)
+  return np.asarray(run(params, jnp.asarray(labels), jax.random.key(key)))
+
+
+def test_greedy_sampling_is_deterministic_and_follows_the_argmax():
+  model = _model()
+  greedy = SamplingSettings(temperature=0.0)
+  a = _sample([0, 3, 7], greedy, key=0)
+  b = _sample([0, 3, 7], greedy, key=123)
+  np.testing.assert_array_equal(a, b)
+  # Greedy tokens are the argmax of the teacher-forced logits of the sampled sequence itself.
+  logits = model(jnp.asarray(a), jnp.array([0, 3, 7]))
+  np.testing.assert_array_equal(np.argmax(logits, -1), a)
+  # top_k=1 is greedy too, whatever the temperature.
+  np.testing.assert_array_equal(_sample([0, 3, 7], SamplingSettings(top_k=1), key=5), a)
+
+
+def test_sampling_is_reproducible_per_key_and_varies_across_keys():
+  s = SamplingSettings(temperature=1.0)
+  np.testing.assert_array_equal(_sample([1, 2], s, key=4), _sample([1, 2], s, key=4))
+  assert not np.array_equal(_sample([1, 2], s, key=4), _sample([1, 2], s, key=5))
+
+
+def test_cfg_scale_one_equals_conditional_sampling():
+  cond = _sample([2, 4, 6], SamplingSettings(temperature=1.0), key=9, guidance=False)
+  guided = _sample([2, 4, 6], SamplingSettings(temperature=1.0, cfg_scale=1.0), key=9,
+                   guidance=True)
+  np.testing.assert_array_equal(guided, cond)
+
+
+def test_unconditional_branch_uses_the_null_class():
+  """Scale 0 keeps only the unconditional logits: the samples are those of the null class."""
+  model = _model()
+  null = model.num_classes
+  uncond = _sample([null, null], SamplingSettings(temperature=0.0), guidance=False)
+  scale0 = _sample([3, 8], SamplingSettings(temperature=0.0, cfg_scale=0.0))
+  np.testing.assert_array_equal(scale0, uncond)
+  # And guidance changes the samples when the scale is not 1.
+  assert not np.array_equal(_sample([3, 8], SamplingSettings(temperature=0.0, cfg_scale=4.0)),
+                            _sample([3, 8], SamplingSettings(temperature=0.0)))
+
+
+def test_step_schedule_guides_only_after_the_fraction():
+  s = SamplingSettings(cfg_scale=3.0, cfg_schedule="step", cfg_step_fraction=0.18)
+  scales = [float(guidance_scale(s, jnp.int32(i), 256)) for i in (0, 45, 46, 255)]
+  assert scales == [1.0, 1.0, 3.0, 3.0]
+  # With the step schedule the first 18% of tokens equal unguided sampling exactly.
+  model = _model()
+  n_free = int(0.18 * model.num_tokens)
+  plain = _sample([1, 9], SamplingSettings(temperature=0.0))
+  stepped = _sample([1, 9], SamplingSettings(temperature=0.0, cfg_scale=8.0, cfg_schedule="step"))
+  np.testing.assert_array_equal(stepped[:, :n_free], plain[:, :n_free])
+
+
+def test_top_k_and_top_p_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  k2 = filter_logits(logits, 2, 1.0)
+  assert np.isfinite(np.asarray(k2)).tolist() == [[True, True, False, False]]
+  p = filter_logits(logits, 0, 0.7)   # 0.5 + 0.3 reaches 0.7: the nucleus is the first two
+  assert np.isfinite(np.asarray(p)).tolist() == [[True, True, False, False]]
+  p1 = filter_logits(logits, 0, 0.4)  # the most likely token always stays
+  assert np.isfinite(np.asarray(p1)).tolist() == [[True, False, False, False]]
