@@ -150,3 +150,34 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()]
   except (AttributeError, OSError):
     return None
+
+
+def memory_bandwidth(mib: int = 256, runs: int = 5) -> dict[str, Any]:
+  """Measured memory bandwidth of the first device: a jitted streaming kernel y = x + 1.
+
+  x is a float32 vector of `mib` MiB, donated so that the output reuses its buffer (no allocation or
+  first-touch page faults in the timed call); each call reads and writes every byte once, so it
+  moves 2 * mib MiB. Returns the median over `runs` timed calls (after one untimed call) in bytes/s.
+  """
+  import jax.numpy as jnp
+
+  n = mib * 2 ** 20 // 4
+  x = jax.device_put(jnp.zeros((n,), jnp.float32), jax.devices()[0])
+  add_one = jax.jit(lambda a: a + 1.0, donate_argnums=0).lower(x).compile()
+  holder = {"x": x}
+
+  def call():
+    holder["x"] = add_one(holder["x"])
+    return holder["x"]
+  t = summarize_times(time_calls(call, steps=runs, warmup=1))
+  moved = 2 * n * 4
+  del holder
+  return {
+      "bytes_per_s": moved / t["median"],
+      "best_bytes_per_s": moved / t["min"],
+      "kernel": "y = x + 1, float32, donated (read + write)",
+      "array_bytes": n * 4,
+      "bytes_moved_per_call": moved,
+      "median_s": t["median"],
+      "runs": runs,
+  }

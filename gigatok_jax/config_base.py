@@ -313,3 +313,23 @@ def with_gpt_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collectio
   if variant:
     raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
   return c
+
+
+def load_recipe(spec: str, key: str = "tokenizer.recipe") -> ml_collections.ConfigDict:
+  """A recipe from 'path/to/recipe.py[:variant]' (as --config takes it); `key` names it in errors."""
+  import importlib.util
+  import os
+  from gigatok_jax.errors import ConfigError
+  path, _, variant = spec.partition(":")
+  repo_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  if path and not os.path.isfile(path) and not os.path.isabs(path) and os.path.isfile(repo_path):
+    path = repo_path   # e.g. configs/x.py from outside the checkout (editable install)
+  if not path or not os.path.isfile(path):
+    raise ConfigError(key, f"recipe file {path!r} not found (expected e.g. configs/tokenizer_ss.py)")
+  module_spec = importlib.util.spec_from_file_location(f"_recipe_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    return module.get_config(variant)
+  except ValueError as e:
+    raise ConfigError(key, f"{spec}: {e}") from None

@@ -3,7 +3,8 @@ r"""gigatok_jax command line: one function per mode.
   python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR [--mode=train]
       [--config.optim.lr=2e-4 ...]
 
-Modes: train, reconstruct, summary, prepare_data. Multi-process jobs (SLURM, TPU VMs, or
+Modes: train, summary (both recipes kinds), reconstruct, prepare_data (tokenizer recipes),
+extract_codes, sample (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
 --config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
 print one line naming the culprit and exit with status 2.
 """
@@ -21,7 +22,9 @@ from ml_collections import config_flags
 
 from gigatok_jax.errors import UserError
 
-MODES = ("train", "reconstruct", "summary", "prepare_data")
+MODES = ("train", "reconstruct", "summary", "prepare_data", "extract_codes", "sample")
+GPT_MODES = ("train", "summary", "extract_codes", "sample")
+TOKENIZER_MODES = ("train", "reconstruct", "summary", "prepare_data")
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
                                 lock_config=True)
@@ -39,6 +42,11 @@ def _need_workdir() -> str:
 
 def run(mode: str, config, workdir: str | None) -> None:
   from gigatok_jax import validate
+  task = config.get("task", "tokenizer")
+  allowed = GPT_MODES if task == "gpt" else TOKENIZER_MODES
+  if mode not in allowed:
+    raise UserError(f"--mode={mode} does not apply to a {task} recipe (its modes: "
+                    f"{', '.join(allowed)})")
   if mode == "summary":
     from gigatok_jax import summary
     validate.validate(config, check_data=False)
@@ -46,6 +54,10 @@ def run(mode: str, config, workdir: str | None) -> None:
   elif mode == "prepare_data":
     from gigatok_jax.data import prepare
     print(prepare.run_prepare(config.data))
+  elif mode == "train" and task == "gpt":
+    validate.validate(config)
+    from gigatok_jax.train import gpt_trainer
+    gpt_trainer.train(config, workdir, progress=FLAGS.progress)
   elif mode == "train":
     validate.validate(config)
     from gigatok_jax.train import tokenizer_trainer
@@ -54,6 +66,14 @@ def run(mode: str, config, workdir: str | None) -> None:
     validate.validate(config, check_data=not config.data.reconstruct_input)
     from gigatok_jax import reconstruct
     reconstruct.run(config, workdir)
+  elif mode == "extract_codes":
+    validate.validate(config, check_data=False)
+    from gigatok_jax import extract_codes
+    extract_codes.run(config, workdir, progress=FLAGS.progress)
+  elif mode == "sample":
+    validate.validate(config, check_data=False)
+    from gigatok_jax import sample_images
+    sample_images.run(config, workdir, progress=FLAGS.progress)
 
 
 def main(argv) -> None:

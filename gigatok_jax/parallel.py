@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -90,6 +91,14 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules):
     return NamedSharding(mesh, spec)
   return nnx.to_pure_dict(jax.tree.map(one, abstract_state,
                                       is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def optimizer_shardings(tx, tx_state, param_shardings, mesh: Mesh):
+  """Shardings of an optax state: moments like their parameters, counters replicated."""
+  return optax.tree_map_params(
+      tx, lambda _, s: s, tx_state, param_shardings,
+      transform_non_params=lambda _: replicated(mesh),
+      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:

@@ -14,10 +14,8 @@ import os
 import jax
 import numpy as np
 
-from gigatok_jax import checkpointing, parallel
-from gigatok_jax.errors import CheckpointError
+from gigatok_jax import parallel, trained
 from gigatok_jax.train import reporting
-from gigatok_jax.train.tokenizer_step import TokenizerTask
 
 
 def load_images(config) -> np.ndarray:
@@ -37,15 +35,7 @@ def load_images(config) -> np.ndarray:
 
 def run(config, workdir: str, batch_size: int = 16, devices=None) -> dict:
   mesh = parallel.make_mesh(config.mesh, devices)
-  task = TokenizerTask(config, mesh)
-  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
-  step = ckpt.latest_step()
-  if step is None:
-    raise CheckpointError(f"no checkpoint in {workdir}/checkpoints: train first "
-                          "(--mode=train) or point --workdir at a trained run")
-  state = ckpt.restore(task.abstract_state)
-  ckpt.close()
-  params = state.ema_params if state.ema_params is not None else state.gen_params
+  task, params, step = trained.load_tokenizer(config, workdir, mesh)
   images = load_images(config)
   reconstruct = task.jitted_reconstruct()
   recons, codes = [], []

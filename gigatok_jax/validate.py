@@ -121,10 +121,80 @@ def check_distributed(d) -> None:
       raise ConfigError(f"distributed.{key}", f"must be >= 1 second, got {d[key]}")
 
 
+def check_batch_divisible(config, n: int | None, key: str = "global_batch_size") -> None:
+  """`key`'s batch size must split evenly over the data-parallel devices of the configured mesh."""
+  n = n if n is not None else jax.device_count()
+  shape = dict(zip(parallel.MESH_AXES, parallel.mesh_shape(config.mesh, n)))
+  rules = tuple(tuple(r) for r in config.mesh.axis_rules)
+  spec = parallel.logical_to_spec(("batch",), rules)[0]
+  axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
+  dp = math.prod(shape[a] for a in axes)
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value % dp:
+    raise ConfigError(key, f"{value} is not divisible by the {dp} data-parallel devices "
+                      f"(mesh {shape}, batch over {axes})")
+
+
+def check_gpt_model(m) -> None:
+  if m.width <= 0 or m.heads <= 0 or m.width % m.heads or (m.width // m.heads) % 2:
+    raise ConfigError("model.width", f"{m.width} must be a positive multiple of heads={m.heads} "
+                      "with an even head size")
+  for key in ("layers", "vocab_size", "num_tokens", "num_classes"):
+    if m[key] <= 0:
+      raise ConfigError(f"model.{key}", f"must be positive, got {m[key]}")
+  if m.position not in ("learned_1d", "rope_2d"):
+    raise ConfigError("model.position", f"must be 'learned_1d' or 'rope_2d', got {m.position!r}")
+  if m.position == "rope_2d" and (math.isqrt(m.num_tokens) ** 2 != m.num_tokens
+                                  or (m.width // m.heads) % 4):
+    raise ConfigError("model.position", "'rope_2d' needs a square num_tokens and a head size "
+                      "divisible by 4")
+  for key in ("class_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
+    if not 0.0 <= m[key] < 1.0:
+      raise ConfigError(f"model.{key}", f"must be in [0, 1), got {m[key]}")
+  for key in ("dtype", "param_dtype"):
+    if m[key] not in ("float32", "bfloat16"):
+      raise ConfigError(f"model.{key}", f"must be 'float32' or 'bfloat16', got {m[key]!r}")
+  if m.remat not in REMAT_POLICIES:
+    raise ConfigError("model.remat", f"must be one of {REMAT_POLICIES}, got {m.remat!r}")
+
+
+def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = True) -> None:
+  """Checks of a GPT recipe; `check_data` opens the training codes (and validation codes if set)."""
+  check_schema(config, config_base.gpt_config())
+  for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
+              "eval_every_steps", "eval_num_batches", "max_checkpoints_to_keep"):
+    _positive(config, key)
+  check_gpt_model(config.model)
+  for key in ("lr", "grad_clip"):
+    _positive(config, f"optim.{key}")
+  if config.optim.schedule not in ("wsd", "constant"):
+    raise ConfigError("optim.schedule", f"must be 'wsd' or 'constant', got {config.optim.schedule!r}")
+  if not 0.0 <= config.optim.decay_fraction <= 1.0:
+    raise ConfigError("optim.decay_fraction", "must be in [0, 1]")
+  if config.optim.warmup_steps < 0:
+    raise ConfigError("optim.warmup_steps", "must be >= 0")
+  check_distributed(config.distributed)
+  check_batch_divisible(config, num_devices)
+  if check_data:
+    from gigatok_jax.data import codes
+    m = config.model
+    if not config.data.codes_path:
+      raise ConfigError("data.codes_path", "is empty; set it to the directory written by "
+                        "--mode=extract_codes (e.g. <workdir>/codes/train)")
+    for key in ("codes_path", "eval_codes_path"):
+      if config.data[key]:
+        codes.check_codes_dir(config.data[key], f"data.{key}", vocab_size=m.vocab_size,
+                              num_tokens=m.num_tokens)
+
+
 def validate(config, *, num_devices: int | None = None, check_data: bool = True,
              check_teachers: bool | None = None) -> None:
   """All checks; `check_data` opens the dataset (skip it for modes that do not read data) and,
   unless `check_teachers` says otherwise, the frozen teachers' weight files."""
+  if config.get("task") == "gpt":
+    return validate_gpt(config, num_devices=num_devices, check_data=check_data)
   check_schema(config, config_base.tokenizer_config())
   for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
               "image_every_steps", "eval_num_images", "max_checkpoints_to_keep"):
@@ -141,15 +211,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
 
   check_distributed(config.distributed)
 
-  n = num_devices if num_devices is not None else jax.device_count()
-  shape = dict(zip(parallel.MESH_AXES, parallel.mesh_shape(config.mesh, n)))
-  rules = tuple(tuple(r) for r in config.mesh.axis_rules)
-  spec = parallel.logical_to_spec(("batch",), rules)[0]
-  axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
-  dp = math.prod(shape[a] for a in axes)
-  if config.global_batch_size % dp:
-    raise ConfigError("global_batch_size", f"{config.global_batch_size} is not divisible by the "
-                      f"{dp} data-parallel devices (mesh {shape}, batch over {axes})")
+  check_batch_divisible(config, num_devices)
   if check_data if check_teachers is None else check_teachers:
     from gigatok_jax.train import teachers
     teachers.check_config(config)

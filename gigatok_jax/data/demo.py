@@ -146,3 +146,46 @@ class DemoSource:
   def __repr__(self) -> str:
     return (f'DemoSource(split={self.split!r}, image_size={self.image_size}, '
             f'num_samples={len(self)})')
+
+
+_DIGITS_EVAL_SEED = 1797
+DIGITS_EVAL_SIZE = 197   # held-out digits; the other 1600 train
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images (1797, 8, 8) uint8 dark ink on white, labels, permutation) of scikit-learn's digits."""
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  d = load_digits()
+  images = np.round(255.0 - d.images * (255.0 / 16.0)).astype(np.uint8)
+  order = np.random.default_rng(_DIGITS_EVAL_SEED).permutation(len(images))
+  return images, d.target.astype(np.int64), order
+
+
+class DigitsSource:
+  """The 1797 real 8x8 handwritten digits of scikit-learn (10 classes), upsampled bicubically to
+  S x S RGB: the embedded class-conditional data of the AR demo. A fixed 197-image subset is the
+  eval split. Records are final images (no crop; flips would change the digits)."""
+
+  def __init__(self, split: str, image_size: int):
+    if split not in ('train', 'eval'):
+      raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    self.split = split
+    self.image_size = int(image_size)
+
+  def _indices(self) -> np.ndarray:
+    order = _load_digits()[2]
+    return order[:DIGITS_EVAL_SIZE] if self.split == 'eval' else order[DIGITS_EVAL_SIZE:]
+
+  def __len__(self) -> int:
+    return len(self._indices())
+
+  def __getitem__(self, index) -> dict:
+    images, labels, _ = _load_digits()
+    i = int(self._indices()[int(index)])
+    pil = Image.fromarray(images[i]).resize((self.image_size,) * 2, Image.BICUBIC)
+    gray = np.asarray(pil, np.uint8)
+    return {'image': np.repeat(gray[:, :, None], 3, axis=2), 'label': int(labels[i])}
+
+  def __repr__(self) -> str:
+    return f'DigitsSource(split={self.split!r}, image_size={self.image_size}, num_samples={len(self)})'

@@ -4,6 +4,8 @@ Sources (`data.source`), all random access and yielding {'image': uint8 HxWx3, '
 - 'demo': crops of the photographs shipped in scikit-image / scikit-learn (`demo.py`). Its records are
   already S x S crops at a random scale and position, so the train map skips the ADM resized crop for
   it and only applies the flip; eval records pass through unchanged.
+- 'digits': scikit-learn's 1797 8x8 handwritten digits upsampled to S x S, labels 0-9 (the AR demo's
+  class-conditional data; `demo.DigitsSource`). No crop; set data.random_flip False for it.
 - 'array_record': our shards written by `prepare.py` (`records.py`); data.train_path / data.eval_path
   is a prepared directory or a glob of shard files.
 - 'tfds': `tfds.data_source(data.tfds_name, split=data.tfds_{train,eval}_split,
@@ -44,12 +46,12 @@ from gigatok_jax.data import transforms
 from gigatok_jax.data.folder import image_folder_source  # noqa: F401  (re-exported)
 from gigatok_jax.errors import ConfigError, DataError
 
-SOURCES = ('demo', 'array_record', 'tfds')
+SOURCES = ('demo', 'digits', 'array_record', 'tfds')
 SPLITS = ('train', 'eval')
 
 # Every data config key this package reads, with its default. Missing keys fall back to these.
 DEFAULTS: dict[str, Any] = {
-    'source': 'demo',              # 'demo' | 'array_record' | 'tfds'
+    'source': 'demo',              # 'demo' | 'digits' | 'array_record' | 'tfds'
     'image_size': 256,             # S: square side of every image; a positive multiple of 16
     'train_path': '',              # array_record: prepared dir or glob of shards (train split)
     'eval_path': '',               # array_record: prepared dir or glob of shards (eval split)
@@ -85,13 +87,13 @@ def _is_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _derive_seed(seed: int, stream: int) -> int:
+def derive_seed(seed: int, stream: int) -> int:
   """An independent 32-bit seed per random stream (grain seeds must be < 2**32)."""
   seed = int(seed) % 2**64
   return int(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, stream]).generate_state(1)[0])
 
 
-def _process_info(process_index, process_count) -> tuple[int, int]:
+def process_info(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=import-outside-toplevel
     process_index = jax.process_index() if process_index is None else process_index
@@ -165,6 +167,8 @@ def make_source(data_cfg, split: str):
   source = _get(data_cfg, 'source')
   if source == 'demo':
     return demo.DemoSource(split, _get(data_cfg, 'image_size'), _get(data_cfg, 'demo_num_samples'))
+  if source == 'digits':
+    return demo.DigitsSource(split, _get(data_cfg, 'image_size'))
   if source == 'array_record':
     return _array_record_source(data_cfg, split)
   if source == 'tfds':
@@ -199,7 +203,7 @@ def validate_data_config(data_cfg, global_batch_size: int, *, splits=SPLITS,
     if not _is_int(value) or value < low:
       raise ConfigError(f'data.{key}', f'must be an int >= {low}, got {value!r}')
   if process_count is None:
-    _, process_count = _process_info(None, None)
+    _, process_count = process_info(None, None)
   if not _is_int(global_batch_size) or global_batch_size <= 0:
     raise ConfigError(batch_size_key, f'must be a positive int, got {global_batch_size!r}')
   if global_batch_size % process_count:
@@ -267,14 +271,15 @@ class _PaddedEvalSource:
     return {'image': np.zeros((self._size, self._size, 3), np.uint8), 'label': 0, 'mask': False}
 
 
-def _finish(ds: grain.MapDataset, data_cfg, local_batch: int, drop_remainder: bool):
+def finish_batches(ds: grain.MapDataset, data_cfg, local_batch: int, drop_remainder: bool,
+            to_batch=_to_model_batch):
   # Batch in the MapDataset domain: a batch is then one unit of work for a reader thread or a
   # grain worker process, so its contents do not depend on read_threads / worker_count.
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
   threads = _get(data_cfg, 'read_threads')
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
   # uint8 -> float32 after the prefetch buffer (4x smaller buffer); in the workers when there are.
-  ds = ds.map(_to_model_batch)
+  ds = ds.map(to_batch)
   workers = _get(data_cfg, 'worker_count')
   if workers > 0:
     from absl import flags  # pylint: disable=import-outside-toplevel
@@ -295,7 +300,7 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
   `process_index` / `process_count` default to `jax.process_index()` / `jax.process_count()`.
   `batch_size_key` names the config key of `global_batch_size` in errors.
   """
-  process_index, process_count = _process_info(process_index, process_count)
+  process_index, process_count = process_info(process_index, process_count)
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ConfigError(batch_size_key, f'{global_batch_size} must be positive and '
                       f'divisible by the number of processes ({process_count})')
@@ -307,11 +312,11 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
       _train_map, size=_get(data_cfg, 'image_size'),
       max_scale=float(_get(data_cfg, 'crop_max_scale')),
       flip=bool(_get(data_cfg, 'random_flip')),
-      crop=_get(data_cfg, 'source') != 'demo')
-  ds = grain.MapDataset.source(source).shuffle(seed=_derive_seed(seed, 1)).repeat()
-  ds = ds.random_map(augment, seed=_derive_seed(seed, 2))
+      crop=_get(data_cfg, 'source') not in ('demo', 'digits'))
+  ds = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat()
+  ds = ds.random_map(augment, seed=derive_seed(seed, 2))
   ds = ds[process_index::process_count]
-  return _finish(ds, data_cfg, local_batch, drop_remainder=True)
+  return finish_batches(ds, data_cfg, local_batch, drop_remainder=True)
 
 
 def make_eval_iterator(data_cfg, *, batch_size: int, num_images: int | None = None,
@@ -322,7 +327,7 @@ def make_eval_iterator(data_cfg, *, batch_size: int, num_images: int | None = No
   `batch_size` is global; each process yields ceil(n / batch_size) batches of batch_size / P. `n` is
   `num_images`, capped (with a warning) at the size of the eval split; None means the whole split.
   """
-  process_index, process_count = _process_info(process_index, process_count)
+  process_index, process_count = process_info(process_index, process_count)
   if batch_size <= 0 or batch_size % process_count:
     raise ConfigError(batch_size_key, f'{batch_size} must be positive and divisible by the '
                       f'number of processes ({process_count})')
@@ -342,7 +347,7 @@ def make_eval_iterator(data_cfg, *, batch_size: int, num_images: int | None = No
   padded = _PaddedEvalSource(source, order, total, size)
   ds = grain.MapDataset.source(padded).map(functools.partial(_eval_map, size=size))
   ds = ds[process_index::process_count]
-  return _finish(ds, data_cfg, batch_size // process_count, drop_remainder=False)
+  return finish_batches(ds, data_cfg, batch_size // process_count, drop_remainder=False)
 
 
 def num_eval_batches(num_images: int, batch_size: int) -> int:

@@ -106,7 +106,11 @@ class ShardWriter:
     self.num_records = 0
 
   def write(self, image_bytes: bytes, label: int, name: str = '') -> None:
-    self._writer.write(encode_record(image_bytes, label, name))
+    self.write_raw(encode_record(image_bytes, label, name))
+
+  def write_raw(self, record: bytes) -> None:
+    """Writes one already-serialized record (other record formats, e.g. data/codes.py)."""
+    self._writer.write(record)
     self.num_records += 1
 
   def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules (spec 3.3).
+"""Optimizers and learning-rate schedules (tokenizer: spec 3.3; GPT: spec 4.2).
 
 AdamW with gradient clipping, linear warm-up from `lr * warmup_init_ratio`, then cosine decay to
 `final_lr` at `total_steps`. Weight decay skips parameters whose path contains "norm" (LayerNorm /
@@ -24,6 +24,25 @@ def warmup_cosine(lr: float, final_lr: float, warmup_steps: int, total_steps: in
   return schedule
 
 
+def warmup_stable_decay(lr: float, warmup_steps: int, total_steps: int,
+                        decay_fraction: float) -> optax.Schedule:
+  """WSD (spec 4.2): linear warm-up from 0, constant, then the last `decay_fraction` of the steps
+  decay to 0 with a 1 - sqrt(progress) shape. decay_fraction 0 = constant after warm-up."""
+  decay_start = total_steps - int(round(decay_fraction * total_steps))
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum(1.0, step / max(warmup_steps, 1)) if warmup_steps > 0 else 1.0
+    progress = jnp.clip((step - decay_start) / max(total_steps - decay_start, 1), 0.0, 1.0)
+    return lr * warm * (1.0 - jnp.sqrt(progress))
+  return schedule
+
+
+def matrices_only(params):
+  """True for tensors with >= 2 dims: the GPT's weight-decay mask (LlamaGen)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def decay_mask(params):
   """True for parameters that get weight decay (everything but norm scales/biases)."""
   def keep(path, _):
@@ -32,12 +51,22 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def adamw(optim_cfg, total_steps: int, lr: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  schedule = warmup_cosine(lr, optim_cfg.final_lr, optim_cfg.warmup_steps, total_steps,
-                           optim_cfg.warmup_init_ratio)
+def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | None = None,
+          mask=decay_mask) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Clip + AdamW; the default schedule is the tokenizer's warm-up + cosine."""
+  if schedule is None:
+    schedule = warmup_cosine(lr, optim_cfg.final_lr, optim_cfg.warmup_steps, total_steps,
+                             optim_cfg.warmup_init_ratio)
   tx = optax.chain(
       optax.clip_by_global_norm(optim_cfg.grad_clip),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
-                  mask=decay_mask),
+                  mask=mask),
   )
   return tx, schedule
+
+
+def gpt_adamw(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The GPT optimizer (spec 4.2): WSD or constant lr, decay on >= 2-D tensors only."""
+  decay = optim_cfg.decay_fraction if optim_cfg.schedule == "wsd" else 0.0
+  schedule = warmup_stable_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps, decay)
+  return adamw(optim_cfg, total_steps, optim_cfg.lr, schedule=schedule, mask=matrices_only)

@@ -33,21 +33,30 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
+def image_grid(images: np.ndarray, per_row: int = 8, pad: int = 2) -> np.ndarray:
+  """uint8 (N, H, W, 3) images -> one uint8 grid image, row-major, white padding."""
+  n, h, w, _ = images.shape
+  cols = max(1, min(per_row, n))
+  rows = -(-n // cols)
+  grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, cols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  return grid
+
+
 def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, per_row: int = 8,
                     pad: int = 2) -> np.ndarray:
   """uint8 grid: each row pair is originals above their reconstructions. Inputs (N, H, W, 3) in [-1, 1]."""
   a, b = to_uint8(originals), to_uint8(reconstructions)
-  n, h, w, _ = a.shape
+  n = a.shape[0]
   cols = min(per_row, n)
-  rows = -(-n // cols)
-  grid = np.full((rows * 2 * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-  for i in range(n):
-    r, col = divmod(i, cols)
-    x = pad + col * (w + pad)
-    y = pad + r * 2 * (h + pad)
-    grid[y:y + h, x:x + w] = a[i]
-    grid[y + h + pad:y + 2 * h + pad, x:x + w] = b[i]
-  return grid
+  blank = np.full_like(a[:1], 255)
+  rows = []
+  for start in range(0, n, cols):
+    fill = [blank] * (cols - min(cols, n - start))
+    rows += [a[start:start + cols], *fill, b[start:start + cols], *fill]
+  return image_grid(np.concatenate(rows), per_row=cols, pad=pad)
 
 
 def save_png(image: np.ndarray, path: str) -> str:
@@ -78,15 +87,18 @@ class Reporter:
       if postfix:
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 
-  def scalars(self, step: int, metrics: dict, images_per_step: int) -> dict:
+  def scalars(self, step: int, metrics: dict, images_per_step: int,
+              tokens_per_image: int | None = None) -> dict:
     now = time.time()
     steps = max(step - self._last_step, 1)
     rates = {"steps_per_sec": steps / max(now - self._last_time, 1e-9)}
     rates["images_per_sec"] = rates["steps_per_sec"] * images_per_step
+    if tokens_per_image:
+      rates["tokens_per_sec"] = rates["images_per_sec"] * tokens_per_image
     self._last_time, self._last_step = now, step
     values = {k: float(v) for k, v in metrics.items()}
     values.update(rates)
-    self.writer.write_scalars(step, values)
+    self.writer.write_scalars(step, dict(values))   # the async writer reads its own copy
     if self.is_main and self.bar is None:
       info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())))
     return values

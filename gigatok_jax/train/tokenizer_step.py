@@ -81,20 +81,14 @@ class TokenizerTask:
     stats_sh = parallel.state_shardings(abs_disc_stats, mesh, self.rules)
     self.abstract_state = jax.eval_shape(self._init_state)
     rep = parallel.replicated(mesh)
-
-    def opt_shardings(tx_state, param_sh):
-      return optax.tree_map_params(
-          self.gen_tx, lambda _, s: s, tx_state, param_sh,
-          transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-
     s = self.abstract_state
     self.state_shardings = TokenizerState(
         step=rep,
         gen_params=gen_sh,
-        gen_opt=opt_shardings(s.gen_opt, gen_sh),
+        gen_opt=parallel.optimizer_shardings(self.gen_tx, s.gen_opt, gen_sh, mesh),
         disc_params=disc_sh,
         disc_stats=stats_sh,
-        disc_opt=opt_shardings(s.disc_opt, disc_sh),
+        disc_opt=parallel.optimizer_shardings(self.disc_tx, s.disc_opt, disc_sh, mesh),
         ema_params=gen_sh if s.ema_params is not None else None,
         recent_codes=rep,
     )

@@ -1,0 +1,134 @@
+"""`--mode=extract_codes` (GPT recipes): a trained tokenizer turns a dataset into token sequences.
+
+Reads the images of `extract.split` from the tokenizer recipe's data group (paths overridable with
+`extract.image_train_path` / `image_eval_path`), encodes each image in 1, 2 or 10 views
+(`extract.augment` = none | flip | ten_crop) and writes `data/codes.py` shards plus metadata.json.
+
+Sharded over hosts and resumable: the images are cut into chunks of `extract.images_per_shard`;
+process p encodes chunks p, p + P, ... on its own devices and writes one shard per chunk, atomically.
+A rerun skips the shards that exist, so an interrupted extraction continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+from gigatok_jax import config_base, parallel, trained
+from gigatok_jax.data import codes as codes_lib
+from gigatok_jax.data import pipeline, records, transforms
+from gigatok_jax.errors import ConfigError
+from gigatok_jax.models.tokenizer import grid_size
+from gigatok_jax.train import reporting
+
+AUGMENTS = {"none": 1, "flip": 2, "ten_crop": 10}
+
+
+def image_views(image: np.ndarray, size: int, augment: str, ten_crop_scale: float) -> np.ndarray:
+  """One uint8 image -> (V, size, size, 3) views: centre crop [+ its flip], or ten crops
+  (4 corners + centre of the short side resized to size * scale, then the same five flipped)."""
+  if augment in ("none", "flip"):
+    center = transforms.center_crop(image, size)
+    return np.stack([center, center[:, ::-1]] if augment == "flip" else [center])
+  big = transforms.resize_short_side(transforms.ensure_rgb_array(image),
+                                     max(size, round(size * ten_crop_scale)))
+  h, w = big.shape[:2]
+  boxes = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
+           ((h - size) // 2, (w - size) // 2)]
+  crops = [big[t:t + size, l:l + size] for t, l in boxes]
+  return np.stack(crops + [c[:, ::-1] for c in crops])
+
+
+def tokenizer_config(config):
+  """The tokenizer recipe named by the GPT config, with the extraction's image-path overrides."""
+  if not config.tokenizer.recipe:
+    raise ConfigError("tokenizer.recipe", "is empty; set it to the tokenizer's recipe, e.g. "
+                      "configs/tokenizer_ss.py (the same file[:variant] it was trained with)")
+  tok = config_base.load_recipe(config.tokenizer.recipe)
+  for split in ("train", "eval"):
+    path = config.extract[f"image_{split}_path"]
+    if path:
+      tok.data[f"{split}_path"] = path
+  return tok
+
+
+def check_compatible(config, tok) -> None:
+  """The GPT's vocabulary and sequence length must be the tokenizer's codebook and token count."""
+  n = grid_size(tok.model, tok.data.image_size) ** 2
+  if config.model.vocab_size != tok.model.codebook_size:
+    raise ConfigError("model.vocab_size", f"is {config.model.vocab_size} but the tokenizer "
+                      f"{config.tokenizer.recipe} has a codebook of {tok.model.codebook_size}")
+  if config.model.num_tokens != n:
+    raise ConfigError("model.num_tokens", f"is {config.model.num_tokens} but the tokenizer "
+                      f"{config.tokenizer.recipe} gives {n} tokens per image")
+
+
+def run(config, workdir: str, *, progress: bool = True) -> dict:
+  e = config.extract
+  if e.augment not in AUGMENTS:
+    raise ConfigError("extract.augment", f"must be one of {tuple(AUGMENTS)}, got {e.augment!r}")
+  if e.batch_size < AUGMENTS[e.augment]:
+    raise ConfigError("extract.batch_size", f"{e.batch_size} is smaller than the "
+                      f"{AUGMENTS[e.augment]} views per image of augment={e.augment!r}")
+  if e.split not in pipeline.SPLITS:
+    raise ConfigError("extract.split", f"must be one of {pipeline.SPLITS}, got {e.split!r}")
+  if not config.tokenizer.workdir:
+    raise ConfigError("tokenizer.workdir", "is empty; set it to the tokenizer's training run directory")
+  tok = tokenizer_config(config)
+  check_compatible(config, tok)
+  source = pipeline.make_source(tok.data, e.split)
+  num_images = len(source) if e.max_images <= 0 else min(e.max_images, len(source))
+  out_dir = e.output or os.path.join(workdir, "codes", e.split)
+  os.makedirs(out_dir, exist_ok=True)
+
+  # Each process encodes its chunks on its own devices: no cross-host traffic, independent progress.
+  mesh = parallel.make_mesh(tok.mesh, jax.local_devices())
+  dp = parallel.data_parallel_size(mesh, tuple(tuple(r) for r in tok.mesh.axis_rules))
+  if e.batch_size % dp:
+    raise ConfigError("extract.batch_size", f"{e.batch_size} is not divisible by the {dp} "
+                      "data-parallel devices of this process")
+  task, params, tok_step = trained.load_tokenizer(tok, config.tokenizer.workdir, mesh)
+  encode = jax.jit(lambda p, x: task.generator(p).encode(x),
+                   in_shardings=(task.state_shardings.gen_params,
+                                 parallel.batch_sharding(mesh, task.rules, 4)))
+
+  num_shards = math.ceil(num_images / e.images_per_shard)
+  mine = [k for k in range(jax.process_index(), num_shards, jax.process_count())]
+  todo = [k for k in mine if not os.path.exists(codes_lib.shard_path(out_dir, k, num_shards))]
+  size, views = tok.data.image_size, AUGMENTS[e.augment]
+  meta = {"format": "gigatok_jax.codes.v1", "num_images": num_images, "num_shards": num_shards,
+          "num_tokens": config.model.num_tokens, "vocab_size": tok.model.codebook_size,
+          "variants": views, "augment": e.augment, "split": e.split,
+          "tokenizer_recipe": config.tokenizer.recipe, "tokenizer_workdir": config.tokenizer.workdir,
+          "tokenizer_step": tok_step}
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, records.METADATA_FILE), "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=2)
+  reporting.info(f"extract_codes: {num_images} {e.split} images x {views} views -> {out_dir} "
+                 f"({len(mine) - len(todo)} of this process's {len(mine)} shards already done)")
+
+  from tqdm import tqdm
+  bar = tqdm(total=sum(min(e.images_per_shard, num_images - k * e.images_per_shard) for k in todo),
+             unit="img", desc="extract_codes", disable=not progress or jax.process_index() != 0)
+  per_call = max(1, e.batch_size // views)            # images per encode call (V views each)
+  for k in todo:
+    start, stop = k * e.images_per_shard, min((k + 1) * e.images_per_shard, num_images)
+    with records.ShardWriter(codes_lib.shard_path(out_dir, k, num_shards)) as writer:
+      for i in range(start, stop, per_call):
+        items = [source[j] for j in range(i, min(i + per_call, stop))]
+        batch = np.concatenate([image_views(it["image"], size, e.augment, e.ten_crop_scale)
+                                for it in items])
+        padded = np.zeros((e.batch_size,) + batch.shape[1:], np.float32)
+        padded[:len(batch)] = transforms.to_float(batch)
+        with jax.set_mesh(mesh):
+          ids = np.asarray(jax.device_get(encode(params, padded)))[:len(batch)]
+        for j, it in enumerate(items):
+          writer.write_raw(codes_lib.encode_code_record(ids[j * views:(j + 1) * views], it["label"]))
+        bar.update(len(items))
+  bar.close()
+  reporting.info(f"extract_codes: done ({len(todo)} shards written by this process)")
+  return {"output": out_dir, **meta, "shards_written": len(todo)}

@@ -1,0 +1,140 @@
+"""`--mode=sample` (GPT recipes): class-conditional samples decoded to images by the tokenizer.
+
+Writes into `sample.output` (default <workdir>/samples):
+  samples_<step>.npz   'arr_0': uint8 (N, H, W, 3) images (the layout FID evaluators read) and
+                       'labels': int32 (N,)
+  grid_<step>.png      the first `sample.grid_images` samples, one row per class
+  samples_<step>.json  every setting that produced them (checkpoints, sampling, seed, timing)
+Sample i has class `sample.classes[i % len]` (or i % num_classes) and its batch's key is
+fold_in(key(sample.seed), batch index): a rerun with the same settings gives the same images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gigatok_jax import checkpointing, extract_codes, parallel, trained
+from gigatok_jax.errors import CheckpointError, ConfigError
+from gigatok_jax.sample import SamplingSettings, generate
+from gigatok_jax.train import reporting
+from gigatok_jax.train.gpt_step import GPTTask
+
+
+def sample_labels(sample_cfg, num_classes: int) -> np.ndarray:
+  n = sample_cfg.num_samples
+  classes = np.asarray(sample_cfg.classes or range(num_classes), np.int32)
+  if classes.min() < 0 or classes.max() >= num_classes:
+    raise ConfigError("sample.classes", f"class ids must be in [0, {num_classes}), got "
+                      f"{list(sample_cfg.classes)}")
+  return classes[np.arange(n) % len(classes)]
+
+
+def settings_from_config(sample_cfg) -> SamplingSettings:
+  settings = SamplingSettings.from_config(sample_cfg)
+  try:
+    settings.check()
+  except ValueError as e:
+    raise ConfigError("sample", str(e)) from None
+  return settings
+
+
+def class_rows_grid(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Grid with one row per class (images grouped by label, in sample order)."""
+  order = np.argsort(labels, kind="stable")
+  per_row = max(np.bincount(labels).max(), 1)
+  rows = []
+  for c in np.unique(labels):
+    row = images[order][labels[order] == c]
+    pad = np.full((per_row - len(row),) + images.shape[1:], 255, np.uint8)
+    rows.append(np.concatenate([row, pad]))
+  return reporting.image_grid(np.concatenate(rows), per_row=per_row)
+
+
+def load_gpt_params(task: GPTTask, workdir: str):
+  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
+  step = ckpt.latest_step()
+  if step is None:
+    ckpt.close()
+    raise CheckpointError(f"no GPT checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+  state = ckpt.restore(task.abstract_state)
+  ckpt.close()
+  return state.params, int(step)
+
+
+def run(config, workdir: str, *, progress: bool = True) -> dict:
+  s = config.sample
+  settings = settings_from_config(s)
+  if s.num_samples <= 0 or s.batch_size <= 0:
+    raise ConfigError("sample.num_samples", "num_samples and batch_size must be positive")
+  labels = sample_labels(s, config.model.num_classes)
+  tok_cfg = extract_codes.tokenizer_config(config)
+  extract_codes.check_compatible(config, tok_cfg)
+  mesh = parallel.make_mesh(config.mesh)
+  task = GPTTask(config, mesh)
+  dp = parallel.data_parallel_size(mesh, task.rules)
+  if s.batch_size % dp:
+    raise ConfigError("sample.batch_size", f"{s.batch_size} is not divisible by the {dp} "
+                      "data-parallel devices")
+  gpt_params, gpt_step = load_gpt_params(task, workdir)
+  tok = trained.load_tokenizer(tok_cfg, config.tokenizer.workdir, parallel.make_mesh(tok_cfg.mesh))
+
+  def fn(gpt_params, tok_params, labels, key):
+    codes = generate(task.model(gpt_params), labels, key, settings)
+    images = tok.task.generator(tok_params).decode_indices(codes)        # (B, H, W, 3)
+    return jnp.round((jnp.clip(images, -1, 1) + 1) * 127.5).astype(jnp.uint8), codes
+  sample_fn = jax.jit(fn, in_shardings=(task.state_shardings.params,
+                                        tok.task.state_shardings.gen_params,
+                                        parallel.batch_sharding(mesh, task.rules, 1), None))
+
+  from tqdm import tqdm
+  num_batches = math.ceil(len(labels) / s.batch_size)
+  images, all_codes = [], []
+  t0 = time.time()
+  with jax.set_mesh(mesh):
+    for b in tqdm(range(num_batches), unit="batch", desc="sample",
+                  disable=not progress or jax.process_index() != 0):
+      chunk = labels[b * s.batch_size:(b + 1) * s.batch_size]
+      padded = np.resize(chunk, s.batch_size)      # the last batch repeats its labels to fill
+      key = jax.random.fold_in(jax.random.key(s.seed), b)
+      local = np.split(padded, jax.process_count())[jax.process_index()]
+      rows = parallel.global_batch({"label": local}, mesh, task.rules)["label"]
+      out, c = sample_fn(gpt_params, tok.params, rows, key)
+      if not out.is_fully_addressable:   # multi-process: every process gathers the whole batch
+        out, c = multihost_utils.process_allgather((out, c), tiled=True)
+      out, c = jax.device_get((out, c))
+      images.append(np.asarray(out)[:len(chunk)])
+      all_codes.append(np.asarray(c)[:len(chunk)])
+  seconds = time.time() - t0
+  images = np.concatenate(images)
+  out_dir = s.output or os.path.join(workdir, "samples")
+  result = {
+      "gpt_workdir": workdir, "gpt_step": gpt_step, "tokenizer_recipe": config.tokenizer.recipe,
+      "tokenizer_workdir": config.tokenizer.workdir, "tokenizer_step": tok.step,
+      "num_samples": int(len(images)), "image_size": int(images.shape[1]),
+      "sampling": dataclasses.asdict(settings), "seed": s.seed, "batch_size": s.batch_size,
+      "classes": list(s.classes) or f"i % {config.model.num_classes}",
+      "codes_used": int(np.unique(np.concatenate(all_codes)).size),
+      "seconds": round(seconds, 2), "images_per_sec": round(len(images) / max(seconds, 1e-9), 3),
+  }
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"samples_{gpt_step:08d}")
+    np.savez(stem + ".npz", arr_0=images, labels=labels)
+    n_grid = min(s.grid_images, len(images))
+    result["npz"] = stem + ".npz"
+    result["grid"] = reporting.save_png(class_rows_grid(images[:n_grid], labels[:n_grid]),
+                                        os.path.join(out_dir, f"grid_{gpt_step:08d}.png"))
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+    print(f"sampled {len(images)} images at GPT step {gpt_step} ({result['images_per_sec']} img/s): "
+          f"{result['npz']}; grid: {result['grid']}")
+  return result
