@@ -53,7 +53,6 @@ def get_config(variant: str = ""):
   c = config_base.gpt_config("B")
   c.model.update(dict(width=128, layers=4, heads=4, vocab_size=256, num_tokens=16, num_classes=10,
                       dtype="float32"))
-  c.tokenizer.recipe = "configs/demo_ar.py:tokenizer"
   c.global_batch_size = 64
   c.total_steps = 2000
   c.checkpoint_every_steps = 1000

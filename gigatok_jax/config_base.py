@@ -233,9 +233,10 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
   c.eval_num_batches = 10
   c.model = gpt_model_config(size, position)
 
-  # The tokenizer whose codes the GPT models: its recipe (file[:variant]) and its run directory
-  # (latest checkpoint). Used by --mode=extract_codes and --mode=sample.
-  c.tokenizer = ml_collections.ConfigDict(dict(recipe="", workdir=""))
+  # The tokenizer whose codes the GPT models: its run directory (latest checkpoint, and the
+  # config.json its training wrote) and optionally a recipe (file[:variant]) that replaces that
+  # saved config. Used by --mode=extract_codes and --mode=sample.
+  c.tokenizer = ml_collections.ConfigDict(dict(workdir="", recipe=""))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.95,
@@ -313,6 +314,33 @@ def with_gpt_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collectio
   if variant:
     raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
   return c
+
+
+RUN_CONFIG_FILE = "config.json"
+
+
+def write_run_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Saves the config a run trains with as <workdir>/config.json (later modes read it back)."""
+  import os
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(config.to_json(indent=2))
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def read_run_config(workdir: str, key: str = "tokenizer.workdir") -> ml_collections.ConfigDict:
+  """The config a training run in `workdir` saved; a ConfigError naming `key` when absent."""
+  import json
+  import os
+  from gigatok_jax.errors import ConfigError
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ConfigError(key, f"{path} not found: {workdir!r} is not a gigatok_jax training run "
+                      "(or set tokenizer.recipe to the recipe it was trained with)")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def load_recipe(spec: str, key: str = "tokenizer.recipe") -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 """`--mode=extract_codes` (GPT recipes): a trained tokenizer turns a dataset into token sequences.
 
-Reads the images of `extract.split` from the tokenizer recipe's data group (paths overridable with
+Reads the images of `extract.split` from the tokenizer's data group (its saved config) (paths overridable with
 `extract.image_train_path` / `image_eval_path`), encodes each image in 1, 2 or 10 views
 (`extract.augment` = none | flip | ten_crop) and writes `data/codes.py` shards plus metadata.json.
 
@@ -44,11 +44,14 @@ def image_views(image: np.ndarray, size: int, augment: str, ten_crop_scale: floa
 
 
 def tokenizer_config(config):
-  """The tokenizer recipe named by the GPT config, with the extraction's image-path overrides."""
-  if not config.tokenizer.recipe:
-    raise ConfigError("tokenizer.recipe", "is empty; set it to the tokenizer's recipe, e.g. "
-                      "configs/tokenizer_ss.py (the same file[:variant] it was trained with)")
-  tok = config_base.load_recipe(config.tokenizer.recipe)
+  """The tokenizer's config: the one its run saved (tokenizer.workdir/config.json) or, when set,
+  tokenizer.recipe; with the extraction's image-path overrides."""
+  if not config.tokenizer.workdir:
+    raise ConfigError("tokenizer.workdir", "is empty; set it to the tokenizer's training run directory")
+  if config.tokenizer.recipe:
+    tok = config_base.load_recipe(config.tokenizer.recipe)
+  else:
+    tok = config_base.read_run_config(config.tokenizer.workdir)
   for split in ("train", "eval"):
     path = config.extract[f"image_{split}_path"]
     if path:
@@ -61,10 +64,10 @@ def check_compatible(config, tok) -> None:
   n = grid_size(tok.model, tok.data.image_size) ** 2
   if config.model.vocab_size != tok.model.codebook_size:
     raise ConfigError("model.vocab_size", f"is {config.model.vocab_size} but the tokenizer "
-                      f"{config.tokenizer.recipe} has a codebook of {tok.model.codebook_size}")
+                      f"in {config.tokenizer.workdir} has a codebook of {tok.model.codebook_size}")
   if config.model.num_tokens != n:
     raise ConfigError("model.num_tokens", f"is {config.model.num_tokens} but the tokenizer "
-                      f"{config.tokenizer.recipe} gives {n} tokens per image")
+                      f"in {config.tokenizer.workdir} gives {n} tokens per image")
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
@@ -76,8 +79,6 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                       f"{AUGMENTS[e.augment]} views per image of augment={e.augment!r}")
   if e.split not in pipeline.SPLITS:
     raise ConfigError("extract.split", f"must be one of {pipeline.SPLITS}, got {e.split!r}")
-  if not config.tokenizer.workdir:
-    raise ConfigError("tokenizer.workdir", "is empty; set it to the tokenizer's training run directory")
   tok = tokenizer_config(config)
   check_compatible(config, tok)
   source = pipeline.make_source(tok.data, e.split)
@@ -86,7 +87,8 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   os.makedirs(out_dir, exist_ok=True)
 
   # Each process encodes its chunks on its own devices: no cross-host traffic, independent progress.
-  mesh = parallel.make_mesh(tok.mesh, jax.local_devices())
+  # The mesh shape is this (GPT) config's; the tokenizer's axis rules place its weights on it.
+  mesh = parallel.make_mesh(config.mesh, jax.local_devices())
   dp = parallel.data_parallel_size(mesh, tuple(tuple(r) for r in tok.mesh.axis_rules))
   if e.batch_size % dp:
     raise ConfigError("extract.batch_size", f"{e.batch_size} is not divisible by the {dp} "
@@ -103,7 +105,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   meta = {"format": "gigatok_jax.codes.v1", "num_images": num_images, "num_shards": num_shards,
           "num_tokens": config.model.num_tokens, "vocab_size": tok.model.codebook_size,
           "variants": views, "augment": e.augment, "split": e.split,
-          "tokenizer_recipe": config.tokenizer.recipe, "tokenizer_workdir": config.tokenizer.workdir,
+          "tokenizer_recipe": config.tokenizer.recipe or "(its saved config.json)", "tokenizer_workdir": config.tokenizer.workdir,
           "tokenizer_step": tok_step}
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, records.METADATA_FILE), "w", encoding="utf-8") as f:

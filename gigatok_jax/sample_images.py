@@ -1,10 +1,11 @@
 """`--mode=sample` (GPT recipes): class-conditional samples decoded to images by the tokenizer.
 
 Writes into `sample.output` (default <workdir>/samples):
-  samples_<step>.npz   'arr_0': uint8 (N, H, W, 3) images (the layout FID evaluators read) and
+  samples_<tag>.npz    'arr_0': uint8 (N, H, W, 3) images (the layout FID evaluators read) and
                        'labels': int32 (N,)
-  grid_<step>.png      the first `sample.grid_images` samples, one row per class
-  samples_<step>.json  every setting that produced them (checkpoints, sampling, seed, timing)
+  grid_<tag>.png       the first `sample.grid_images` samples, one row per class
+  samples_<tag>.json   every setting that produced them (checkpoints, sampling, seed, timing)
+with <tag> = <GPT step>_cfg<scale>-<schedule>_T<temperature>_k<top_k>_p<top_p>_seed<seed>_n<N>.
 Sample i has class `sample.classes[i % len]` (or i % num_classes) and its batch's key is
 fold_in(key(sample.seed), batch index): a rerun with the same settings gives the same images.
 """
@@ -85,7 +86,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     raise ConfigError("sample.batch_size", f"{s.batch_size} is not divisible by the {dp} "
                       "data-parallel devices")
   gpt_params, gpt_step = load_gpt_params(task, workdir)
-  tok = trained.load_tokenizer(tok_cfg, config.tokenizer.workdir, parallel.make_mesh(tok_cfg.mesh))
+  tok = trained.load_tokenizer(tok_cfg, config.tokenizer.workdir, mesh)
 
   def fn(gpt_params, tok_params, labels, key):
     codes = generate(task.model(gpt_params), labels, key, settings)
@@ -117,7 +118,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   images = np.concatenate(images)
   out_dir = s.output or os.path.join(workdir, "samples")
   result = {
-      "gpt_workdir": workdir, "gpt_step": gpt_step, "tokenizer_recipe": config.tokenizer.recipe,
+      "gpt_workdir": workdir, "gpt_step": gpt_step, "tokenizer_recipe": config.tokenizer.recipe or "(its saved config.json)",
       "tokenizer_workdir": config.tokenizer.workdir, "tokenizer_step": tok.step,
       "num_samples": int(len(images)), "image_size": int(images.shape[1]),
       "sampling": dataclasses.asdict(settings), "seed": s.seed, "batch_size": s.batch_size,
@@ -127,12 +128,15 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   }
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"samples_{gpt_step:08d}")
+    # One set of files per (checkpoint, settings): a rerun with other settings keeps the earlier ones.
+    tag = (f"{gpt_step:08d}_cfg{settings.cfg_scale:g}-{settings.cfg_schedule}_T{settings.temperature:g}"
+           f"_k{settings.top_k}_p{settings.top_p:g}_seed{s.seed}_n{len(images)}")
+    stem = os.path.join(out_dir, f"samples_{tag}")
     np.savez(stem + ".npz", arr_0=images, labels=labels)
     n_grid = min(s.grid_images, len(images))
     result["npz"] = stem + ".npz"
     result["grid"] = reporting.save_png(class_rows_grid(images[:n_grid], labels[:n_grid]),
-                                        os.path.join(out_dir, f"grid_{gpt_step:08d}.png"))
+                                        os.path.join(out_dir, f"grid_{tag}.png"))
     with open(stem + ".json", "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2)
     print(f"sampled {len(images)} images at GPT step {gpt_step} ({result['images_per_sec']} img/s): "

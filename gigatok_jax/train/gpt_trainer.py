@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from gigatok_jax import checkpointing, parallel
+from gigatok_jax import checkpointing, config_base, parallel
 from gigatok_jax.data import codes
 from gigatok_jax.train import reporting
 from gigatok_jax.train.gpt_step import GPTState, GPTTask
@@ -37,6 +37,8 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
           devices=None) -> GPTState:
   """Trains (or resumes) a GPT in `workdir`; `stop_at_step` ends this run early with a checkpoint."""
   mesh = parallel.make_mesh(config.mesh, devices)
+  if jax.process_index() == 0:
+    config_base.write_run_config(config, workdir)   # what later modes (extract_codes, sample) read
   task = GPTTask(config, mesh)
   reporting.info(f"mesh {dict(mesh.shape)}; GPT {task.num_params / 1e6:.2f}M params, "
                  f"{config.model.num_tokens} tokens, vocabulary {config.model.vocab_size}")

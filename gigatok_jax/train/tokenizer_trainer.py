@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import checkpointing, parallel
+from gigatok_jax import checkpointing, config_base, parallel
 from gigatok_jax.data import pipeline
 from gigatok_jax.train import reporting
 from gigatok_jax.train.tokenizer_step import TokenizerState, TokenizerTask
@@ -69,6 +69,8 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   time-boxed job that a later run resumes. `devices` restricts the mesh to a subset (tests).
   """
   mesh = parallel.make_mesh(config.mesh, devices)
+  if jax.process_index() == 0:
+    config_base.write_run_config(config, workdir)   # what later modes (extract_codes, sample) read
   task = TokenizerTask(config, mesh)
   reporting.info(f"mesh {dict(mesh.shape)}; generator {task.num_params / 1e6:.2f}M params, "
                  f"discriminator {task.num_disc_params / 1e6:.2f}M params")
