@@ -40,6 +40,17 @@ DEFAULT_AXIS_RULES = (
 )
 
 
+def mesh_config(axis_rules) -> ml_collections.ConfigDict:
+  """Mesh axes (parallel.py). data/fsdp/tensor: sizes within a slice (ICI), -1 = fill the slice;
+  dcn_*: how many slices (TPU multi-slice, or hosts of a GPU cluster) each axis spans, usually
+  dcn_data (data parallelism over the slow network). Mesh axis size = ICI size x DCN size."""
+  return ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1,
+      dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+      axis_rules=axis_rules,
+  ))
+
+
 def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collections.ConfigDict:
   ew, el, eh = SIZES[enc]
   dw, dl, dh = SIZES[dec]
@@ -130,12 +141,7 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       reconstruct_input="",         # folder of images for --mode=reconstruct ('' = eval split)
   ))
 
-  c.mesh = ml_collections.ConfigDict(dict(
-      data=-1,                      # -1 = all remaining devices
-      fsdp=1,
-      tensor=1,
-      axis_rules=DEFAULT_AXIS_RULES,
-  ))
+  c.mesh = mesh_config(DEFAULT_AXIS_RULES)
 
   # Multi-process jobs (distributed.py). Unset ('' / -1) = JAX's own detection: SLURM, Cloud TPU
   # VMs, env JAX_COORDINATOR_ADDRESS; no cluster found = one process.
@@ -284,7 +290,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       output="",                     # '' = <workdir>/samples
   ))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, axis_rules=GPT_AXIS_RULES))
+  c.mesh = mesh_config(GPT_AXIS_RULES)
   c.distributed = tokenizer_config().distributed
   return c
 

@@ -22,8 +22,34 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 
 
+DCN_KEYS = tuple(f"dcn_{a}" for a in MESH_AXES)
+
+
+def dcn_shape(mesh_cfg) -> tuple[int, ...]:
+  """Per-axis sizes across slices / hosts groups (DCN); 1 everywhere for one slice."""
+  sizes = tuple(int(mesh_cfg.get(k, 1)) for k in DCN_KEYS)
+  for k, v in zip(DCN_KEYS, sizes):
+    if v < 1:
+      raise ConfigError(f"mesh.{k}", f"must be >= 1, got {v}")
+  return sizes
+
+
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
-  """Resolves the configured axis sizes (-1 = fill) against the device count."""
+  """Resolves the configured axis sizes against the device count: the full mesh shape.
+
+  `mesh.data/fsdp/tensor` are the sizes within one slice (ICI; -1 = fill the slice) and
+  `mesh.dcn_*` how many slices each axis spans (DCN); the mesh axis size is their product.
+  """
+  dcn = dcn_shape(mesh_cfg)
+  slices = math.prod(dcn)
+  if num_devices % slices:
+    raise ConfigError("mesh.dcn_data", f"{num_devices} devices do not split into the {slices} "
+                      f"slices of the dcn_* sizes {dict(zip(DCN_KEYS, dcn))}")
+  return tuple(i * d for i, d in zip(ici_shape(mesh_cfg, num_devices // slices), dcn))
+
+
+def ici_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """The within-slice sizes (-1 = fill) for `num_devices` devices per slice."""
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
   fill = [i for i, s in enumerate(sizes) if s == -1]
   if len(fill) > 1:
@@ -39,17 +65,35 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
     sizes[fill[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ConfigError("mesh", f"axis sizes {dict(zip(MESH_AXES, sizes))} use {math.prod(sizes)} "
-                      f"devices but {num_devices} are available")
+                      f"devices but {num_devices} are available per slice")
   return tuple(sizes)
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The device mesh; with dcn_* > 1 a hybrid mesh whose DCN axes run across slices.
+
+  Slices are TPU slices (`device.slice_index`) or, where all devices share one (GPU clusters,
+  CPU test processes), the processes of the job.
+  """
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(mesh_cfg, len(devices))
+  types = (jax.sharding.AxisType.Auto,) * len(shape)
+  dcn = dcn_shape(mesh_cfg)
+  if math.prod(dcn) > 1:
+    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+    ici = ici_shape(mesh_cfg, len(devices) // math.prod(dcn))
+    # Granules: TPU slices when there are several, else processes (GPU hosts, CPU test processes).
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    by_process = len(slices) <= 1 and len({d.process_index for d in devices}) > 1
+    try:
+      grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process)
+    except ValueError as e:
+      raise ConfigError("mesh.dcn_data", f"cannot build a {dict(zip(DCN_KEYS, dcn))} x "
+                        f"{dict(zip(MESH_AXES, ici))} hybrid mesh: {e}") from None
+    return Mesh(grid, MESH_AXES, axis_types=types)
   if devices == jax.devices():
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-              axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=types)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=types)
 
 
 def logical_to_spec(names: Sequence[str | None] | None, rules) -> P:

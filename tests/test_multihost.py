@@ -88,8 +88,8 @@ def finish(procs, timeout=300) -> list[str]:
   return outs
 
 
-def train(workdir, steps, processes):
-  return finish(launch(workdir, steps, processes=processes))
+def train(workdir, steps, processes, extra=()):
+  return finish(launch(workdir, steps, processes=processes, extra=extra))
 
 
 def tiny_task():
@@ -141,7 +141,8 @@ def assert_same_run(straight, workdir):
 
 def test_two_processes_then_one(straight, tmp_path):
   workdir = str(tmp_path)
-  outs = train(workdir, 2, processes=2)
+  # A hybrid mesh: fsdp=2 inside each process ("slice"), the data axis across the 2 processes.
+  outs = train(workdir, 2, processes=2, extra=["--config.mesh.data=1", "--config.mesh.dcn_data=2"])
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in outs[0]
   assert "[gigatok" not in outs[1]                     # process 1 prints nothing of its own
   events = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]

@@ -115,3 +115,20 @@ def test_remat_policies_wrap_every_block_and_keep_the_math():
     assert abs(value - base_value) < 1e-6
     for a, b in zip(grads, base_grads):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_ici_dcn_mesh_shapes_and_errors():
+  from gigatok_jax import config_base
+  from gigatok_jax.errors import ConfigError
+  m = config_base.tokenizer_config().mesh
+  assert parallel.mesh_shape(m, 8) == (8, 1, 1)
+  m.update(fsdp=2, dcn_data=2)                 # 2 slices of 4: data 2 x fsdp 2 inside, x2 across
+  assert parallel.ici_shape(m, 4) == (2, 2, 1)
+  assert parallel.mesh_shape(m, 8) == (4, 2, 1)
+  m.update(dcn_data=3)
+  with pytest.raises(ConfigError, match="mesh.dcn_data"):
+    parallel.mesh_shape(m, 8)
+  # One process: the CPU devices form a single slice, so a hybrid mesh over 2 of them is refused.
+  m.update(data=1, fsdp=4, dcn_data=2)
+  with pytest.raises(ConfigError, match="hybrid mesh"):
+    parallel.make_mesh(m, jax.devices()[:8])
