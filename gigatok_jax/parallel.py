@@ -156,6 +156,11 @@ def data_parallel_size(mesh: Mesh, rules) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+def batch_axes(rules):
+  """The mesh axes of the logical 'batch' dimension (for activation constraints), or None."""
+  return logical_to_spec(("batch",), rules)[0]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -132,3 +132,21 @@ def test_ici_dcn_mesh_shapes_and_errors():
   m.update(data=1, fsdp=4, dcn_data=2)
   with pytest.raises(ConfigError, match="hybrid mesh"):
     parallel.make_mesh(m, jax.devices()[:8])
+
+
+def test_block_outputs_carry_batch_sharding_constraints():
+  """Every block (21 in tiny S-S) pins its output to batch-over-(data, fsdp) in the lowered step."""
+  config = load_recipe("tokenizer_ss", "tiny")
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  task = TokenizerTask(config, parallel.make_mesh(config.mesh, jax.devices()[:8]))
+  mesh = task.mesh
+  batch = {"image": jax.ShapeDtypeStruct((4, 64, 64, 3), np.float32,
+                                         sharding=parallel.batch_sharding(mesh, task.rules, 4)),
+           "label": jax.ShapeDtypeStruct((4,), np.int32,
+                                         sharding=parallel.batch_sharding(mesh, task.rules, 1))}
+  with jax.set_mesh(mesh):
+    text = jax.jit(task.train_step_fn()).lower(task.abstract_state, batch,
+                                               task.teachers.abstract_args(mesh, task.rules)).as_text()
+  constraints = [line for line in text.splitlines() if "sharding_constraint" in line]
+  assert len(constraints) >= 21, len(constraints)
+  assert all('{"data", "fsdp"}' in line for line in constraints), constraints[:2]

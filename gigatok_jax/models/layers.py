@@ -11,6 +11,8 @@ fused `in_proj` reshapes without permuting (see ../shared/reference/checkpoint_l
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Callable, Sequence
 
@@ -262,13 +264,46 @@ REMAT_POLICIES = ("none", "full", "save_dots")
 
 
 def remat_call(policy: str, fn: Callable, *args):
-  """fn(*args) under a rematerialisation policy; `fn`'s arguments may be nnx Modules."""
+  """fn(*args) under a rematerialisation policy; `fn`'s arguments may be nnx Modules.
+
+  Every block of every model runs through here, so this is also where block outputs get their
+  activation sharding constraint (see `block_output_sharding`).
+  """
   if policy == "none":
-    return fn(*args)
-  if policy not in REMAT_POLICIES:
+    out = fn(*args)
+  elif policy not in REMAT_POLICIES:
     raise ValueError(f"unknown remat policy {policy!r}; expected one of {REMAT_POLICIES}")
-  saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-  return nnx.remat(fn, policy=saveable)(*args)
+  else:
+    saveable = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    out = nnx.remat(fn, policy=saveable)(*args)
+  if isinstance(out, tuple):
+    return (constrain_block_output(out[0]),) + out[1:]
+  return constrain_block_output(out)
+
+
+# Mesh axes of the batch dimension for block outputs while a train step is traced (None = off).
+# Set by the trainers (which know the mesh and rules); models only read it, so they stay free of
+# mesh code. Pinning block outputs to "batch-sharded, everything else replicated" keeps XLA's
+# sharding propagation from drifting (e.g. into fsdp-sharded feature dims) between blocks.
+_BLOCK_OUTPUT_BATCH_AXES: contextvars.ContextVar = contextvars.ContextVar(
+    "gigatok_block_output_batch_axes", default=None)
+
+
+@contextlib.contextmanager
+def block_output_sharding(batch_axes):
+  """Within this context (around tracing), block outputs are constrained to P(batch_axes, None...)."""
+  token = _BLOCK_OUTPUT_BATCH_AXES.set(batch_axes)
+  try:
+    yield
+  finally:
+    _BLOCK_OUTPUT_BATCH_AXES.reset(token)
+
+
+def constrain_block_output(x):
+  axes = _BLOCK_OUTPUT_BATCH_AXES.get()
+  if axes is None or not hasattr(x, "ndim") or x.ndim == 0:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))))
 
 
 def swish(x: jax.Array) -> jax.Array:

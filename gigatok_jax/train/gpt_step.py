@@ -18,6 +18,7 @@ from flax import nnx
 
 from gigatok_jax import parallel
 from gigatok_jax.models.gpt import GPT
+from gigatok_jax.models.layers import block_output_sharding
 from gigatok_jax.train import optim
 
 
@@ -74,6 +75,10 @@ class GPTTask:
 
   def train_step(self, state: GPTState, batch: dict[str, jax.Array]):
     """The pure step (un-jitted): (state, {'tokens', 'label'}) -> (state, metrics)."""
+    with block_output_sharding(parallel.batch_axes(self.rules)):
+      return self._train_step_body(state, batch)
+
+  def _train_step_body(self, state: GPTState, batch: dict[str, jax.Array]):
     key = jax.random.fold_in(jax.random.key(self.config.seed + 1), state.step)
 
     def loss_fn(params):

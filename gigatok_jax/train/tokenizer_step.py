@@ -28,6 +28,7 @@ from flax import nnx
 
 from gigatok_jax import parallel
 from gigatok_jax.models.discriminator import PatchGANDiscriminator
+from gigatok_jax.models.layers import block_output_sharding
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
@@ -154,7 +155,12 @@ class TokenizerTask:
   def train_step_fn(self, phase: tuple[bool, bool] = (False, False)):
     """The pure step function (un-jitted) of a phase, for jit here and for AOT lowering elsewhere."""
     gan, aux = phase
-    return functools.partial(self._train_step, gan=gan, aux=aux)
+    step = functools.partial(self._train_step, gan=gan, aux=aux)
+
+    def constrained_step(*args):
+      with block_output_sharding(parallel.batch_axes(self.rules)):
+        return step(*args)
+    return constrained_step
 
   def jitted_train_step(self, phase: tuple[bool, bool] = (False, False)):
     phase = tuple(phase)
