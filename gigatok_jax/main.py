@@ -3,7 +3,7 @@ r"""gigatok_jax command line: one function per mode.
   python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR [--mode=train]
       [--config.optim.lr=2e-4 ...]
 
-Modes: train, summary (both recipes kinds), reconstruct, prepare_data (tokenizer recipes),
+Modes: train, summary, aot (both recipe kinds), reconstruct, prepare_data (tokenizer recipes),
 extract_codes, sample (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
 --config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
 print one line naming the culprit and exit with status 2.
@@ -22,15 +22,18 @@ from ml_collections import config_flags
 
 from gigatok_jax.errors import UserError
 
-MODES = ("train", "reconstruct", "summary", "prepare_data", "extract_codes", "sample")
-GPT_MODES = ("train", "summary", "extract_codes", "sample")
-TOKENIZER_MODES = ("train", "reconstruct", "summary", "prepare_data")
+MODES = ("train", "reconstruct", "summary", "prepare_data", "extract_codes", "sample", "aot")
+GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample")
+TOKENIZER_MODES = ("train", "reconstruct", "summary", "aot", "prepare_data")
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, images.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_list("aot_targets", ["v5e-256", "v5p-64", "v6e-64"],
+                  "--mode=aot: TPU slices (v5e-256, v5p-64, v6e-64, v4-32) or topologies (v5e:4x4).")
+flags.DEFINE_string("aot_output", "", "--mode=aot: also write the plan rows to this JSON file.")
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +50,10 @@ def run(mode: str, config, workdir: str | None) -> None:
   if mode not in allowed:
     raise UserError(f"--mode={mode} does not apply to a {task} recipe (its modes: "
                     f"{', '.join(allowed)})")
-  if mode == "summary":
+  if mode == "aot":
+    from gigatok_jax import aot
+    aot.run(config, FLAGS.aot_targets, FLAGS.aot_output)
+  elif mode == "summary":
     from gigatok_jax import summary
     validate.validate(config, check_data=False)
     print(summary.summarize(config))
@@ -90,7 +96,7 @@ def main(argv) -> None:
   try:
     # Before anything touches a JAX backend: a multi-process job must connect its processes first.
     distributed.initialize(config)
-    workdir = None if FLAGS.mode in ("summary", "prepare_data") else _need_workdir()
+    workdir = None if FLAGS.mode in ("summary", "prepare_data", "aot") else _need_workdir()
     run(FLAGS.mode, config, workdir)
   except UserError as e:
     distributed.abort_on_failure(e, code=2)

@@ -1,0 +1,179 @@
+"""`--mode=aot`: will this recipe fit, and how fast could it be, on a TPU slice I do not have?
+
+Compiles the real train step of a recipe (tokenizer: generator + discriminator + DINOv2 + LPIPS in
+the GAN phase; GPT: its step) ahead of time for a TPU topology described by libtpu, on any machine,
+CPU-only included (`pip install libtpu`, the version jax pins: see README). Nothing is allocated:
+parameters, optimizer state, teachers and the batch are abstract shapes with their shardings.
+
+For each target it prints one row: devices, mesh, parameters, bytes per device (arguments, temps,
+outputs, their total minus donated aliases) against the device's HBM, FLOPs per step per device
+(XLA's cost analysis), and the step time those FLOPs take at 50% of the chip's bf16 peak.
+
+Targets: Cloud TPU slice names (`v5e-256`, `v5p-64`, `v6e-64`, `v4-32`; the number counts chips
+for v5e / v6e and TensorCores, two per chip, for v4 / v5p) or explicit topologies (`v5e:4x4`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+
+import jax
+import numpy as np
+
+from gigatok_jax import parallel
+from gigatok_jax.errors import UserError
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  hbm_bytes: int            # per chip
+  peak_bf16_flops: float    # per chip, dense
+  cores_in_name: bool       # slice names count TensorCores (2 per chip) rather than chips
+  dims: int                 # torus dimensions of the topology string
+
+
+# Public Cloud TPU figures per chip.
+CHIPS = {
+    "v4": Chip(32 * GiB, 275e12, True, 3),
+    "v5e": Chip(16 * GiB, 197e12, False, 2),
+    "v5p": Chip(95 * GiB, 459e12, True, 3),
+    "v6e": Chip(32 * GiB, 918e12, False, 2),
+}
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+              256: "16x16"}
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+              256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+MFU_ASSUMED = 0.5
+
+
+def topology_name(target: str) -> tuple[str, str, int]:
+  """'v5p-64' or 'v5p:2x4x4' -> (chip, libtpu topology string, number of chips)."""
+  m = re.fullmatch(r"(v4|v5e|v5p|v6e)([-:])(.+)", target)
+  if not m:
+    raise UserError(f"--aot_targets: unknown target {target!r}: expected e.g. v5e-256, v5p-64, "
+                      f"v6e-64 or v5e:4x4 (chips {sorted(CHIPS)})")
+  chip, sep, rest = m.groups()
+  if sep == ":":
+    return chip, target, math.prod(int(x) for x in rest.split("x"))
+  n = int(rest)
+  chips = n // 2 if CHIPS[chip].cores_in_name else n
+  table = _SHAPES_3D if CHIPS[chip].dims == 3 else _SHAPES_2D
+  if chips not in table:
+    raise UserError(f"--aot_targets: {target}: no standard slice shape for {chips} chips "
+                      f"(known: {sorted(table)}); give the topology instead, e.g. {chip}:2x2")
+  return chip, f"{chip}:{table[chips]}", chips
+
+
+def topology_devices(topology: str):
+  try:
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+    return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+  except Exception as e:  # pylint: disable=broad-except
+    hint = ("another process holds libtpu; to plan beside it set ALLOW_MULTIPLE_LIBTPU_LOAD=1"
+            if "lockfile" in str(e) else
+            "AOT planning needs libtpu: pip install libtpu==0.0.42.1 (the version jax 0.10.2 pins)")
+    raise UserError(f"cannot describe TPU topology {topology!r} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
+
+
+def _lower(config, mesh):
+  """(lowered train step, number of parameters) for the recipe on `mesh`, all abstract.
+
+  The task is built outside `jax.set_mesh` (as the trainers do: under a mesh context, abstract
+  module construction would read the logical names as mesh axes); only lowering runs inside it.
+  """
+  if config.get("task") == "gpt":
+    from gigatok_jax.train.gpt_step import GPTTask  # pylint: disable=import-outside-toplevel
+    task = GPTTask(config, mesh)
+    n = config.global_batch_size
+    batch = {"tokens": jax.ShapeDtypeStruct((n, config.model.num_tokens), np.int32,
+                                            sharding=task.batch_shardings["tokens"]),
+             "label": jax.ShapeDtypeStruct((n,), np.int32, sharding=task.batch_shardings["label"])}
+    step = jax.jit(task.train_step, in_shardings=(task.state_shardings, task.batch_shardings),
+                   out_shardings=(task.state_shardings, parallel.replicated(mesh)),
+                   donate_argnums=(0,))
+    with jax.set_mesh(mesh):
+      return step.lower(task.abstract_state, batch), task.num_params
+  from gigatok_jax.train.tokenizer_step import TokenizerTask  # pylint: disable=import-outside-toplevel
+  task = TokenizerTask(config, mesh, random_teachers=True)
+  n, s = config.global_batch_size, config.data.image_size
+  batch = {"image": jax.ShapeDtypeStruct((n, s, s, 3), np.float32,
+                                         sharding=parallel.batch_sharding(mesh, task.rules, 4)),
+           "label": jax.ShapeDtypeStruct((n,), np.int32,
+                                         sharding=parallel.batch_sharding(mesh, task.rules, 1))}
+  phase = (config.loss.disc_weight > 0, False)       # the steady state: GAN on, aux losses over
+  step = jax.jit(task.train_step_fn(phase),
+                 in_shardings=(task.state_shardings, task.batch_shardings(batch),
+                               task.teacher_shardings),
+                 out_shardings=(task.state_shardings, parallel.replicated(mesh)),
+                 donate_argnums=(0,))
+  with jax.set_mesh(mesh):
+    lowered = step.lower(task.abstract_state, batch, task.teachers.abstract_args(mesh, task.rules))
+  return lowered, task.num_params + task.num_disc_params
+
+
+def plan(config, target: str) -> dict:
+  """Compiles the recipe's train step for `target`; the row of the plan table as a dict."""
+  chip_name, topology, chips = topology_name(target)
+  chip = CHIPS[chip_name]
+  devices = topology_devices(topology)
+  from gigatok_jax import validate  # pylint: disable=import-outside-toplevel
+  validate.validate(config, num_devices=len(devices), check_data=False, check_teachers=False)
+  mesh = parallel.make_mesh(config.mesh, devices)
+  t0 = time.time()
+  lowered, num_params = _lower(config, mesh)
+  with jax.set_mesh(mesh):
+    compiled = lowered.compile()
+  seconds = time.time() - t0
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  hbm = chip.hbm_bytes * chips // len(devices)
+  peak = chip.peak_bf16_flops * chips / len(devices)
+  total = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+           - mem.alias_size_in_bytes)
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return {
+      "target": target, "topology": topology, "chips": chips, "devices": len(devices),
+      "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
+      "params": int(num_params),
+      "argument_bytes": int(mem.argument_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
+      "output_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
+      "total_bytes": int(total), "hbm_bytes": int(hbm), "fits": bool(total <= hbm),
+      "flops_per_step_per_device": flops,
+      "step_time_s_at_50pct_mfu": flops / (MFU_ASSUMED * peak) if flops else None,
+      "compile_s": round(seconds, 1),
+  }
+
+
+def format_table(rows: list[dict]) -> str:
+  head = (f"{'target':<10}{'mesh (data,fsdp,tensor)':<24}{'params':>9}{'args GiB':>10}{'temp GiB':>10}"
+          f"{'out GiB':>9}{'total/HBM GiB':>16}{'fits':>6}{'TFLOP/dev':>11}{'step@50%':>10}")
+  lines = [head]
+  for r in rows:
+    mesh = ",".join(str(v) for v in r["mesh"].values())
+    step = r["step_time_s_at_50pct_mfu"]
+    lines.append(
+        f"{r['target']:<10}{mesh:<24}{r['params'] / 1e6:>8.1f}M{r['argument_bytes'] / GiB:>10.2f}"
+        f"{r['temp_bytes'] / GiB:>10.2f}{r['output_bytes'] / GiB:>9.2f}"
+        f"{r['total_bytes'] / GiB:>8.2f}/{r['hbm_bytes'] / GiB:<7.0f}{'yes' if r['fits'] else 'NO':>6}"
+        f"{r['flops_per_step_per_device'] / 1e12:>11.2f}{'' if step is None else f'{step:.3f}s':>10}")
+  return "\n".join(lines)
+
+
+def run(config, targets: list[str], output: str = "") -> list[dict]:
+  rows = []
+  for target in targets:
+    rows.append(plan(config, target))
+    print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows),
+          flush=True)
+  if output:
+    with open(output, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=2)
+  return rows

@@ -1,0 +1,47 @@
+"""Ahead-of-time planning (`--mode=aot`): target parsing everywhere; compiles where libtpu exists.
+
+The compiling tests carry the `tpu_aot` marker and run when libtpu is importable (the optional
+`pip install libtpu` of the README); without it, the mode must fail with one line saying so.
+"""
+
+import importlib.util
+
+import pytest
+
+from gigatok_jax import aot
+from gigatok_jax.errors import UserError
+from helpers import load_recipe, run_cli
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+tpu_aot = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu not installed (pip install libtpu)")
+
+
+def test_slice_names_resolve_to_topologies():
+  assert aot.topology_name("v5e-256") == ("v5e", "v5e:16x16", 256)
+  assert aot.topology_name("v6e-64") == ("v6e", "v6e:8x8", 64)
+  assert aot.topology_name("v5p-64") == ("v5p", "v5p:2x4x4", 32)    # 64 TensorCores = 32 chips
+  assert aot.topology_name("v4-32") == ("v4", "v4:2x2x4", 16)
+  assert aot.topology_name("v5e:2x4") == ("v5e", "v5e:2x4", 8)
+  for bad in ("v9-8", "v5e-3"):
+    with pytest.raises(UserError, match="--aot_targets"):
+      aot.topology_name(bad)
+
+
+@pytest.mark.skipif(HAS_LIBTPU, reason="checks the error shown when libtpu is missing")
+def test_without_libtpu_the_mode_says_what_to_install():
+  proc = run_cli("--config=configs/gpt_b.py:tiny", "--mode=aot", "--aot_targets=v5e:2x2")
+  assert proc.returncode == 2
+  assert "libtpu" in proc.stderr.splitlines()[-1]
+
+
+@tpu_aot
+def test_gpt_plan_on_a_v5e_slice(tmp_path):
+  config = load_recipe("gpt_b", "tiny")
+  config.mesh.update(data=1, fsdp=-1)
+  row = aot.plan(config, "v5e:2x2")
+  assert row["devices"] == 4 and row["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert row["fits"] and 0 < row["total_bytes"] < row["hbm_bytes"] == 16 * 2**30
+  assert row["flops_per_step_per_device"] > 0 and row["step_time_s_at_50pct_mfu"] > 0
+  # FSDP over 4 chips: each holds about a quarter of the fp32 parameters and Adam moments.
+  state_bytes = 3 * 4 * row["params"]
+  assert row["argument_bytes"] < 0.5 * state_bytes
