@@ -1,6 +1,6 @@
 """GPT training loop: code batches -> jitted step -> logs, validation loss, checkpoints, resume.
 
-Same guarantees as the tokenizer trainer (whose PreemptionFlag, Checkpointer and Reporter it uses):
+Same guarantees as the tokenizer trainer (run_control, Checkpointer and Reporter are shared):
 the checkpoint holds parameters, optimizer state, step and the data iterator, a rerun resumes from
 the latest one exactly, SIGTERM saves and exits.
 """
@@ -11,9 +11,8 @@ import jax
 
 from gigatok_jax import checkpointing, config_base, parallel
 from gigatok_jax.data import codes
-from gigatok_jax.train import reporting
+from gigatok_jax.train import reporting, run_control
 from gigatok_jax.train.gpt_step import GPTState, GPTTask
-from gigatok_jax.train.tokenizer_trainer import PreemptionFlag
 
 
 def validation(task: GPTTask, params, config) -> dict[str, float] | None:
@@ -58,7 +57,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   train_step = task.jitted_train_step()
   tokens_per_step = config.global_batch_size * config.model.num_tokens
   metrics, first_step = None, step
-  with PreemptionFlag() as preempted, jax.set_mesh(mesh):
+  with run_control.PreemptionFlag() as preempted, jax.set_mesh(mesh):
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
       state, metrics = train_step(state, batch)
@@ -75,16 +74,9 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
           reporter.writer.write_scalars(step, val)
           reporting.info(f"step {step}: validation loss {val['val_loss']:.4f}, "
                          f"accuracy {val['val_accuracy']:.4f}")
-      preempt = preempted.is_set()
-      if ckpt.should_save(step) or step == end or preempt:
-        ckpt.save(step, state, data_iter, force=True)
-      if preempt:
-        ckpt.wait_until_finished()
-        reporting.info(f"SIGTERM received: saved a checkpoint at step {step}; exiting")
+      if run_control.checkpoint_or_stop(ckpt, step, end, state, data_iter, preempted):
         break
-  ckpt.wait_until_finished()
-  ckpt.close()
-  reporter.close()
+  run_control.close(ckpt, reporter)
   if metrics is not None:
     reporting.info(f"stopped at step {step}: loss {float(metrics['loss']):.4f}, accuracy "
                    f"{float(metrics['accuracy']):.4f} ({tokens_per_step} tokens per step)")

@@ -5,8 +5,6 @@ The loop is short on purpose; the step itself lives in `tokenizer_step.py`.
 
 from __future__ import annotations
 
-import signal
-import threading
 
 import jax
 import numpy as np
@@ -14,32 +12,8 @@ from jax.experimental import multihost_utils
 
 from gigatok_jax import checkpointing, config_base, parallel
 from gigatok_jax.data import pipeline
-from gigatok_jax.train import reporting
+from gigatok_jax.train import reporting, run_control
 from gigatok_jax.train.tokenizer_step import TokenizerState, TokenizerTask
-
-
-class PreemptionFlag:
-  """Set by SIGTERM (cloud preemption, `kill`, SLURM): the loop saves a checkpoint and exits."""
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def is_set(self) -> bool:
-    # In multi-process runs every process must agree, or they would save different steps.
-    if jax.process_count() > 1:
-      flags = multihost_utils.process_allgather(np.array([self.event.is_set()], np.int32))
-      return bool(np.max(flags))
-    return self.event.is_set()
 
 
 def grid_data_config(data_cfg):
@@ -114,7 +88,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   first_step = step
   if step == 0:
     write_grid(state)   # the untrained baseline, for comparison with later grids
-  with PreemptionFlag() as preempted, jax.set_mesh(mesh):
+  with run_control.PreemptionFlag() as preempted, jax.set_mesh(mesh):
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
       state, metrics = task.jitted_train_step(task.phase(step))(state, batch, frozen)
@@ -127,17 +101,9 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
         reporter.step(step)
       if step % config.image_every_steps == 0 or step == total:
         write_grid(state)
-      preempt = preempted.is_set()
-      # One save per step: a preemption on a checkpoint step reuses the save already under way.
-      if ckpt.should_save(step) or step == end or preempt:
-        ckpt.save(step, state, data_iter, force=True)
-      if preempt:
-        ckpt.wait_until_finished()
-        reporting.info(f"SIGTERM received: saved a checkpoint at step {step}; exiting")
+      if run_control.checkpoint_or_stop(ckpt, step, end, state, data_iter, preempted):
         break
-  ckpt.wait_until_finished()
-  ckpt.close()
-  reporter.close()
+  run_control.close(ckpt, reporter)
   if metrics is not None:
     reporting.info(f"stopped at step {step}: PSNR {float(metrics['psnr']):.2f} dB, codebook usage "
                    f"{float(metrics['codebook_usage']):.4f}; grids in {workdir}/images")
