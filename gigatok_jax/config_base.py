@@ -89,6 +89,8 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
   c.log_every_steps = 50
   c.image_every_steps = 5000
   c.eval_num_images = 16            # images in the reconstruction grid / reconstruct mode
+  # --mode=eval: reconstruction metrics over the eval split (evaluate/tokenizer_eval.py).
+  c.eval = ml_collections.ConfigDict(dict(num_images=50_000, batch_size=64))
 
   c.model = model_config(enc, dec, kind)
 

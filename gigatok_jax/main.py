@@ -3,7 +3,7 @@ r"""gigatok_jax command line: one function per mode.
   python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR [--mode=train]
       [--config.optim.lr=2e-4 ...]
 
-Modes: train, summary, aot (both recipe kinds), reconstruct, prepare_data (tokenizer recipes),
+Modes: train, summary, aot (both recipe kinds), reconstruct, eval, prepare_data (tokenizer recipes),
 extract_codes, sample (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
 --config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
 print one line naming the culprit and exit with status 2.
@@ -22,9 +22,10 @@ from ml_collections import config_flags
 
 from gigatok_jax.errors import UserError
 
-MODES = ("train", "reconstruct", "summary", "prepare_data", "extract_codes", "sample", "aot")
+MODES = ("train", "reconstruct", "eval", "summary", "prepare_data", "extract_codes", "sample",
+         "aot")
 GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample")
-TOKENIZER_MODES = ("train", "reconstruct", "summary", "aot", "prepare_data")
+TOKENIZER_MODES = ("train", "reconstruct", "eval", "summary", "aot", "prepare_data")
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
                                 lock_config=True)
@@ -72,6 +73,10 @@ def run(mode: str, config, workdir: str | None) -> None:
     validate.validate(config, check_data=not config.data.reconstruct_input)
     from gigatok_jax import reconstruct
     reconstruct.run(config, workdir)
+  elif mode == "eval":
+    validate.validate(config, check_teachers=False)
+    from gigatok_jax.evaluate import tokenizer_eval
+    tokenizer_eval.run(config, workdir, progress=FLAGS.progress)
   elif mode == "extract_codes":
     validate.validate(config, check_data=False)
     from gigatok_jax import extract_codes

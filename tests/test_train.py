@@ -96,6 +96,24 @@ def test_reconstruct_mode(straight_run):
     assert json.load(f)["psnr"] == pytest.approx(result["psnr"])
 
 
+def test_eval_mode_streams_the_eval_split(straight_run):
+  """--mode=eval: metrics over eval.num_images images (padding excluded) in the results JSON."""
+  from gigatok_jax.evaluate import image_metrics, tokenizer_eval
+  workdir, _ = straight_run
+  config = tiny_config()
+  config.eval.num_images, config.eval.batch_size = 10, 8      # two batches, the second padded
+  result = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
+  assert result["step"] == 6 and result["num_images"] == 10 and result["tokens_per_image"] == 64
+  assert 5.0 < result["psnr"] < 60.0 and 0.0 < result["ssim"] <= 1.0
+  assert 0 < result["codebook_usage"] <= 1 and 1 <= result["code_perplexity"] <= result["codes_used"]
+  with open(result["json"]) as f:
+    assert json.load(f)["psnr"] == pytest.approx(result["psnr"])
+  # Perplexity of a histogram: k equally used codes -> k.
+  stats = tokenizer_eval.code_statistics(np.array([5, 5, 5, 5, 0, 0, 0, 0]))
+  assert stats["code_perplexity"] == pytest.approx(4.0) and stats["codebook_usage"] == 0.5
+  assert image_metrics.PSNR_CAP_DB > 140
+
+
 def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / "preempted")
   cmd = [sys.executable, "-m", "gigatok_jax.main", "--config=configs/demo.py:tiny",
