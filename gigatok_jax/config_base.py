@@ -263,7 +263,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
   ))
 
   # --mode=extract_codes: images come from the tokenizer recipe's data group; these override its
-  # paths. Each image gives 1 (augment='none'), 2 ('flip') or 20 ('ten_crop': ten crops x flips)
+  # paths. Each image gives 1 (augment='none'), 2 ('flip') or 10 ('ten_crop': 5 crops + mirrors)
   # code sequences; training picks one at random each time the image comes up.
   c.extract = ml_collections.ConfigDict(dict(
       split="train",                 # 'train' or 'eval' split of the tokenizer's data
@@ -271,7 +271,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       image_train_path="",
       image_eval_path="",
       augment="none",                # 'none' | 'flip' | 'ten_crop'
-      ten_crop_scale=1.1,            # ten_crop: the short side is resized to image_size * this
+      ten_crop_scale=1.1,            # ten_crop: crops of the centre square of side image_size * this
       batch_size=64,
       images_per_shard=4096,
       max_images=0,                  # 0 = the whole split

@@ -16,12 +16,13 @@ import math
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from gigatok_jax import config_base, parallel, trained
 from gigatok_jax.data import codes as codes_lib
 from gigatok_jax.data import pipeline, records, transforms
-from gigatok_jax.errors import ConfigError
+from gigatok_jax.errors import ConfigError, DataError
 from gigatok_jax.models.tokenizer import grid_size
 from gigatok_jax.train import reporting
 
@@ -30,12 +31,12 @@ AUGMENTS = {"none": 1, "flip": 2, "ten_crop": 10}
 
 def image_views(image: np.ndarray, size: int, augment: str, ten_crop_scale: float) -> np.ndarray:
   """One uint8 image -> (V, size, size, 3) views: centre crop [+ its flip], or ten crops
-  (4 corners + centre of the short side resized to size * scale, then the same five flipped)."""
+  (4 corners + centre of the centre square of side size * scale, then the same five flipped)."""
   if augment in ("none", "flip"):
     center = transforms.center_crop(image, size)
     return np.stack([center, center[:, ::-1]] if augment == "flip" else [center])
-  big = transforms.resize_short_side(transforms.ensure_rgb_array(image),
-                                     max(size, round(size * ten_crop_scale)))
+  # As LlamaGen: centre-crop a square of size * scale first, then the ten crops of it.
+  big = transforms.center_crop(image, max(size, round(size * ten_crop_scale)))
   h, w = big.shape[:2]
   boxes = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
            ((h - size) // 2, (w - size) // 2)]
@@ -87,8 +88,10 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   os.makedirs(out_dir, exist_ok=True)
 
   # Each process encodes its chunks on its own devices: no cross-host traffic, independent progress.
-  # The mesh shape is this (GPT) config's; the tokenizer's axis rules place its weights on it.
-  mesh = parallel.make_mesh(config.mesh, jax.local_devices())
+  # A plain data-parallel mesh over them (the recipe's mesh is sized for the whole job); the
+  # tokenizer's axis rules place its weights on it.
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+                            jax.local_devices())
   dp = parallel.data_parallel_size(mesh, tuple(tuple(r) for r in tok.mesh.axis_rules))
   if e.batch_size % dp:
     raise ConfigError("extract.batch_size", f"{e.batch_size} is not divisible by the {dp} "
@@ -104,12 +107,23 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   size, views = tok.data.image_size, AUGMENTS[e.augment]
   meta = {"format": "gigatok_jax.codes.v1", "num_images": num_images, "num_shards": num_shards,
           "num_tokens": config.model.num_tokens, "vocab_size": tok.model.codebook_size,
-          "variants": views, "augment": e.augment, "split": e.split,
-          "tokenizer_recipe": config.tokenizer.recipe or "(its saved config.json)", "tokenizer_workdir": config.tokenizer.workdir,
-          "tokenizer_step": tok_step}
+          "num_classes": config.model.num_classes, "variants": views, "augment": e.augment,
+          "ten_crop_scale": e.ten_crop_scale, "images_per_shard": e.images_per_shard,
+          "split": e.split, "tokenizer_workdir": config.tokenizer.workdir, "tokenizer_step": tok_step}
+  meta_path = os.path.join(out_dir, records.METADATA_FILE)
+  if os.path.isfile(meta_path):
+    # A rerun continues an extraction only if it is the same one; never mix codes of two runs.
+    with open(meta_path, encoding="utf-8") as f:
+      old = json.load(f)
+    changed = sorted(k for k in meta if old.get(k) != meta[k])
+    if changed and codes_lib.shard_files(out_dir):
+      raise ConfigError("extract.output", f"{out_dir} holds an extraction with other settings "
+                        f"({', '.join(f'{k}: {old.get(k)!r} -> {meta[k]!r}' for k in changed)}); "
+                        "remove it or choose another extract.output")
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, records.METADATA_FILE), "w", encoding="utf-8") as f:
+    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
       json.dump(meta, f, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
   reporting.info(f"extract_codes: {num_images} {e.split} images x {views} views -> {out_dir} "
                  f"({len(mine) - len(todo)} of this process's {len(mine)} shards already done)")
 
@@ -129,6 +143,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
         with jax.set_mesh(mesh):
           ids = np.asarray(jax.device_get(encode(params, padded)))[:len(batch)]
         for j, it in enumerate(items):
+          if not 0 <= it["label"] < config.model.num_classes:
+            raise DataError(f"{e.split} image {i + j} has label {it['label']}, outside the GPT's "
+                            f"model.num_classes={config.model.num_classes} classes")
           writer.write_raw(codes_lib.encode_code_record(ids[j * views:(j + 1) * views], it["label"]))
         bar.update(len(items))
   bar.close()

@@ -6,7 +6,8 @@ Writes into `sample.output` (default <workdir>/samples):
   grid_<tag>.png       the first `sample.grid_images` samples, one row per class
   samples_<tag>.json   every setting that produced them (checkpoints, sampling, seed, timing)
 with <tag> = <GPT step>_cfg<scale>-<schedule>_T<temperature>_k<top_k>_p<top_p>_seed<seed>_n<N>.
-Sample i has class `sample.classes[i % len]` (or i % num_classes) and its batch's key is
+Sample i has class `sample.classes[i % len]` (or i % num_classes; with several processes the order
+within a batch follows the devices, and 'labels' says each image's class) and its batch's key is
 fold_in(key(sample.seed), batch index): a rerun with the same settings gives the same images.
 """
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import checkpointing, extract_codes, parallel, trained
+from gigatok_jax import checkpointing, config_base, extract_codes, parallel, trained
 from gigatok_jax.errors import CheckpointError, ConfigError
 from gigatok_jax.sample import SamplingSettings, generate
 from gigatok_jax.train import reporting
@@ -60,6 +61,17 @@ def class_rows_grid(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   return reporting.image_grid(np.concatenate(rows), per_row=per_row)
 
 
+def check_trained_model(config, workdir: str) -> None:
+  """The model group must be the one the GPT in `workdir` was trained with (its config.json)."""
+  if not os.path.isfile(os.path.join(workdir, config_base.RUN_CONFIG_FILE)):
+    return
+  saved = config_base.read_run_config(workdir, key="--workdir").model
+  for key in config.model.keys():
+    if key in saved and saved[key] != config.model[key]:
+      raise ConfigError(f"model.{key}", f"is {config.model[key]!r} but the GPT in {workdir} was "
+                        f"trained with {saved[key]!r}; pass --config.model.{key}={saved[key]}")
+
+
 def load_gpt_params(task: GPTTask, workdir: str):
   ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
   step = ckpt.latest_step()
@@ -77,6 +89,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   if s.num_samples <= 0 or s.batch_size <= 0:
     raise ConfigError("sample.num_samples", "num_samples and batch_size must be positive")
   labels = sample_labels(s, config.model.num_classes)
+  check_trained_model(config, workdir)
   tok_cfg = extract_codes.tokenizer_config(config)
   extract_codes.check_compatible(config, tok_cfg)
   mesh = parallel.make_mesh(config.mesh)
@@ -88,34 +101,40 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   gpt_params, gpt_step = load_gpt_params(task, workdir)
   tok = trained.load_tokenizer(tok_cfg, config.tokenizer.workdir, mesh)
 
-  def fn(gpt_params, tok_params, labels, key):
+  def fn(gpt_params, tok_params, labels, valid, key):
     codes = generate(task.model(gpt_params), labels, key, settings)
     images = tok.task.generator(tok_params).decode_indices(codes)        # (B, H, W, 3)
-    return jnp.round((jnp.clip(images, -1, 1) + 1) * 127.5).astype(jnp.uint8), codes
+    # labels / valid come back with the outputs so that gathered rows stay paired with them.
+    return jnp.round((jnp.clip(images, -1, 1) + 1) * 127.5).astype(jnp.uint8), codes, labels, valid
+  rows_sharding = parallel.batch_sharding(mesh, task.rules, 1)
   sample_fn = jax.jit(fn, in_shardings=(task.state_shardings.params,
                                         tok.task.state_shardings.gen_params,
-                                        parallel.batch_sharding(mesh, task.rules, 1), None))
+                                        rows_sharding, rows_sharding, None))
 
   from tqdm import tqdm
   num_batches = math.ceil(len(labels) / s.batch_size)
-  images, all_codes = [], []
+  images, all_codes, out_labels = [], [], []
   t0 = time.time()
   with jax.set_mesh(mesh):
     for b in tqdm(range(num_batches), unit="batch", desc="sample",
                   disable=not progress or jax.process_index() != 0):
       chunk = labels[b * s.batch_size:(b + 1) * s.batch_size]
       padded = np.resize(chunk, s.batch_size)      # the last batch repeats its labels to fill
+      valid = np.arange(s.batch_size) < len(chunk)
       key = jax.random.fold_in(jax.random.key(s.seed), b)
-      local = np.split(padded, jax.process_count())[jax.process_index()]
-      rows = parallel.global_batch({"label": local}, mesh, task.rules)["label"]
-      out, c = sample_fn(gpt_params, tok.params, rows, key)
-      if not out.is_fully_addressable:   # multi-process: every process gathers the whole batch
-        out, c = multihost_utils.process_allgather((out, c), tiled=True)
-      out, c = jax.device_get((out, c))
-      images.append(np.asarray(out)[:len(chunk)])
-      all_codes.append(np.asarray(c)[:len(chunk)])
+      local = {k: np.split(v, jax.process_count())[jax.process_index()]
+               for k, v in (("label", padded), ("valid", valid))}
+      rows = parallel.global_batch(local, mesh, task.rules)
+      out = sample_fn(gpt_params, tok.params, rows["label"], rows["valid"], key)
+      if not out[0].is_fully_addressable:   # multi-process: every process gathers the whole batch
+        out = multihost_utils.process_allgather(out, tiled=True)
+      imgs, codes, rows_labels, rows_valid = (np.asarray(x) for x in jax.device_get(out))
+      images.append(imgs[rows_valid])
+      all_codes.append(codes[rows_valid])
+      out_labels.append(rows_labels[rows_valid])
   seconds = time.time() - t0
   images = np.concatenate(images)
+  labels = np.concatenate(out_labels)
   out_dir = s.output or os.path.join(workdir, "samples")
   result = {
       "gpt_workdir": workdir, "gpt_step": gpt_step, "tokenizer_recipe": config.tokenizer.recipe or "(its saved config.json)",

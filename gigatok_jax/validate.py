@@ -177,6 +177,15 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
     raise ConfigError("optim.warmup_steps", "must be >= 0")
   check_distributed(config.distributed)
   check_batch_divisible(config, num_devices)
+  sc = config.sample
+  if not 0 <= sc.top_k <= config.model.vocab_size:
+    raise ConfigError("sample.top_k", f"must be in [0, vocab_size={config.model.vocab_size}]")
+  if not 0.0 <= sc.cfg_step_fraction <= 1.0:
+    raise ConfigError("sample.cfg_step_fraction", f"must be in [0, 1], got {sc.cfg_step_fraction}")
+  if sc.cfg_scale < 0 or sc.temperature < 0 or not 0.0 < sc.top_p <= 1.0:
+    raise ConfigError("sample", "cfg_scale and temperature must be >= 0 and top_p in (0, 1]")
+  for key in ("batch_size", "images_per_shard"):
+    _positive(config, f"extract.{key}")
   if check_data:
     from gigatok_jax.data import codes
     m = config.model
@@ -186,7 +195,7 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
     for key in ("codes_path", "eval_codes_path"):
       if config.data[key]:
         codes.check_codes_dir(config.data[key], f"data.{key}", vocab_size=m.vocab_size,
-                              num_tokens=m.num_tokens)
+                              num_tokens=m.num_tokens, num_classes=m.num_classes)
 
 
 def validate(config, *, num_devices: int | None = None, check_data: bool = True,

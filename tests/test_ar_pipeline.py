@@ -111,8 +111,9 @@ def test_flip_and_ten_crop_views():
   ten = extract_codes.image_views(image, 32, "ten_crop", 1.1)
   assert ten.shape == (10, 32, 32, 3)
   np.testing.assert_array_equal(ten[5:], ten[:5, :, ::-1])
-  big = transforms.resize_short_side(image, 35)          # round(32 * 1.1)
-  np.testing.assert_array_equal(ten[0], big[:32, :32])   # top-left corner crop
+  big = transforms.center_crop(image, 35)                # the centre square of round(32 * 1.1)
+  np.testing.assert_array_equal(ten[0], big[:32, :32])   # its top-left corner crop
+  np.testing.assert_array_equal(ten[4], big[1:33, 1:33])  # and its centre
 
 
 def test_gpt_resume_is_bit_identical_and_validation_runs(tok_dir, codes_dirs, tmp_path):
@@ -184,3 +185,26 @@ def test_wsd_schedule():
   assert float(constant(0)) == float(constant(99)) == 1.0
   mask = optim.matrices_only({"w": np.zeros((2, 2)), "norm": np.zeros(2)})
   assert mask == {"w": True, "norm": False}
+
+
+def test_extraction_refuses_to_mix_settings_and_sample_checks_the_trained_model(
+    tok_dir, codes_dirs, tmp_path):
+  root, out = codes_dirs
+  cfg = gpt_config(tok_dir)
+  cfg.extract.augment = "flip"                     # other settings into the same directory
+  with pytest.raises(ConfigError, match="extract.output"):
+    extract_codes.run(cfg, root, progress=False)
+  # A directory mixing two extractions' shard counts is refused by training.
+  mixed = tmp_path / "mixed"
+  mixed.mkdir()
+  for name in ("codes-00000-of-00002.array_record", "codes-00001-of-00003.array_record"):
+    (mixed / name).write_bytes(b"")
+  with pytest.raises(ConfigError, match="mixes shards"):
+    codes_lib.complete_shards(str(mixed), "data.codes_path")
+  # Sampling with a model group other than the trained one names the key.
+  gpt_dir = str(tmp_path / "gpt")
+  cfg = gpt_config(tok_dir, out["output"], total_steps=1)
+  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  cfg.model.norm_eps = 1e-6
+  with pytest.raises(ConfigError, match="model.norm_eps"):
+    sample_images.run(cfg, gpt_dir, progress=False)

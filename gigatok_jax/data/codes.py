@@ -68,17 +68,26 @@ def read_metadata(directory: str) -> dict:
     return json.load(f)
 
 
+def shard_files(directory: str) -> list[str]:
+  """Names of the finished code shards in `directory` (sorted)."""
+  return sorted(f for f in os.listdir(directory) if _SHARD_RE.search(f))
+
+
 def complete_shards(directory: str, key: str) -> list[str]:
   """The shard files of a finished extraction; a clear error naming `key` otherwise."""
   if not directory or not os.path.isdir(directory):
     raise ConfigError(key, f"{directory!r} is not a directory (run --mode=extract_codes first)")
-  found = sorted(f for f in os.listdir(directory) if _SHARD_RE.search(f))
+  found = shard_files(directory)
   if not found:
     raise ConfigError(key, f"no codes shards in {directory} (run --mode=extract_codes first)")
-  total = int(_SHARD_RE.search(found[0]).group(2))
-  if len(found) != total:
-    raise ConfigError(key, f"{directory} holds {len(found)} of {total} shards: the extraction is "
-                      "unfinished; run --mode=extract_codes again to complete it")
+  totals = {int(_SHARD_RE.search(f).group(2)) for f in found}
+  if len(totals) > 1:
+    raise ConfigError(key, f"{directory} mixes shards of extractions with {sorted(totals)} shards")
+  total = totals.pop()
+  missing = sorted(set(range(total)) - {int(_SHARD_RE.search(f).group(1)) for f in found})
+  if missing:
+    raise ConfigError(key, f"{directory} holds {total - len(missing)} of {total} shards: the "
+                      "extraction is unfinished; run --mode=extract_codes again to complete it")
   return [os.path.join(directory, f) for f in found]
 
 
@@ -130,18 +139,24 @@ def make_eval_iterator(data_cfg, *, global_batch_size: int, process_index: int |
   """Finite iterator over the validation codes in file order (first view), full batches only."""
   process_index, process_count = pipeline.process_info(process_index, process_count)
   source = CodeRecordSource(complete_shards(data_cfg.eval_codes_path, "data.eval_codes_path"))
-  ds = grain.MapDataset.source(source).map(_first_view)[process_index::process_count]
+  # Whole global batches only, so that every process yields the same number of batches.
+  usable = len(source) - len(source) % global_batch_size
+  ds = grain.MapDataset.source(source)[:usable].map(_first_view)[process_index::process_count]
   return pipeline.finish_batches(ds, data_cfg, global_batch_size // process_count, drop_remainder=True,
                           to_batch=_to_batch)
 
 
-def check_codes_dir(directory: str, key: str, *, vocab_size: int, num_tokens: int) -> dict:
+def check_codes_dir(directory: str, key: str, *, vocab_size: int, num_tokens: int,
+                    num_classes: int) -> dict:
   """Validates a codes directory against the GPT config before anything compiles; its metadata."""
   complete_shards(directory, key)
   meta = read_metadata(directory)
   if meta.get("num_tokens") != num_tokens:
     raise ConfigError("model.num_tokens", f"is {num_tokens} but the codes in {directory} have "
                       f"{meta.get('num_tokens')} tokens per image")
+  if "num_classes" in meta and meta["num_classes"] > num_classes:
+    raise ConfigError("model.num_classes", f"is {num_classes} but the codes in {directory} were "
+                      f"extracted for {meta['num_classes']} classes")
   if meta.get("vocab_size") != vocab_size:
     raise ConfigError("model.vocab_size", f"is {vocab_size} but the codes in {directory} come from "
                       f"a codebook of {meta.get('vocab_size')}")
@@ -149,5 +164,5 @@ def check_codes_dir(directory: str, key: str, *, vocab_size: int, num_tokens: in
 
 
 __all__ = ["CodeRecordSource", "check_codes_dir", "complete_shards", "decode_code_record",
-           "encode_code_record", "make_eval_iterator", "make_train_iterator", "read_metadata",
+           "encode_code_record", "make_eval_iterator", "shard_files", "make_train_iterator", "read_metadata",
            "shard_path"]

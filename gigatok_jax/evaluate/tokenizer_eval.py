@@ -60,12 +60,14 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
   t0 = time.time()
   with jax.set_mesh(mesh):
     for batch in it:
-      images = parallel.global_batch({"image": batch["image"]}, mesh, task.rules)["image"]
-      recon, codes = reconstruct(params, images)
-      if not recon.is_fully_addressable:     # multi-process: every process scores the whole batch
-        recon, codes = multihost_utils.process_allgather((recon, codes), tiled=True)
-        originals = multihost_utils.process_allgather(batch["image"], tiled=True)
-        mask = multihost_utils.process_allgather(batch["mask"], tiled=True)
+      inputs = parallel.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh,
+                                     task.rules)
+      recon, codes = reconstruct(params, inputs["image"])
+      if not recon.is_fully_addressable:
+        # Multi-process: every process scores the whole batch. Inputs are gathered from the same
+        # global arrays as the outputs, so rows stay paired whatever the device order.
+        recon, codes, originals, mask = multihost_utils.process_allgather(
+            (recon, codes, inputs["image"], inputs["mask"]), tiled=True)
       else:
         originals, mask = batch["image"], batch["mask"]
       mask = np.asarray(mask, bool)
