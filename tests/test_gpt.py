@@ -213,3 +213,16 @@ def test_bf16_compute_keeps_float32_masters():
     state, metrics = task.jitted_train_step()(state, parallel.global_batch(batch, task.mesh, task.rules))
   assert state.params["tok_embeddings"].dtype == np.float32
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_hidden_states_for_linear_probing():
+  model = _model()
+  tokens = jax.random.randint(jax.random.key(7), (2, model.num_tokens), 0, model.cfg.vocab_size)
+  null = jnp.full((2,), model.num_classes)
+  last = model.hidden_states(tokens, null, len(model.layers))          # (B, T, W)
+  logits = jnp.einsum("btw,wv->btv", model.norm(last), model.output[...])
+  np.testing.assert_allclose(logits, model(tokens, null), atol=1e-5)
+  middle = model.hidden_states(tokens, null, len(model.layers) // 2)
+  assert middle.shape == last.shape and not np.allclose(middle, last)
+  with pytest.raises(ValueError):
+    model.hidden_states(tokens, null, 0)

@@ -157,8 +157,11 @@ class GPT(nnx.Module):
       parts.append(jnp.take(self.tok_embeddings[...], tokens, axis=0))
     return jnp.concatenate(parts, axis=1).astype(self.dtype)
 
-  def _run(self, x: jax.Array, pos, key, caches):
-    """Positions + blocks + final norm + head: x (B, T, W) at positions pos.. -> logits (B, T, V)."""
+  def _run(self, x: jax.Array, pos, key, caches, stop_after: int | None = None):
+    """Positions + blocks + final norm + head: x (B, T, W) at positions pos.. -> logits (B, T, V).
+
+    `stop_after=k` returns the hidden state (B, T, W) after block k instead (linear probing).
+    """
     t = x.shape[1]
     if self.cfg.position == "learned_1d":
       x = x + jax.lax.dynamic_slice_in_dim(self.positional_embedding[...], pos, t).astype(x.dtype)
@@ -168,12 +171,16 @@ class GPT(nnx.Module):
     x = dropout(x, self.cfg.token_dropout, keys[-1])
     new_caches = []
     for i, layer in enumerate(self.layers):
+      if stop_after is not None and i == stop_after:
+        return x, None
       cache = None if caches is None else caches[i]
       if cache is None:
         x, _ = remat_call(self.cfg.remat, lambda l, h, k: l(h, rope, k), layer, x, keys[i])
       else:
         x, cache = layer(x, rope, None, cache, pos)
       new_caches.append(cache)
+    if stop_after is not None:
+      return x, None
     h = self.norm(x)
     logits = jnp.einsum("btw,wv->btv", h, self.output[...].astype(self.dtype))
     return logits.astype(jnp.float32), (new_caches if caches is not None else None)
@@ -195,6 +202,15 @@ class GPT(nnx.Module):
       labels = self.drop_labels(labels, label_key)
     x = self.embed(labels, tokens[:, :-1])                      # (B, T, W)
     return self._run(x, 0, dropout_key, None)[0]
+
+  def hidden_states(self, tokens: jax.Array, labels: jax.Array, layer: int) -> jax.Array:
+    """(B, T, W) hidden state after block `layer` (1-based) of the teacher-forced pass, no dropout.
+
+    Linear probing (spec 4.5) uses layer n_layer // 2 with the null class as `labels`.
+    """
+    if not 1 <= layer <= len(self.layers):
+      raise ValueError(f"layer must be in [1, {len(self.layers)}], got {layer}")
+    return self._run(self.embed(labels, tokens[:, :-1]), 0, None, None, stop_after=layer)[0]
 
   def init_cache(self, batch: int, max_len: int | None = None, dtype=None) -> list[LayerCache]:
     """Zeroed KV cache for `max_len` positions (default: class token + all image tokens but the last)."""
