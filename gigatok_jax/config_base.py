@@ -292,6 +292,16 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       output="",                     # '' = <workdir>/samples
   ))
 
+  # --mode=probe: linear probe on the frozen GPT's mean-pooled features (spec 4.5); train on
+  # data.codes_path, report top-1 on data.eval_codes_path.
+  c.probe = ml_collections.ConfigDict(dict(
+      layer=0,                       # hidden state after this block; 0 = layers // 2
+      epochs=90, warmup_epochs=10,
+      batch_size=8192,               # the reference's 128 x 64 GPUs (unverified); lr scales with it
+      base_lr=0.1,                   # lr = base_lr x batch_size / 256 (LARS)
+      feature_batch_size=256,
+  ))
+
   c.mesh = mesh_config(GPT_AXIS_RULES)
   c.distributed = tokenizer_config().distributed
   return c

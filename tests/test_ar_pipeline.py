@@ -208,3 +208,22 @@ def test_extraction_refuses_to_mix_settings_and_sample_checks_the_trained_model(
   cfg.model.norm_eps = 1e-6
   with pytest.raises(ConfigError, match="model.norm_eps"):
     sample_images.run(cfg, gpt_dir, progress=False)
+
+
+def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(tok_dir, codes_dirs, tmp_path):
+  from gigatok_jax.evaluate import linear_probe
+  rng = np.random.default_rng(0)
+  centres = rng.normal(0, 3, (10, 16))
+  y = rng.integers(0, 10, 600)
+  x = centres[y] + rng.normal(0, 1, (600, 16)) + 50.0          # offset: BatchNorm must handle it
+  r = linear_probe.train_probe(x[:500], y[:500], x[500:], y[500:], num_classes=10, epochs=30,
+                               warmup_epochs=3, batch_size=64, base_lr=4.0)
+  assert r["top1"] > 0.9, r
+  root, out = codes_dirs
+  cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
+  cfg.probe.update(epochs=2, warmup_epochs=1, batch_size=64, feature_batch_size=64)
+  gpt_dir = str(tmp_path / "gpt")
+  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  result = linear_probe.run(cfg, gpt_dir, devices=ONE_DEVICE)
+  assert result["layer"] == 1 and result["num_train"] == 250 and result["num_eval"] == 197
+  assert 0.0 <= result["top1"] <= 1.0 and os.path.isfile(result["json"])
