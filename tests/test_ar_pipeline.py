@@ -68,6 +68,16 @@ def codes_dirs(tok_dir, tmp_path_factory):
   return root, out
 
 
+@pytest.fixture(scope="module")
+def gpt_run(tok_dir, codes_dirs, tmp_path_factory):
+  """A 2-step GPT run on the codes (with validation codes), shared by sample / probe / checks."""
+  root, out = codes_dirs
+  cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
+  gpt_dir = str(tmp_path_factory.mktemp("gpt_run"))
+  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  return cfg, gpt_dir
+
+
 def test_extracted_codes_are_the_tokenizer_codes(tok_dir, codes_dirs):
   root, out = codes_dirs
   assert out["num_shards"] == 3 and out["shards_written"] == 3 and out["num_images"] == 250
@@ -134,11 +144,9 @@ def test_gpt_resume_is_bit_identical_and_validation_runs(tok_dir, codes_dirs, tm
   assert events
 
 
-def test_sample_mode_writes_npz_grid_and_settings(tok_dir, codes_dirs, tmp_path):
-  root, out = codes_dirs
-  cfg = gpt_config(tok_dir, out["output"], total_steps=2)
-  gpt_dir = str(tmp_path / "gpt")
-  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+def test_sample_mode_writes_npz_grid_and_settings(gpt_run):
+  cfg, gpt_dir = gpt_run
+  cfg = cfg.copy_and_resolve_references()
   result = sample_images.run(cfg, gpt_dir, progress=False)
   data = dict(np.load(result["npz"]))
   assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (20, 32, 32, 3)
@@ -188,7 +196,7 @@ def test_wsd_schedule():
 
 
 def test_extraction_refuses_to_mix_settings_and_sample_checks_the_trained_model(
-    tok_dir, codes_dirs, tmp_path):
+    tok_dir, codes_dirs, gpt_run, tmp_path):
   root, out = codes_dirs
   cfg = gpt_config(tok_dir)
   cfg.extract.augment = "flip"                     # other settings into the same directory
@@ -202,15 +210,14 @@ def test_extraction_refuses_to_mix_settings_and_sample_checks_the_trained_model(
   with pytest.raises(ConfigError, match="mixes shards"):
     codes_lib.complete_shards(str(mixed), "data.codes_path")
   # Sampling with a model group other than the trained one names the key.
-  gpt_dir = str(tmp_path / "gpt")
-  cfg = gpt_config(tok_dir, out["output"], total_steps=1)
-  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  cfg, gpt_dir = gpt_run
+  cfg = cfg.copy_and_resolve_references()
   cfg.model.norm_eps = 1e-6
   with pytest.raises(ConfigError, match="model.norm_eps"):
     sample_images.run(cfg, gpt_dir, progress=False)
 
 
-def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(tok_dir, codes_dirs, tmp_path):
+def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(gpt_run):
   from gigatok_jax.evaluate import linear_probe
   rng = np.random.default_rng(0)
   centres = rng.normal(0, 3, (10, 16))
@@ -219,11 +226,9 @@ def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(tok_dir, codes
   r = linear_probe.train_probe(x[:500], y[:500], x[500:], y[500:], num_classes=10, epochs=30,
                                warmup_epochs=3, batch_size=64, base_lr=4.0)
   assert r["top1"] > 0.9, r
-  root, out = codes_dirs
-  cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
+  cfg, gpt_dir = gpt_run
+  cfg = cfg.copy_and_resolve_references()
   cfg.probe.update(epochs=2, warmup_epochs=1, batch_size=64, feature_batch_size=64)
-  gpt_dir = str(tmp_path / "gpt")
-  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
   result = linear_probe.run(cfg, gpt_dir, devices=ONE_DEVICE)
   assert result["layer"] == 1 and result["num_train"] == 250 and result["num_eval"] == 197
   assert 0.0 <= result["top1"] <= 1.0 and os.path.isfile(result["json"])
