@@ -90,7 +90,11 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
   c.image_every_steps = 5000
   c.eval_num_images = 16            # images in the reconstruction grid / reconstruct mode
   # --mode=eval: reconstruction metrics over the eval split (evaluate/tokenizer_eval.py).
-  c.eval = ml_collections.ConfigDict(dict(num_images=50_000, batch_size=64))
+  c.eval = ml_collections.ConfigDict(dict(
+      num_images=50_000, batch_size=64,
+      inception_path="",            # converted FID Inception (python -m gigatok_jax.convert.inception); '' = no rFID
+      fid_reference="",             # ADM-style .npz with mu/sigma; '' = statistics of the evaluated originals
+  ))
 
   c.model = model_config(enc, dec, kind)
 

@@ -114,6 +114,34 @@ def test_eval_mode_streams_the_eval_split(straight_run):
   assert image_metrics.PSNR_CAP_DB > 140
 
 
+def test_eval_mode_rfid_plumbing(straight_run, tmp_path, monkeypatch):
+  """rFID against the originals' own statistics and against a reference .npz holding those very
+  statistics agree; padding rows never reach the statistics; the reference's sha256 is recorded.
+  Features come from a fixed random projection here (the Inception port has its own parity test)."""
+  from gigatok_jax.evaluate import fid, tokenizer_eval
+  projection = np.random.default_rng(0).normal(size=(64 * 64 * 3, 32)).astype(np.float32)
+
+  def fake_features(path, mesh):
+    assert path == "inception.safetensors"
+    return lambda images: np.asarray(images, np.float32).reshape(len(images), -1) @ projection
+  monkeypatch.setattr(tokenizer_eval, "_inception_features", fake_features)
+  workdir, _ = straight_run
+  config = tiny_config()
+  config.eval.update(num_images=6, batch_size=4, inception_path="inception.safetensors")
+  own = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
+  assert own["rfid"] > 0 and own["rfid_reference"] == "the evaluated originals"
+  it = tokenizer_trainer.pipeline.make_eval_iterator(config.data, batch_size=6, num_images=6)
+  batch = next(iter(it))
+  stats = fid.FeatureStats().update(fake_features("inception.safetensors", None)(
+      batch["image"][batch["mask"]]))
+  ref = str(tmp_path / "ref.npz")
+  sha = fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma)
+  config.eval.fid_reference = ref
+  other = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
+  assert other["rfid"] == pytest.approx(own["rfid"], rel=1e-6)
+  assert other["rfid_reference"] == {"path": ref, "sha256": sha}
+
+
 def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / "preempted")
   cmd = [sys.executable, "-m", "gigatok_jax.main", "--config=configs/demo.py:tiny",

@@ -7,11 +7,16 @@ and code perplexity (exp of the entropy of the code histogram) over all those im
 running sums and the code histogram is kept, so 50k images need no more memory than one batch.
 Writes <workdir>/eval/tokenizer_<step>.json with every setting that produced the numbers.
 
-rFID joins these metrics once the FID Inception port lands (the statistics are in `fid.py`).
+rFID (when `eval.inception_path` names a converted FID Inception file): pool features of every
+reconstruction are accumulated (streaming mean / covariance, `fid.FeatureStats`) and compared with
+`eval.fid_reference` (an ADM-style `.npz` with mu / sigma; its sha256 goes into the JSON) or, when
+that is empty, with the statistics of the evaluated originals themselves, accumulated in the same
+pass (the usual rFID protocol when the reference set is the eval split).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +29,7 @@ from jax.experimental import multihost_utils
 from gigatok_jax import parallel, trained
 from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import image_metrics
+from gigatok_jax.evaluate import fid, image_metrics
 from gigatok_jax.train import reporting
 
 
@@ -35,6 +40,21 @@ def code_statistics(histogram: np.ndarray) -> dict[str, float]:
   return {"codebook_usage": float((histogram > 0).mean()),
           "codes_used": int((histogram > 0).sum()),
           "code_perplexity": float(np.exp(-(p * np.log(p)).sum())) if total else 0.0}
+
+
+def _inception_features(path: str, mesh):
+  """A function (N, H, W, 3) images in [-1, 1] -> (N, 2048) float pool3 features (host arrays)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
+  graph, params = nnx.split(inception_convert.load(path))
+  apply = jax.jit(lambda p, x: nnx.merge(graph, p)(x).pool)
+
+  def features(images: np.ndarray) -> np.ndarray:
+    # Images are quantised to uint8 first, as saved reconstructions and reference images are.
+    x = image_metrics.to_uint8(images).astype(np.float32) / 127.5 - 1.0
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      return np.asarray(jax.device_get(apply(params, x)))
+  return features
 
 
 def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
@@ -51,6 +71,8 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
                                    batch_size_key="eval.batch_size")
   available = len(pipeline.make_source(config.data, "eval"))
   n_total = available if num is None else min(num, available)
+  inception = _inception_features(e.inception_path, mesh) if e.inception_path else None
+  recon_stats, original_stats = fid.FeatureStats(), fid.FeatureStats()
   sums = {"psnr": 0.0, "ssim": 0.0}
   histogram = np.zeros(config.model.codebook_size, np.int64)
   seen = 0
@@ -71,14 +93,29 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
       else:
         originals, mask = batch["image"], batch["mask"]
       mask = np.asarray(mask, bool)
-      recon, codes = np.asarray(jax.device_get(recon))[mask], np.asarray(jax.device_get(codes))[mask]
-      originals = np.asarray(originals)[mask]
+      recon, codes = np.asarray(jax.device_get(recon)), np.asarray(jax.device_get(codes))
+      originals = np.asarray(originals)
+      if inception is not None:   # whole (padded) batches: one compiled shape; padding dropped after
+        recon_stats.update(inception(recon)[mask])
+        if not e.fid_reference:
+          original_stats.update(inception(originals)[mask])
+      recon, codes, originals = recon[mask], codes[mask], originals[mask]
       sums["psnr"] += float(image_metrics.psnr(originals, recon).sum())
       sums["ssim"] += float(image_metrics.ssim(originals, recon).sum())
       histogram += np.bincount(codes.ravel(), minlength=histogram.size)
       seen += int(mask.sum())
       bar.update(1)
   bar.close()
+  rfid = {}
+  if inception is not None:
+    if e.fid_reference:
+      ref = fid.read_reference(e.fid_reference)
+      mu, sigma, reference = ref["mu"], ref["sigma"], {"path": e.fid_reference,
+                                                       "sha256": ref["sha256"]}
+    else:
+      mu, sigma, reference = original_stats.mu, original_stats.sigma, "the evaluated originals"
+    rfid = {"rfid": fid.frechet_distance(recon_stats.mu, recon_stats.sigma, mu, sigma),
+            "rfid_reference": reference, "inception": e.inception_path}
   result = {
       "step": step, "workdir": workdir, "num_images": seen, "image_size": config.data.image_size,
       "eval_split": {"source": config.data.source, **(
@@ -87,7 +124,7 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
           {"tfds": f"{config.data.tfds_name}:{config.data.tfds_eval_split}"}
           if config.data.source == "tfds" else {})},
       "psnr": sums["psnr"] / max(seen, 1), "ssim": sums["ssim"] / max(seen, 1),
-      **code_statistics(histogram),
+      **code_statistics(histogram), **rfid,
       "tokens_per_image": int(histogram.sum() // max(seen, 1)),
       "weights": "ema" if config.optim.ema_decay > 0 else "generator",
       "seconds": round(time.time() - t0, 2),
@@ -98,7 +135,8 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
     with open(out, "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2)
     result["json"] = out
-    reporting.info(f"eval at step {step} on {seen} images: PSNR {result['psnr']:.2f} dB, SSIM "
+    reporting.info(f"eval at step {step} on {seen} images: "
+                 + (f"rFID {result['rfid']:.3f}, " if rfid else "") + f"PSNR {result['psnr']:.2f} dB, SSIM "
                    f"{result['ssim']:.4f}, codebook usage {result['codebook_usage']:.4f}, "
                    f"perplexity {result['code_perplexity']:.1f}; {out}")
   return result
