@@ -296,6 +296,15 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       output="",                     # '' = <workdir>/samples
   ))
 
+  # --mode=eval: gFID / IS / precision-recall of --mode=sample output against a reference batch.
+  c.eval = ml_collections.ConfigDict(dict(
+      samples="",                    # a samples_*.npz; '' = the newest in <workdir>/samples
+      fid_reference="",              # ADM reference batch .npz (mu, sigma, arr_0)
+      inception_path="",             # converted FID Inception (python -m gigatok_jax.convert.inception)
+      batch_size=100,
+      precision_recall=True,         # needs the reference's arr_0 images
+  ))
+
   # --mode=probe: linear probe on the frozen GPT's mean-pooled features (spec 4.5); train on
   # data.codes_path, report top-1 on data.eval_codes_path.
   c.probe = ml_collections.ConfigDict(dict(

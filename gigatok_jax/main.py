@@ -4,7 +4,7 @@ r"""gigatok_jax command line: one function per mode.
       [--config.optim.lr=2e-4 ...]
 
 Modes: train, summary, aot (both recipe kinds), reconstruct, eval, prepare_data (tokenizer recipes),
-extract_codes, sample, probe (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
+eval, extract_codes, sample, probe (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
 --config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
 print one line naming the culprit and exit with status 2.
 """
@@ -24,7 +24,7 @@ from gigatok_jax.errors import UserError
 
 MODES = ("train", "reconstruct", "eval", "summary", "prepare_data", "extract_codes", "sample",
          "probe", "aot")
-GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample", "probe")
+GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample", "eval", "probe")
 TOKENIZER_MODES = ("train", "reconstruct", "eval", "summary", "aot", "prepare_data")
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
@@ -73,6 +73,10 @@ def run(mode: str, config, workdir: str | None) -> None:
     validate.validate(config, check_data=not config.data.reconstruct_input)
     from gigatok_jax import reconstruct
     reconstruct.run(config, workdir)
+  elif mode == "eval" and task == "gpt":
+    validate.validate(config, check_data=False)
+    from gigatok_jax.evaluate import gpt_eval
+    gpt_eval.run(config, workdir)
   elif mode == "eval":
     validate.validate(config, check_teachers=False)
     from gigatok_jax.evaluate import tokenizer_eval

@@ -232,3 +232,34 @@ def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(gpt_run):
   result = linear_probe.run(cfg, gpt_dir, devices=ONE_DEVICE)
   assert result["layer"] == 1 and result["num_train"] == 250 and result["num_eval"] == 197
   assert 0.0 <= result["top1"] <= 1.0 and os.path.isfile(result["json"])
+
+
+def test_gpt_eval_mode_gfid_is_precision_recall(gpt_run, tmp_path):
+  """gFID plumbing on real samples: stats of the samples vs a reference built from the very same
+  images give FID ~0 and precision = recall = 1; the settings JSON and file hashes are recorded.
+  A fixed random projection stands in for the Inception network (it has its own parity test)."""
+  from gigatok_jax.evaluate import fid, gpt_eval
+  cfg, gpt_dir = gpt_run
+  cfg = cfg.copy_and_resolve_references()
+  samples = sample_images.run(cfg, gpt_dir, progress=False)["npz"]
+  projection = np.random.default_rng(0).normal(size=(32 * 32 * 3, 24)).astype(np.float32)
+  head = np.random.default_rng(1).normal(size=(24, 1008)).astype(np.float32)
+
+  def features_fn(images):
+    pool = images.reshape(len(images), -1).astype(np.float32) / 255.0 @ projection
+    return pool, pool @ head
+  images = np.load(samples)["arr_0"]
+  stats = fid.FeatureStats().update(features_fn(images)[0])
+  ref = str(tmp_path / "ref.npz")
+  fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma, images=images)
+  cfg.eval.update(fid_reference=ref, samples=samples, batch_size=8)
+  result = gpt_eval.run(cfg, gpt_dir, features_fn=features_fn)
+  assert result["num_samples"] == 20 and abs(result["fid"]) < 1e-6
+  assert result["precision"] == result["recall"] == 1.0
+  assert result["inception_score"] >= 1.0
+  assert result["sample_settings"]["sampling"]["cfg_scale"] == cfg.sample.cfg_scale
+  assert result["reference"]["sha256"] == fid.file_sha256(ref)
+  assert "val_loss" in result and result["gpt_step"] == 2
+  with pytest.raises(ConfigError, match="eval.fid_reference"):
+    cfg.eval.fid_reference = ""
+    gpt_eval.run(cfg, gpt_dir, features_fn=features_fn)

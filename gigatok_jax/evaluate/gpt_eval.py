@@ -1,0 +1,122 @@
+"""`--mode=eval` for GPT recipes: gFID, IS, precision/recall of sampled images, validation loss.
+
+Reads a `--mode=sample` output (`eval.samples`, default: the newest samples_*.npz of
+<workdir>/samples) in batches, never all at once, takes FID Inception pool3 features and logits,
+and compares them with the reference batch `eval.fid_reference` (ADM layout: mu / sigma, and
+arr_0 images for precision/recall, whose features are computed here in the same streamed way).
+Adds the validation loss of the latest GPT checkpoint when data.eval_codes_path is set. The JSON
+(<workdir>/eval/gpt_<samples tag>.json) carries the sampling settings of the samples' JSON, the
+checkpoint steps and the sha256 of the samples and reference files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import numpy as np
+
+from gigatok_jax.errors import ConfigError
+from gigatok_jax.evaluate import fid
+from gigatok_jax.train import reporting
+
+
+def newest_samples(workdir: str) -> str:
+  found = sorted(glob.glob(os.path.join(workdir, "samples", "samples_*.npz")), key=os.path.getmtime)
+  if not found:
+    raise ConfigError("eval.samples", f"no samples_*.npz in {workdir}/samples: run --mode=sample "
+                      "first or set eval.samples")
+  return found[-1]
+
+
+def stream_features(features_fn, batches, *, keep_pool: bool):
+  """Runs `features_fn` (uint8 (N,H,W,3) -> (pool (N, 2048), logits (N, 1008))) over batches."""
+  stats, probs, pools = fid.FeatureStats(), [], []
+  for images in batches:
+    pool, logits = features_fn(images)
+    stats.update(pool)
+    z = logits - logits.max(-1, keepdims=True)
+    probs.append(np.exp(z) / np.exp(z).sum(-1, keepdims=True))
+    if keep_pool:
+      pools.append(pool.astype(np.float32))
+  return stats, np.concatenate(probs), (np.concatenate(pools) if keep_pool else None)
+
+
+def inception_features(path: str, batch_size: int):
+  """uint8 images -> (pool3, logits) with the converted FID Inception at `path`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
+  graph, params = nnx.split(inception_convert.load(path))
+  apply = jax.jit(lambda p, x: tuple(nnx.merge(graph, p)(x)))
+
+  def fn(images: np.ndarray):
+    n = len(images)
+    x = np.zeros((batch_size,) + images.shape[1:], np.float32)   # one compiled shape
+    x[:n] = images.astype(np.float32) / 127.5 - 1.0
+    pool, logits = jax.device_get(apply(params, x))
+    return np.asarray(pool)[:n], np.asarray(logits)[:n]
+  return fn
+
+
+def run(config, workdir: str, *, features_fn=None) -> dict:
+  """`features_fn` replaces the Inception network (tests)."""
+  e = config.eval
+  if not e.fid_reference:
+    raise ConfigError("eval.fid_reference", "is empty; set it to the reference batch .npz "
+                      "(e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
+  if features_fn is None:
+    if not e.inception_path:
+      raise ConfigError("eval.inception_path", "is empty; convert pytorch-fid's Inception with "
+                        "python -m gigatok_jax.convert.inception and set it")
+    features_fn = inception_features(e.inception_path, e.batch_size)
+  samples = e.samples or newest_samples(workdir)
+  t0 = time.time()
+  sample_batches = fid.iter_reference_images(samples, batch_size=e.batch_size)
+  s_stats, s_probs, s_pool = stream_features(features_fn, sample_batches,
+                                             keep_pool=e.precision_recall)
+  ref = fid.read_reference(e.fid_reference)
+  result = {"samples": {"path": samples, "sha256": fid.file_sha256(samples)},
+            "reference": {"path": e.fid_reference, "sha256": ref["sha256"]},
+            "num_samples": s_stats.count}
+  result["fid"] = fid.frechet_distance(s_stats.mu, s_stats.sigma, ref["mu"], ref["sigma"])
+  result["inception_score"], result["inception_score_std"] = fid.inception_score(s_probs)
+  if e.precision_recall:
+    if not ref.get("num_images"):
+      raise ConfigError("eval.fid_reference", f"{e.fid_reference} has no arr_0 images, which "
+                        "precision/recall needs (or set eval.precision_recall=False)")
+    _, _, r_pool = stream_features(features_fn, fid.iter_reference_images(
+        e.fid_reference, batch_size=e.batch_size), keep_pool=True)
+    result["precision"], result["recall"] = fid.precision_recall(r_pool, s_pool)
+  settings_path = samples[:-4] + ".json"
+  if os.path.isfile(settings_path):
+    with open(settings_path, encoding="utf-8") as f:
+      result["sample_settings"] = json.load(f)
+  if config.data.eval_codes_path:
+    result.update(validation_loss(config, workdir))
+  result["seconds"] = round(time.time() - t0, 2)
+  tag = os.path.basename(samples)[len("samples_"):-4]
+  out = os.path.join(workdir, "eval", f"gpt_{tag}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2, default=float)
+  result["json"] = out
+  reporting.info(f"gFID {result['fid']:.3f}, IS {result['inception_score']:.2f} over "
+                 f"{result['num_samples']} samples ({os.path.basename(samples)}); {out}")
+  return result
+
+
+def validation_loss(config, workdir: str) -> dict:
+  """Validation loss / accuracy of the latest GPT checkpoint (the trainer's own evaluation)."""
+  from gigatok_jax import parallel  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.sample_images import load_gpt_params  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.train import gpt_trainer  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.train.gpt_step import GPTTask  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  task = GPTTask(config, parallel.make_mesh(config.mesh))
+  params, step = load_gpt_params(task, workdir)
+  with jax.set_mesh(task.mesh):
+    values = gpt_trainer.validation(task, params, config) or {}
+  return {"gpt_step": step, **values}
