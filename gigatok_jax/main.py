@@ -4,7 +4,7 @@ r"""gigatok_jax command line: one function per mode.
       [--config.optim.lr=2e-4 ...]
 
 Modes: train, summary, aot (both recipe kinds), reconstruct, eval, prepare_data (tokenizer recipes),
-eval, extract_codes, sample, probe (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
+eval, extract_codes, sample, probe, ar_probe (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
 --config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
 print one line naming the culprit and exit with status 2.
 """
@@ -23,8 +23,8 @@ from ml_collections import config_flags
 from gigatok_jax.errors import UserError
 
 MODES = ("train", "reconstruct", "eval", "summary", "prepare_data", "extract_codes", "sample",
-         "probe", "aot")
-GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample", "eval", "probe")
+         "probe", "ar_probe", "aot")
+GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample", "eval", "probe", "ar_probe")
 TOKENIZER_MODES = ("train", "reconstruct", "eval", "summary", "aot", "prepare_data")
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
@@ -85,6 +85,10 @@ def run(mode: str, config, workdir: str | None) -> None:
     validate.validate(config, check_data=False)
     from gigatok_jax import extract_codes
     extract_codes.run(config, workdir, progress=FLAGS.progress)
+  elif mode == "ar_probe":
+    validate.validate(config)
+    from gigatok_jax.evaluate import ar_probe
+    ar_probe.run(config, workdir, progress=FLAGS.progress)
   elif mode == "probe":
     validate.validate(config)
     from gigatok_jax.evaluate import linear_probe

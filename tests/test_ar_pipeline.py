@@ -234,32 +234,37 @@ def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(gpt_run):
   assert 0.0 <= result["top1"] <= 1.0 and os.path.isfile(result["json"])
 
 
-def test_gpt_eval_mode_gfid_is_precision_recall(gpt_run, tmp_path):
-  """gFID plumbing on real samples: stats of the samples vs a reference built from the very same
-  images give FID ~0 and precision = recall = 1; the settings JSON and file hashes are recorded.
-  A fixed random projection stands in for the Inception network (it has its own parity test)."""
-  from gigatok_jax.evaluate import fid, gpt_eval
-  cfg, gpt_dir = gpt_run
-  cfg = cfg.copy_and_resolve_references()
-  samples = sample_images.run(cfg, gpt_dir, progress=False)["npz"]
+def test_ar_probing_chain_scores_samples_and_probes(tok_dir, codes_dirs, tmp_path):
+  """The one-command AR probing chain (train -> sample -> gFID/IS/PR -> validation loss -> probe) on
+  the tiny pipeline. A reference built from the very samples gives FID ~0 and precision = recall
+  = 1. A fixed random projection stands in for Inception (which has its own parity test)."""
+  from gigatok_jax.evaluate import ar_probe, fid, gpt_eval
+  root, out = codes_dirs
+  cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
+  cfg.probe.update(epochs=1, warmup_epochs=0, batch_size=64, feature_batch_size=64)
+  with pytest.raises(ConfigError, match="eval.fid_reference"):
+    ar_probe.check_inputs(cfg)
   projection = np.random.default_rng(0).normal(size=(32 * 32 * 3, 24)).astype(np.float32)
   head = np.random.default_rng(1).normal(size=(24, 1008)).astype(np.float32)
 
   def features_fn(images):
     pool = images.reshape(len(images), -1).astype(np.float32) / 255.0 @ projection
     return pool, pool @ head
-  images = np.load(samples)["arr_0"]
-  stats = fid.FeatureStats().update(features_fn(images)[0])
+  # The reference: the samples this very run will produce (same settings, same seed).
+  gpt_dir = str(tmp_path / "gpt")
+  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  images = np.load(sample_images.run(cfg, gpt_dir, progress=False)["npz"])["arr_0"]
   ref = str(tmp_path / "ref.npz")
+  stats = fid.FeatureStats().update(features_fn(images)[0])
   fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma, images=images)
-  cfg.eval.update(fid_reference=ref, samples=samples, batch_size=8)
-  result = gpt_eval.run(cfg, gpt_dir, features_fn=features_fn)
-  assert result["num_samples"] == 20 and abs(result["fid"]) < 1e-6
-  assert result["precision"] == result["recall"] == 1.0
-  assert result["inception_score"] >= 1.0
-  assert result["sample_settings"]["sampling"]["cfg_scale"] == cfg.sample.cfg_scale
+  cfg.eval.update(fid_reference=ref, batch_size=8)
+  result = ar_probe.run(cfg, gpt_dir, progress=False, features_fn=features_fn)
+  assert result["gpt_step"] == 2 and result["num_samples"] == 20
+  assert abs(result["gfid"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
+  assert result["inception_score"] >= 1.0 and result["val_loss"] > 0
+  assert 0.0 <= result["linear_probe_top1"] <= 1.0 and result["probe_layer"] == 1
   assert result["reference"]["sha256"] == fid.file_sha256(ref)
-  assert "val_loss" in result and result["gpt_step"] == 2
-  with pytest.raises(ConfigError, match="eval.fid_reference"):
-    cfg.eval.fid_reference = ""
-    gpt_eval.run(cfg, gpt_dir, features_fn=features_fn)
+  details = json.load(open(result["details"]["eval"]))
+  assert details["sample_settings"]["sampling"]["cfg_scale"] == cfg.sample.cfg_scale
+  with pytest.raises(ConfigError, match="eval.samples"):
+    gpt_eval.newest_samples(str(tmp_path / "nowhere"))

@@ -1,0 +1,22 @@
+"""AR probing (spec 4.3): GPT-B, constant lr 1e-4 without warm-up, stopped at 250k iterations
+(50 epochs inside the 300-epoch schedule); then 50k samples -> gFID -> validation loss -> linear
+probe, all from one command:
+
+python -m gigatok_jax.main --config=configs/gpt_b_probe.py --workdir=DIR --mode=ar_probe \
+    --config.tokenizer.workdir=TOK --config.data.codes_path=... --config.data.eval_codes_path=... \
+    --config.eval.fid_reference=VIRTUAL_imagenet256_labeled.npz \
+    --config.eval.inception_path=fid_inception.safetensors
+"""
+
+from gigatok_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.gpt_config("B")
+  c.total_steps = 250_000
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 0
+  # The probing script uses a constant CFG schedule; the scale is searched (steps of 0.25).
+  c.sample.cfg_schedule = "constant"
+  c.sample.cfg_scale = 2.0
+  return config_base.with_gpt_variant(c, variant)

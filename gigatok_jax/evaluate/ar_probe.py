@@ -1,0 +1,60 @@
+"""`--mode=ar_probe` (GPT recipes): the paper's AR-probing protocol as one command (spec 4.3).
+
+train the GPT on the tokenizer's codes (or resume) up to `total_steps` -> sample -> gFID / IS /
+precision-recall -> validation loss -> linear probe, with one results JSON
+(<workdir>/eval/ar_probe_<step>.json). `configs/gpt_b_probe.py` is the protocol's recipe: GPT-B,
+constant lr 1e-4 without warm-up, stopped at 250k steps. Everything the later stages need (codes,
+validation codes, reference batch, Inception weights) is checked before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from gigatok_jax.errors import ConfigError
+from gigatok_jax.evaluate import gpt_eval, linear_probe
+from gigatok_jax.train import reporting
+
+
+def check_inputs(config) -> None:
+  for key in ("eval_codes_path",):
+    if not config.data[key]:
+      raise ConfigError(f"data.{key}", "AR probing needs validation codes (validation loss and "
+                        "the linear probe's top-1)")
+  for key in ("fid_reference", "inception_path"):
+    if not config.eval[key]:
+      raise ConfigError(f"eval.{key}", "AR probing computes gFID: set it (README, Evaluation)")
+    if not os.path.isfile(config.eval[key]):
+      raise ConfigError(f"eval.{key}", f"{config.eval[key]} not found")
+
+
+def run(config, workdir: str, *, progress: bool = True, features_fn=None) -> dict:
+  from gigatok_jax import sample_images  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.train import gpt_trainer  # pylint: disable=import-outside-toplevel
+  if features_fn is None:
+    check_inputs(config)
+  state = gpt_trainer.train(config, workdir, progress=progress)
+  samples = sample_images.run(config, workdir, progress=progress)
+  eval_cfg = config.copy_and_resolve_references()
+  eval_cfg.eval.samples = samples["npz"]
+  scores = gpt_eval.run(eval_cfg, workdir, features_fn=features_fn)
+  probe = linear_probe.run(config, workdir)
+  step = int(state.step)
+  result = {
+      "gpt_step": step, "gfid": scores["fid"], "inception_score": scores["inception_score"],
+      "precision": scores.get("precision"), "recall": scores.get("recall"),
+      "val_loss": scores.get("val_loss"), "val_accuracy": scores.get("val_accuracy"),
+      "linear_probe_top1": probe["top1"], "probe_layer": probe["layer"],
+      "sampling": samples["sampling"], "num_samples": samples["num_samples"],
+      "samples": scores["samples"], "reference": scores["reference"],
+      "details": {"eval": scores.get("json"), "probe": probe.get("json")},
+  }
+  out = os.path.join(workdir, "eval", f"ar_probe_{step:08d}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2, default=float)
+  result["json"] = out
+  reporting.info(f"AR probing at step {step}: gFID {result['gfid']:.3f}, validation loss "
+                 f"{result['val_loss']:.4f}, linear probe top-1 {100 * result['linear_probe_top1']:.2f}%")
+  return result
