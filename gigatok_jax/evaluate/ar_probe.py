@@ -9,11 +9,10 @@ validation codes, reference batch, Inception weights) is checked before training
 
 from __future__ import annotations
 
-import json
 import os
 
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import gpt_eval, linear_probe
+from gigatok_jax.evaluate import gpt_eval, linear_probe, results
 from gigatok_jax.train import reporting
 
 
@@ -50,11 +49,7 @@ def run(config, workdir: str, *, progress: bool = True, features_fn=None) -> dic
       "samples": scores["samples"], "reference": scores["reference"],
       "details": {"eval": scores.get("json"), "probe": probe.get("json")},
   }
-  out = os.path.join(workdir, "eval", f"ar_probe_{step:08d}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, default=float)
-  result["json"] = out
+  out = result["json"] = results.save(workdir, f"ar_probe_{step:08d}", result)
   reporting.info(f"AR probing at step {step}: gFID {result['gfid']:.3f}, validation loss "
                  f"{result['val_loss']:.4f}, linear probe top-1 {100 * result['linear_probe_top1']:.2f}%")
   return result

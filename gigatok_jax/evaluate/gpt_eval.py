@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import fid
+from gigatok_jax.evaluate import fid, results
 from gigatok_jax.train import reporting
 
 
@@ -98,11 +98,7 @@ def run(config, workdir: str, *, features_fn=None) -> dict:
     result.update(validation_loss(config, workdir))
   result["seconds"] = round(time.time() - t0, 2)
   tag = os.path.basename(samples)[len("samples_"):-4]
-  out = os.path.join(workdir, "eval", f"gpt_{tag}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, default=float)
-  result["json"] = out
+  out = result["json"] = results.save(workdir, f"gpt_{tag}", result)
   reporting.info(f"gFID {result['fid']:.3f}, IS {result['inception_score']:.2f} over "
                  f"{result['num_samples']} samples ({os.path.basename(samples)}); {out}")
   return result

@@ -11,8 +11,6 @@ each code record; the reference crops and flips images instead, which codes cann
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
@@ -22,6 +20,7 @@ import optax
 
 from gigatok_jax import parallel
 from gigatok_jax.data import codes as codes_lib
+from gigatok_jax.evaluate import results
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.train import reporting
 
@@ -123,11 +122,7 @@ def run(config, workdir: str, *, devices=None) -> dict:
                  "eval_codes_path": config.data.eval_codes_path,
                  "seconds": round(time.time() - t0, 2)})
   if jax.process_index() == 0:
-    out = os.path.join(workdir, "eval", f"probe_{step:08d}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-    result["json"] = out
+    out = result["json"] = results.save(workdir, f"probe_{step:08d}", result)
     reporting.info(f"linear probe of GPT step {step}, layer {layer}: top-1 "
                    f"{100 * result['top1']:.2f}% on {result['num_eval']} validation images; {out}")
   return result

@@ -17,9 +17,7 @@ pass (the usual rFID protocol when the reference set is the eval split).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 
 import jax
@@ -29,7 +27,7 @@ from jax.experimental import multihost_utils
 from gigatok_jax import parallel, trained
 from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import fid, image_metrics
+from gigatok_jax.evaluate import fid, image_metrics, results
 from gigatok_jax.train import reporting
 
 
@@ -130,11 +128,7 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
       "seconds": round(time.time() - t0, 2),
   }
   if jax.process_index() == 0:
-    out = os.path.join(workdir, "eval", f"tokenizer_{step:08d}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-    result["json"] = out
+    out = result["json"] = results.save(workdir, f"tokenizer_{step:08d}", result)
     reporting.info(f"eval at step {step} on {seen} images: "
                  + (f"rFID {result['rfid']:.3f}, " if rfid else "") + f"PSNR {result['psnr']:.2f} dB, SSIM "
                    f"{result['ssim']:.4f}, codebook usage {result['codebook_usage']:.4f}, "
