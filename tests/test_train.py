@@ -114,7 +114,7 @@ def test_eval_mode_streams_the_eval_split(straight_run):
   assert image_metrics.PSNR_CAP_DB > 140
 
 
-def test_eval_mode_rfid_plumbing(straight_run, tmp_path, monkeypatch):
+def test_eval_mode_rfid_and_lpips_plumbing(straight_run, tmp_path, monkeypatch):
   """rFID against the originals' own statistics and against a reference .npz holding those very
   statistics agree; padding rows never reach the statistics; the reference's sha256 is recorded.
   Features come from a fixed random projection here (the Inception port has its own parity test)."""
@@ -128,8 +128,18 @@ def test_eval_mode_rfid_plumbing(straight_run, tmp_path, monkeypatch):
   workdir, _ = straight_run
   config = tiny_config()
   config.eval.update(num_images=6, batch_size=4, inception_path="inception.safetensors")
+  # LPIPS-VGG with random weights of the real shapes (the port has its own parity tests).
+  from flax import nnx
+  from gigatok_jax.convert import lpips as lpips_convert
+  from gigatok_jax.convert import weight_files
+  from gigatok_jax.models.lpips import LPIPS
+  config.teachers.lpips_path = str(tmp_path / "lpips.safetensors")
+  weight_files.save_flat(config.teachers.lpips_path,
+                         weight_files.flatten_module(LPIPS(rngs=nnx.Rngs(0))),
+                         metadata={"model": lpips_convert.MODEL_NAME})
   own = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
   assert own["rfid"] > 0 and own["rfid_reference"] == "the evaluated originals"
+  assert own["lpips"] > 0
   it = tokenizer_trainer.pipeline.make_eval_iterator(config.data, batch_size=6, num_images=6)
   batch = next(iter(it))
   stats = fid.FeatureStats().update(fake_features("inception.safetensors", None)(

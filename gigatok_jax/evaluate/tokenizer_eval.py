@@ -1,7 +1,8 @@
 """`--mode=eval` for tokenizer recipes: reconstruction metrics over the eval split.
 
 Streams `eval.num_images` images of the eval split (0 = all) through the latest checkpoint in
-batches of `eval.batch_size` sharded over the devices, and reports PSNR and SSIM (skimage
+batches of `eval.batch_size` sharded over the devices, and reports LPIPS-VGG (when
+`teachers.lpips_path` names a converted LPIPS file), PSNR and SSIM (skimage
 conventions, uint8 scale; `image_metrics.py`), codebook usage (distinct codes used / codebook size)
 and code perplexity (exp of the entropy of the code histogram) over all those images. Nothing but
 running sums and the code histogram is kept, so 50k images need no more memory than one batch.
@@ -55,6 +56,19 @@ def _inception_features(path: str, mesh):
   return features
 
 
+def _lpips_distance(path: str, mesh):
+  """A function (images, reconstructions) in [-1, 1] -> (N,) LPIPS-VGG distances (host arrays)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.convert import lpips as lpips_convert  # pylint: disable=import-outside-toplevel
+  graph, params = nnx.split(lpips_convert.load_lpips(path))
+  apply = jax.jit(lambda p, a, b: nnx.merge(graph, p)(a, b).reshape(a.shape[0]))
+
+  def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      return np.asarray(jax.device_get(apply(params, a, b)))
+  return distance
+
+
 def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
   e = config.eval
   mesh = parallel.make_mesh(config.mesh, devices)
@@ -70,6 +84,7 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
   available = len(pipeline.make_source(config.data, "eval"))
   n_total = available if num is None else min(num, available)
   inception = _inception_features(e.inception_path, mesh) if e.inception_path else None
+  lpips = _lpips_distance(config.teachers.lpips_path, mesh) if config.teachers.lpips_path else None
   recon_stats, original_stats = fid.FeatureStats(), fid.FeatureStats()
   sums = {"psnr": 0.0, "ssim": 0.0}
   histogram = np.zeros(config.model.codebook_size, np.int64)
@@ -97,6 +112,8 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
         recon_stats.update(inception(recon)[mask])
         if not e.fid_reference:
           original_stats.update(inception(originals)[mask])
+      if lpips is not None:
+        sums["lpips"] = sums.get("lpips", 0.0) + float(lpips(originals, recon)[mask].sum())
       recon, codes, originals = recon[mask], codes[mask], originals[mask]
       sums["psnr"] += float(image_metrics.psnr(originals, recon).sum())
       sums["ssim"] += float(image_metrics.ssim(originals, recon).sum())
@@ -122,6 +139,7 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
           {"tfds": f"{config.data.tfds_name}:{config.data.tfds_eval_split}"}
           if config.data.source == "tfds" else {})},
       "psnr": sums["psnr"] / max(seen, 1), "ssim": sums["ssim"] / max(seen, 1),
+      **({"lpips": sums["lpips"] / max(seen, 1)} if lpips is not None else {}),
       **code_statistics(histogram), **rfid,
       "tokens_per_image": int(histogram.sum() // max(seen, 1)),
       "weights": "ema" if config.optim.ema_decay > 0 else "generator",
