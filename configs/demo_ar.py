@@ -44,7 +44,7 @@ def tokenizer(variant: str = ""):
   c.optim.lr = 3e-4
   c.optim.final_lr = 3e-5
   c.optim.warmup_steps = 50
-  return config_base.with_variant(c, variant) if variant == "tiny" else c
+  return config_base.with_variant(c, variant)
 
 
 def get_config(variant: str = ""):
@@ -69,4 +69,4 @@ def get_config(variant: str = ""):
   c.sample.grid_images = 100
   c.sample.cfg_scale = 2.0
   c.sample.cfg_schedule = "constant"
-  return config_base.with_gpt_variant(c, variant)
+  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)

@@ -12,4 +12,4 @@ def get_config(variant: str = ""):
   c = config_base.gpt_config("B")
   c.optim.warmup_steps = 5000         # README of the reference for GPT-B
   c.sample.cfg_scale = 2.5            # step schedule starting value for GPT-B (spec 4.4)
-  return config_base.with_gpt_variant(c, variant)
+  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)

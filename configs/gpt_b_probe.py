@@ -19,4 +19,4 @@ def get_config(variant: str = ""):
   # The probing script uses a constant CFG schedule; the scale is searched (steps of 0.25).
   c.sample.cfg_schedule = "constant"
   c.sample.cfg_scale = 2.0
-  return config_base.with_gpt_variant(c, variant)
+  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)

@@ -6,4 +6,4 @@ from gigatok_jax import config_base
 def get_config(variant: str = ""):
   c = config_base.gpt_config("L")
   c.sample.cfg_scale = 1.75           # step schedule starting value for GPT-L (spec 4.4)
-  return config_base.with_gpt_variant(c, variant)
+  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)

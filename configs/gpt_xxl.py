@@ -11,4 +11,4 @@ def get_config(variant: str = ""):
   c.mesh.fsdp = -1                    # parameters and optimizer state sharded over all devices
   c.mesh.data = 1
   c.sample.cfg_scale = 1.25
-  return config_base.with_gpt_variant(c, variant)
+  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)

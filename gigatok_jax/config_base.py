@@ -185,10 +185,14 @@ def tiny_model_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return c
 
 
-def with_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-  """Applies a recipe variant named after the colon: `--config=configs/x.py:tiny`."""
+def with_variant(c: ml_collections.ConfigDict, variant: str,
+                 tiny=None) -> ml_collections.ConfigDict:
+  """Applies a recipe variant named after the colon: `--config=configs/x.py:tiny`.
+
+  `tiny` is the overrides function (default: the tokenizer's; GPT recipes pass gpt_tiny_overrides).
+  """
   if variant == "tiny":
-    return tiny_model_overrides(c)
+    return (tiny or tiny_model_overrides)(c)
   if variant:
     raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
   return c
@@ -339,12 +343,6 @@ def gpt_tiny_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return c
 
 
-def with_gpt_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-  if variant == "tiny":
-    return gpt_tiny_overrides(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} (expected '' or 'tiny')")
-  return c
 
 
 RUN_CONFIG_FILE = "config.json"

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import checkpointing, config_base, extract_codes, parallel, trained
-from gigatok_jax.errors import CheckpointError, ConfigError
+from gigatok_jax import config_base, extract_codes, parallel, trained
+from gigatok_jax.errors import ConfigError
 from gigatok_jax.sample import SamplingSettings, generate
 from gigatok_jax.train import reporting
 from gigatok_jax.train.gpt_step import GPTTask
@@ -72,17 +72,6 @@ def check_trained_model(config, workdir: str) -> None:
                         f"trained with {saved[key]!r}; pass --config.model.{key}={saved[key]}")
 
 
-def load_gpt_params(task: GPTTask, workdir: str):
-  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
-  step = ckpt.latest_step()
-  if step is None:
-    ckpt.close()
-    raise CheckpointError(f"no GPT checkpoint in {workdir}/checkpoints: train first (--mode=train)")
-  state = ckpt.restore(task.abstract_state)
-  ckpt.close()
-  return state.params, int(step)
-
-
 def run(config, workdir: str, *, progress: bool = True) -> dict:
   s = config.sample
   settings = settings_from_config(s)
@@ -98,7 +87,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   if s.batch_size % dp:
     raise ConfigError("sample.batch_size", f"{s.batch_size} is not divisible by the {dp} "
                       "data-parallel devices")
-  gpt_params, gpt_step = load_gpt_params(task, workdir)
+  gpt_params, gpt_step = trained.load_gpt_params(task, workdir)
   tok = trained.load_tokenizer(tok_cfg, config.tokenizer.workdir, mesh)
 
   def fn(gpt_params, tok_params, labels, valid, key):

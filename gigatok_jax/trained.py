@@ -1,5 +1,5 @@
-"""Loading a trained tokenizer (the latest checkpoint of its run directory) for inference modes:
-reconstruct, extract_codes, sample."""
+"""Loading trained runs (the latest checkpoint of a run directory) for inference modes:
+reconstruct, extract_codes, sample, eval, probe."""
 
 from __future__ import annotations
 
@@ -18,16 +18,28 @@ class TrainedTokenizer(NamedTuple):
   step: int
 
 
+def restore_latest(abstract_state: Any, workdir: str, what: str) -> tuple[Any, int]:
+  """(state, step) of the latest checkpoint in <workdir>/checkpoints; a clear error if none."""
+  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {workdir}/checkpoints: train the {what} first "
+                            "(--mode=train) or point at a trained run")
+    return ckpt.restore(abstract_state), int(step)
+  finally:
+    ckpt.close()
+
+
 def load_tokenizer(config, workdir: str, mesh: jax.sharding.Mesh) -> TrainedTokenizer:
   """Restores the latest checkpoint of tokenizer run `workdir` onto `mesh`."""
   task = TokenizerTask(config, mesh)
-  ckpt = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1)
-  step = ckpt.latest_step()
-  if step is None:
-    ckpt.close()
-    raise CheckpointError(f"no checkpoint in {workdir}/checkpoints: train the tokenizer first "
-                          "(--mode=train) or point at a trained run")
-  state = ckpt.restore(task.abstract_state)
-  ckpt.close()
+  state, step = restore_latest(task.abstract_state, workdir, "tokenizer")
   params = state.ema_params if state.ema_params is not None else state.gen_params
-  return TrainedTokenizer(task, params, int(step))
+  return TrainedTokenizer(task, params, step)
+
+
+def load_gpt_params(task, workdir: str) -> tuple[Any, int]:
+  """(params, step) of the latest checkpoint of GPT run `workdir`, in `task`'s shardings."""
+  state, step = restore_latest(task.abstract_state, workdir, "GPT")
+  return state.params, step

@@ -107,7 +107,7 @@ def run(config, workdir: str, *, features_fn=None) -> dict:
 def validation_loss(config, workdir: str) -> dict:
   """Validation loss / accuracy of the latest GPT checkpoint (the trainer's own evaluation)."""
   from gigatok_jax import parallel  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.sample_images import load_gpt_params  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.trained import load_gpt_params  # pylint: disable=import-outside-toplevel
   from gigatok_jax.train import gpt_trainer  # pylint: disable=import-outside-toplevel
   from gigatok_jax.train.gpt_step import GPTTask  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel

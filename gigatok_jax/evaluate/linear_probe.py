@@ -98,7 +98,7 @@ def train_probe(train_x, train_y, eval_x, eval_y, *, num_classes: int, epochs: i
 
 def run(config, workdir: str, *, devices=None) -> dict:
   """Loads the latest GPT checkpoint, probes it on data.codes_path / data.eval_codes_path."""
-  from gigatok_jax.sample_images import load_gpt_params   # pylint: disable=import-outside-toplevel
+  from gigatok_jax.trained import load_gpt_params  # pylint: disable=import-outside-toplevel
   from gigatok_jax.train.gpt_step import GPTTask          # pylint: disable=import-outside-toplevel
   p = config.probe
   if not config.data.eval_codes_path:
