@@ -86,6 +86,10 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
   c.checkpoint_every_steps = 5000
   c.max_checkpoints_to_keep = 3
   c.seed = 0
+  # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
+  # `python -m gigatok_jax.convert.gigatok` (or its pretrained/ dir). '' = random init, or the
+  # workdir's own pretrained/ when a converter made the workdir.
+  c.init_from = ""
   c.log_every_steps = 50
   c.image_every_steps = 5000
   c.eval_num_images = 16            # images in the reconstruction grid / reconstruct mode
@@ -244,6 +248,10 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
   c.checkpoint_every_steps = 5000
   c.max_checkpoints_to_keep = 3
   c.seed = 0
+  # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
+  # `python -m gigatok_jax.convert.gigatok` (or its pretrained/ dir). '' = random init, or the
+  # workdir's own pretrained/ when a converter made the workdir.
+  c.init_from = ""
   c.log_every_steps = 50
   c.eval_every_steps = 5000          # validation loss on data.eval_codes_path ('' = no eval split)
   c.eval_num_batches = 10

@@ -160,6 +160,22 @@ def check_gpt_model(m) -> None:
     raise ConfigError("model.remat", f"must be one of {REMAT_POLICIES}, got {m.remat!r}")
 
 
+def check_init_from(config) -> None:
+  """`init_from` must name converted weights of the same kind of model (pretrained.py)."""
+  if not config.init_from:
+    return
+  from gigatok_jax import pretrained
+  from gigatok_jax.errors import CheckpointError
+  try:
+    path = pretrained.find("", config.init_from)
+    kind = pretrained.read_info(path).get("kind")
+  except CheckpointError as e:
+    raise ConfigError("init_from", str(e)) from None
+  if kind != config.task:
+    raise ConfigError("init_from", f"{path} holds {kind} weights, but this is a {config.task} "
+                      "recipe")
+
+
 def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = True) -> None:
   """Checks of a GPT recipe; `check_data` opens the training codes (and validation codes if set)."""
   check_schema(config, config_base.gpt_config())
@@ -177,6 +193,7 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
     raise ConfigError("optim.warmup_steps", "must be >= 0")
   check_distributed(config.distributed)
   check_batch_divisible(config, num_devices)
+  check_init_from(config)
   sc = config.sample
   if not 0 <= sc.top_k <= config.model.vocab_size:
     raise ConfigError("sample.top_k", f"must be in [0, vocab_size={config.model.vocab_size}]")
@@ -221,6 +238,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
   check_distributed(config.distributed)
 
   check_batch_divisible(config, num_devices)
+  check_init_from(config)
   if check_data if check_teachers is None else check_teachers:
     from gigatok_jax.train import teachers
     teachers.check_config(config)

@@ -193,14 +193,20 @@ def test_dead_process_stops_the_other(tmp_path, victim):
   text = read(procs[survivor][1])
   print(f"survivor {survivor} exited with {procs[survivor][0].returncode} after {waited:.1f} s")
   assert waited < 120
+  code = procs[survivor][0].returncode
+  ours = code in (1, 2) and f"error: process {survivor} of 2: " in text and "another process" in text
+  # JAX's coordination service declares the dead task unhealthy after the heartbeat timeout and its
+  # error poller aborts the survivor (SIGABRT) with this line; the callback that would let us print
+  # our own line instead cannot be used from Python on jaxlib 0.10 (its absl::Status argument does
+  # not convert: std::bad_cast). Which comes first is a race when the survivor was between
+  # collectives, so both are accepted; either names the cause.
+  jax_abort = code != 0 and "This most likely indicates that another task died" in text
   if victim == 1:
     # Our line: exit 1 if the step's collective failed, 2 if the checkpoint save's did.
-    assert procs[survivor][0].returncode in (1, 2), text[-3000:]
-    assert f"error: process {survivor} of 2: " in text and "another process" in text, text[-3000:]
+    assert ours or jax_abort, (code, text[-3000:])
   else:
     # The coordination service went with process 0: JAX's own error poller aborts (SIGABRT) first.
-    assert procs[survivor][0].returncode != 0, text[-3000:]
-    assert "This most likely indicates that another task died" in text, text[-3000:]
+    assert jax_abort, (code, text[-3000:])
 
 
 def test_single_process_does_not_initialize(monkeypatch):

@@ -50,7 +50,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
     reporting.info(f"resuming from checkpoint step {ckpt.latest_step()} in {workdir}")
     state = ckpt.restore(task.abstract_state, data_iter)
   else:
-    state = task.init_state()
+    state = run_control.initial_state(task, workdir, config.init_from)
   step = int(jax.device_get(state.step))
   end = min(config.total_steps, stop_at_step) if stop_at_step is not None else config.total_steps
   reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from gigatok_jax import pretrained
 from gigatok_jax.train import reporting
 
 
@@ -53,3 +54,17 @@ def close(ckpt, reporter) -> None:
   ckpt.wait_until_finished()
   ckpt.close()
   reporter.close()
+
+
+def initial_state(task, workdir: str, init_from: str = ""):
+  """A fresh run's state: random init, with the weights of `init_from` or of the workdir's own
+  imported weights (a converted release) put in when there are any."""
+  state = task.init_state()
+  path = pretrained.find(workdir, init_from)
+  if path is None:
+    return state
+  info = pretrained.read_info(path)
+  reporting.info(f"starting from the weights in {path} ({info.get('source', '?')}, "
+                 f"{', '.join(info.get('items', []))})")
+  with jax.set_mesh(task.mesh):
+    return pretrained.initialize_state(state, task.abstract_state, path)

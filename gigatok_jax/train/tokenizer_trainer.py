@@ -62,7 +62,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
     reporting.info(f"resuming from checkpoint step {latest} in {workdir}")
     state = ckpt.restore(task.abstract_state, data_iter)
   else:
-    state = task.init_state()
+    state = run_control.initial_state(task, workdir, config.init_from)
   step = int(jax.device_get(state.step))
   total = config.total_steps
   end = min(total, stop_at_step) if stop_at_step is not None else total
