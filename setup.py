@@ -37,7 +37,7 @@ setup(
     extras_require={
         # lpips (LPIPS parity test) is installed with --no-deps: it requires torchvision, which does
         # not install beside the CPU torch build; the test supplies the VGG16 layout itself.
-        "test": ["pytest>=9.0", "torch>=2.13", "transformers>=5.0"],
+        "test": ["pytest>=9.0", "pytest-xdist>=3.5", "torch>=2.13", "transformers>=5.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },
 )

@@ -87,7 +87,7 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
   c.max_checkpoints_to_keep = 3
   c.seed = 0
   # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
-  # `python -m gigatok_jax.convert.gigatok` (or its pretrained/ dir). '' = random init, or the
+  # `python -m gigatok_jax.convert` (or its pretrained/ dir). '' = random init, or the
   # workdir's own pretrained/ when a converter made the workdir.
   c.init_from = ""
   c.log_every_steps = 50
@@ -249,7 +249,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
   c.max_checkpoints_to_keep = 3
   c.seed = 0
   # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
-  # `python -m gigatok_jax.convert.gigatok` (or its pretrained/ dir). '' = random init, or the
+  # `python -m gigatok_jax.convert` (or its pretrained/ dir). '' = random init, or the
   # workdir's own pretrained/ when a converter made the workdir.
   c.init_from = ""
   c.log_every_steps = 50

@@ -1,6 +1,6 @@
 """Imported (pretrained) weights of a run: `<workdir>/pretrained/`, written by the converters.
 
-A run directory made by `python -m gigatok_jax.convert.gigatok` holds no training checkpoint, only
+A run directory made by `python -m gigatok_jax.convert` holds no training checkpoint, only
 the model weights of a released PyTorch file:
 
   <workdir>/config.json            the recipe, with the sizes read from the source checkpoint
@@ -45,7 +45,7 @@ def find(workdir: str, init_from: str = "") -> str | None:
         return candidate
     raise CheckpointError(f"init_from={init_from!r} holds no converted weights (expected "
                           f"{os.path.join(init_from, DIRNAME, INFO_FILE)}; make one with "
-                          "`python -m gigatok_jax.convert.gigatok`)")
+                          "`python -m gigatok_jax.convert`)")
   path = os.path.join(workdir, DIRNAME)
   return path if os.path.isfile(os.path.join(path, INFO_FILE)) else None
 

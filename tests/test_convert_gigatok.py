@@ -301,3 +301,15 @@ def test_converted_run_reconstructs_and_starts_training(released, imported, tmp_
   gpt.init_from = imported
   with pytest.raises(ConfigError, match="holds tokenizer weights"):
     validate.validate(gpt, num_devices=1, check_data=False)
+
+
+def test_cli_module_reports_user_errors_in_one_line(tmp_path):
+  import subprocess
+  import sys
+  from helpers import REPO, subprocess_env
+  proc = subprocess.run([sys.executable, "-m", "gigatok_jax.convert",
+                         f"--src={tmp_path}/missing.pt", f"--out={tmp_path}/run"], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == f"error: checkpoint file not found: {tmp_path}/missing.pt"
+  assert not os.path.exists(tmp_path / "run")

@@ -219,3 +219,26 @@ def test_ssim_matches_skimage():
   np.testing.assert_allclose(image_metrics.ssim(a, b, gaussian_weights=False), uniform, atol=1e-6)
   np.testing.assert_allclose(image_metrics.ssim(a, a), 1.0, atol=1e-12)
   np.testing.assert_allclose(image_metrics.ssim(a[0], b[0]), gaussian[:1], atol=1e-6)  # a single HWC image
+
+
+def test_data_parallel_networks_split_the_batch_over_every_device():
+  """evaluate/sharded.py: host batches in, host outputs out, the batch split over all devices
+  (8 here), padding for sizes the device count does not divide."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from gigatok_jax.evaluate import sharded
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((5, 3)).astype(np.float32)
+  run = sharded.data_parallel(lambda p, x, y: ((x @ p["w"]) * y[:, None], x.sum(-1)), {"w": w},
+                              mesh)
+  for n in (16, 13, 1):
+    x = rng.standard_normal((n, 5)).astype(np.float32)
+    y = rng.standard_normal((n,)).astype(np.float32)
+    out, total = run(x, y)
+    np.testing.assert_allclose(out, (x @ w) * y[:, None], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(total, x.sum(-1), rtol=1e-5, atol=1e-6)
+    assert out.shape == (n, 3) and isinstance(out, np.ndarray)
+  g = sharded._global(np.arange(32.0).reshape(16, 2), NamedSharding(mesh, P(("a", "b"))))
+  assert len(g.addressable_shards) == 8
+  assert {s.data.shape for s in g.addressable_shards} == {(2, 2)}

@@ -33,10 +33,10 @@ GPT (`gpt_1d.py`), ours -> reference:
   .wo (H, D, W) -> .wo.weight (W, W); feed_forward.w{1,2,3}.kernel -> .weight (transposed);
   *norm.scale -> *norm.weight; output (W, V) -> output.weight (V, W).
 
-  python -m gigatok_jax.convert.gigatok --src=VQ_BL256_e200.pt --out=runs/bl_official
-  python -m gigatok_jax.convert.gigatok --src=GPT_B_for_SS.pt --out=runs/gpt_b_official \
+  python -m gigatok_jax.convert --src=VQ_BL256_e200.pt --out=runs/bl_official
+  python -m gigatok_jax.convert --src=GPT_B_for_SS.pt --out=runs/gpt_b_official \
       --tokenizer_workdir=runs/ss_official
-  python -m gigatok_jax.convert.gigatok --export --src=runs/bl_official --out=bl.safetensors
+  python -m gigatok_jax.convert --export --src=runs/bl_official --out=bl.safetensors
 """
 
 from __future__ import annotations
@@ -509,7 +509,7 @@ def convert_gpt_file(src_paths: list[str], out_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m gigatok_jax.convert.gigatok",
+      prog="python -m gigatok_jax.convert",
       description="Import an official GigaTok tokenizer / GPT checkpoint as a gigatok_jax run "
                   "directory, or export a run to the reference layout.")
   parser.add_argument("--src", required=True,

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import fid, results
+from gigatok_jax.evaluate import fid, results, sharded
 from gigatok_jax.train import reporting
 
 
@@ -46,18 +46,18 @@ def stream_features(features_fn, batches, *, keep_pool: bool):
 
 def inception_features(path: str, batch_size: int):
   """uint8 images -> (pool3, logits) with the converted FID Inception at `path`."""
-  import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from gigatok_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
   graph, params = nnx.split(inception_convert.load(path))
-  apply = jax.jit(lambda p, x: tuple(nnx.merge(graph, p)(x)))
+  # Batch split over every device of every host; each process gets all features back.
+  apply = sharded.data_parallel(lambda p, x: tuple(nnx.merge(graph, p)(x)), params)
 
   def fn(images: np.ndarray):
     n = len(images)
     x = np.zeros((batch_size,) + images.shape[1:], np.float32)   # one compiled shape
     x[:n] = images.astype(np.float32) / 127.5 - 1.0
-    pool, logits = jax.device_get(apply(params, x))
-    return np.asarray(pool)[:n], np.asarray(logits)[:n]
+    pool, logits = apply(x)
+    return pool[:n], logits[:n]
   return fn
 
 

@@ -17,7 +17,6 @@ pass (the usual rFID protocol when the reference set is the eval split).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -28,7 +27,7 @@ from jax.experimental import multihost_utils
 from gigatok_jax import parallel, trained
 from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import fid, image_metrics, results
+from gigatok_jax.evaluate import fid, image_metrics, results, sharded
 from gigatok_jax.train import reporting
 
 
@@ -46,13 +45,11 @@ def _inception_features(path: str, mesh):
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from gigatok_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
   graph, params = nnx.split(inception_convert.load(path))
-  apply = jax.jit(lambda p, x: nnx.merge(graph, p)(x).pool)
+  apply = sharded.data_parallel(lambda p, x: nnx.merge(graph, p)(x).pool, params, mesh)
 
   def features(images: np.ndarray) -> np.ndarray:
     # Images are quantised to uint8 first, as saved reconstructions and reference images are.
-    x = image_metrics.to_uint8(images).astype(np.float32) / 127.5 - 1.0
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-      return np.asarray(jax.device_get(apply(params, x)))
+    return apply(image_metrics.to_uint8(images).astype(np.float32) / 127.5 - 1.0)
   return features
 
 
@@ -61,12 +58,8 @@ def _lpips_distance(path: str, mesh):
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from gigatok_jax.convert import lpips as lpips_convert  # pylint: disable=import-outside-toplevel
   graph, params = nnx.split(lpips_convert.load_lpips(path))
-  apply = jax.jit(lambda p, a, b: nnx.merge(graph, p)(a, b).reshape(a.shape[0]))
-
-  def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-      return np.asarray(jax.device_get(apply(params, a, b)))
-  return distance
+  return sharded.data_parallel(lambda p, a, b: nnx.merge(graph, p)(a, b).reshape(a.shape[0]),
+                               params, mesh)
 
 
 def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
