@@ -248,28 +248,29 @@ def to_torch(rules: list[Rule], flat: Mapping[str, np.ndarray]) -> dict[str, np.
 
 
 # ------------------------------------------------------------------------------ recipes & models
-def _flat_shapes(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
+def _path_name(path) -> str:
+  """A jax tree path of a pure dict -> our flat "a.b.c" name (list indices as numbers)."""
+  return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   import jax
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-    out[prefix + name] = tuple(leaf.shape)
-  return out
+  return {_path_name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+  import jax
+  return {_path_name(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def unflatten(flat: Mapping[str, np.ndarray], like: Any) -> Any:
   """Our flat "a.b.c" arrays as the nested pure dict `like` (a pytree with the same leaves)."""
   import jax
-  leaves = []
-  for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]:
-    leaves.append(flat[".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)])
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
-
-
-def flatten(tree: Any) -> dict[str, np.ndarray]:
-  import jax
-  return {".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
+                                      [flat[_path_name(path)] for path in paths])
 
 
 def abstract_tokenizer(config) -> tuple[Any, Any, Any]:
