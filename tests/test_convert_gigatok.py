@@ -165,6 +165,18 @@ def test_strict_errors_name_the_tensors(released):
     conv.kind_of({"foo.weight": np.zeros(1)})
 
 
+def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
+  """The B-L DINO-discriminator release keeps another discriminator: generator only, and a note."""
+  src = str(tmp_path / "dino_disc.pt")
+  torch.save({"model": released["sd"], "discriminator": {"dino.blocks.0.weight": torch.zeros(2)}},
+             src)
+  notes = []
+  out = conv.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
+                               log=notes.append)
+  assert pretrained.read_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
+  assert any("non-PatchGAN discriminator" in n for n in notes), notes
+
+
 # Key counts of the reference state dicts (checkpoint_layouts.md 1.2, 1.5, 2; the tokenizer counts
 # include the quantize.codebook_used buffer).
 @pytest.mark.parametrize("recipe, keys", [("tokenizer_ss", 538), ("tokenizer_sb", 646),

@@ -444,15 +444,17 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
     gen_flat = from_torch(tokenizer_rules(_flat_shapes(gen)), sd, f"{src} [{picked}]",
                           extra=dict([CODEBOOK_USED]))
     trees = {"gen_params": unflatten(gen_flat, gen)}
-    if isinstance(raw.get("discriminator"), Mapping):
+    disc_sd = raw.get("discriminator")
+    if isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd:     # the PatchGAN layout
       rules = discriminator_rules(_flat_shapes(disc), _flat_shapes(stats))
       flat = from_torch(rules, raw["discriminator"], f"{src} [discriminator]")
       trees["disc_params"] = unflatten({k: v for k, v in flat.items()
                                         if not k.startswith("stats:")}, disc)
       trees["disc_stats"] = unflatten({k[len("stats:"):]: v for k, v in flat.items()
                                        if k.startswith("stats:")}, stats)
-    elif "discriminator" in raw:
-      log(f"note: {src} has a non-PatchGAN discriminator entry; it is not imported")
+    elif disc_sd is not None:
+      log(f"note: {src} has a non-PatchGAN discriminator (e.g. the B-L DINO discriminator); it is "
+          "not imported, and training from these weights starts a fresh PatchGAN")
   else:
     if tokenizer_workdir:
       config.tokenizer.workdir = os.path.abspath(tokenizer_workdir)
