@@ -163,6 +163,8 @@ def test_strict_errors_name_the_tensors(released):
     conv.configure("configs/tokenizer_ss.py", sd)
   with pytest.raises(CheckpointError, match="neither a GigaTok tokenizer"):
     conv.kind_of({"foo.weight": np.zeros(1)})
+  with pytest.raises(CheckpointError, match="no 's1to2decoder.ln_post.weight'"):
+    conv.infer_recipe({k: v for k, v in sd.items() if k != "s1to2decoder.ln_post.weight"})
 
 
 def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):

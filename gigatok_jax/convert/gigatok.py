@@ -330,11 +330,18 @@ def gpt_dims(sd: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def dims_of(sd: Mapping[str, Any], kind: str) -> dict[str, Any]:
+  try:
+    return tokenizer_dims(sd) if kind == "tokenizer" else gpt_dims(sd)
+  except KeyError as e:
+    raise CheckpointError(f"not a complete GigaTok {kind} state dict: no {e}") from None
+
+
 def infer_recipe(sd: Mapping[str, Any]) -> str:
   """The recipe (configs/<name>.py) whose sizes the checkpoint has; a clear error if none."""
   from gigatok_jax import config_base
   kind = kind_of(sd)
-  dims = tokenizer_dims(sd) if kind == "tokenizer" else gpt_dims(sd)
+  dims = dims_of(sd, kind)
   for name in (TOKENIZER_RECIPES if kind == "tokenizer" else GPT_RECIPES):
     m = config_base.load_recipe(f"configs/{name}.py", key="--recipe").model
     keys = ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers") if kind == "tokenizer" \
@@ -353,7 +360,7 @@ def configure(recipe: str, sd: Mapping[str, Any]):
   if config.task != kind:
     raise CheckpointError(f"--recipe={recipe} is a {config.task} recipe but the weights are a "
                           f"{kind}")
-  dims = tokenizer_dims(sd) if kind == "tokenizer" else gpt_dims(sd)
+  dims = dims_of(sd, kind)
   if kind == "gpt":
     for key in ("vocab_size", "num_classes", "position", "num_tokens"):
       if key in dims:
