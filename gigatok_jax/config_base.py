@@ -159,7 +159,8 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       coordinator_address="",       # 'host:port' of process 0
       num_processes=-1,
       process_id=-1,
-      initialization_timeout_s=300,  # wait this long for every process to connect
+      initialization_timeout_s=300,  # wait this long for every process to connect, and at
+                                     # the barrier after each program's first compile
       heartbeat_timeout_s=100,      # a process silent this long is dead: the others abort
   ))
   return c

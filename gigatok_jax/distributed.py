@@ -15,12 +15,21 @@ Failure handling (bounded, no hang): a collective whose peer died fails at once 
 reset), and a peer that stops answering is declared dead after `distributed.heartbeat_timeout_s` by
 the coordination service, which fails the others' pending work. `main.py` then calls
 `abort_on_failure`: one line naming the process, exit status 1.
+
+Start-up skew: a device collective's first run over a set of devices builds its communicator, and
+gloo (CPU) gives up after a fixed 30 s if a peer has not arrived, which a slower compile on a loaded
+machine exceeds. `start_together` compiles a program's first call ahead of time and then waits at a
+coordination-service barrier (timeout `distributed.initialization_timeout_s`), so every process
+reaches the program's collectives within moments of the others.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import time
+from typing import Any, Callable
 
 import jax
 from absl import logging
@@ -108,3 +117,53 @@ def abort_on_failure(error: BaseException, code: int = 1) -> None:
         flush=True)
   sys.stdout.flush()
   os._exit(code)
+
+
+_barrier_ids = itertools.count()
+
+
+def barrier(name: str, timeout_s: float) -> None:
+  """Waits until every process reaches this point (coordination service; no device collective).
+
+  Every process must call the barriers of a run in the same order: the id is `name` plus a running
+  count. Single-process: returns at once.
+  """
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return
+  # pylint: disable-next=import-outside-toplevel
+  from jax._src import distributed as jax_distributed    # the client that jax.distributed started
+  barrier_id = f"gigatok:{name}:{next(_barrier_ids)}"
+  try:
+    jax_distributed.global_state.client.wait_at_barrier(barrier_id, int(timeout_s * 1000))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"the other processes did not reach '{name}' within {timeout_s:.0f} s "
+                    f"(distributed.initialization_timeout_s): "
+                    f"{str(e).strip().splitlines()[0]}") from e
+
+
+class StartTogether:
+  """A jitted function whose first call compiles ahead of time, then (multi-process) waits at a
+  barrier for the other processes before it runs; later calls go straight to the jitted function.
+
+  `on_compiled(compiled, seconds)` is called once after the compile (e.g. to log memory). Calling
+  the jitted function after `lower(...).compile()` traces again but reuses the executable.
+  """
+
+  def __init__(self, jitted: Callable, name: str, config=None,
+               on_compiled: Callable[[Any, float], None] | None = None):
+    self._jitted, self._name, self._on_compiled = jitted, name, on_compiled
+    self._timeout_s = float(_cfg(config, "initialization_timeout_s", 300))
+    self._started = False
+
+  def __call__(self, *args, **kwargs):
+    if not self._started:
+      multi = jax.process_count() > 1
+      if multi or self._on_compiled is not None:
+        start = time.time()
+        compiled = self._jitted.lower(*args, **kwargs).compile()
+        if self._on_compiled is not None:
+          self._on_compiled(compiled, time.time() - start)
+      if multi:
+        barrier(f"compiled {self._name}", self._timeout_s)
+      self._started = True
+    return self._jitted(*args, **kwargs)

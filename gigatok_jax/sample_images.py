@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import config_base, extract_codes, parallel, trained
+from gigatok_jax import config_base, distributed, extract_codes, parallel, trained
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.sample import SamplingSettings, generate
 from gigatok_jax.train import reporting
@@ -96,9 +96,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     # labels / valid come back with the outputs so that gathered rows stay paired with them.
     return jnp.round((jnp.clip(images, -1, 1) + 1) * 127.5).astype(jnp.uint8), codes, labels, valid
   rows_sharding = parallel.batch_sharding(mesh, task.rules, 1)
-  sample_fn = jax.jit(fn, in_shardings=(task.state_shardings.params,
-                                        tok.task.state_shardings.gen_params,
-                                        rows_sharding, rows_sharding, None))
+  sample_fn = distributed.StartTogether(
+      jax.jit(fn, in_shardings=(task.state_shardings.params, tok.task.state_shardings.gen_params,
+                                rows_sharding, rows_sharding, None)), "sampler", config)
 
   from tqdm import tqdm
   num_batches = math.ceil(len(labels) / s.batch_size)

@@ -57,7 +57,7 @@ def launch(workdir, steps, *, processes, extra=(), heartbeat_s=10):
     cmd += [f"--config.distributed.coordinator_address=127.0.0.1:{free_port()}",
             f"--config.distributed.num_processes={processes}",
             f"--config.distributed.heartbeat_timeout_s={heartbeat_s}",
-            "--config.distributed.initialization_timeout_s=60"]
+            "--config.distributed.initialization_timeout_s=120"]
   os.makedirs(workdir, exist_ok=True)
   out = []
   for i in range(processes):

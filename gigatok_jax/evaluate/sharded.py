@@ -17,6 +17,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gigatok_jax import distributed
+
 
 def default_mesh() -> Mesh:
   """A 1-D mesh over every device of the job (all hosts)."""
@@ -41,7 +43,8 @@ def data_parallel(apply: Callable[..., Any], params: Any, mesh: Mesh | None = No
   batch = NamedSharding(mesh, P(mesh.axis_names))             # leading dim over every axis
   rep = NamedSharding(mesh, P())
   params = jax.tree.map(lambda x: _global(np.asarray(jax.device_get(x)), rep), params)
-  fn = jax.jit(apply, in_shardings=None, out_shardings=batch)
+  fn = distributed.StartTogether(jax.jit(apply, in_shardings=None, out_shardings=batch),
+                                getattr(apply, "__name__", "evaluation network"))
   devices = mesh.devices.size
 
   def run(*arrays: np.ndarray):

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import parallel, trained
+from gigatok_jax import distributed, parallel, trained
 from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.evaluate import fid, image_metrics, results, sharded
@@ -70,7 +70,7 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
     raise ConfigError("eval.batch_size", f"{e.batch_size} must be a positive multiple of the {dp} "
                       "data-parallel devices")
   task, params, step = trained.load_tokenizer(config, workdir, mesh)
-  reconstruct = task.jitted_reconstruct()
+  reconstruct = distributed.StartTogether(task.jitted_reconstruct(), "reconstruct", config)
   num = None if e.num_images <= 0 else e.num_images
   it = pipeline.make_eval_iterator(config.data, batch_size=e.batch_size, num_images=num,
                                    batch_size_key="eval.batch_size")

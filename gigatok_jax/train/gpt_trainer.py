@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import jax
 
-from gigatok_jax import checkpointing, config_base, parallel
+from gigatok_jax import checkpointing, config_base, distributed, parallel
 from gigatok_jax.data import codes
 from gigatok_jax.train import reporting, run_control
 from gigatok_jax.train.gpt_step import GPTState, GPTTask
 
 
-def validation(task: GPTTask, params, config) -> dict[str, float] | None:
+def validation(task: GPTTask, params, config, step_fn=None) -> dict[str, float] | None:
   """Mean loss / accuracy over the first `eval_num_batches` validation batches (None: no split)."""
   if not config.data.eval_codes_path:
     return None
   it = codes.make_eval_iterator(config.data, global_batch_size=config.global_batch_size)
-  step_fn = task.jitted_eval_step()
+  step_fn = step_fn or task.jitted_eval_step()
   sums, n = {}, 0
   for batch in it:
     if n == config.eval_num_batches:
@@ -54,7 +54,9 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   step = int(jax.device_get(state.step))
   end = min(config.total_steps, stop_at_step) if stop_at_step is not None else config.total_steps
   reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress)
-  train_step = task.jitted_train_step()
+  train_step = distributed.StartTogether(task.jitted_train_step(), "train step", config,
+                                         on_compiled=reporting.log_compiled("train step"))
+  eval_step = distributed.StartTogether(task.jitted_eval_step(), "eval step", config)
   tokens_per_step = config.global_batch_size * config.model.num_tokens
   metrics, first_step = None, step
   with run_control.PreemptionFlag() as preempted, jax.set_mesh(mesh):
@@ -69,7 +71,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
       else:
         reporter.step(step)
       if step % config.eval_every_steps == 0 or step == end:
-        val = validation(task, state.params, config)
+        val = validation(task, state.params, config, eval_step)
         if val is not None:
           reporter.writer.write_scalars(step, val)
           reporting.info(f"step {step}: validation loss {val['val_loss']:.4f}, "

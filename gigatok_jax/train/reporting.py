@@ -20,6 +20,21 @@ def info(message: str) -> None:
     print(f"[gigatok {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def log_compiled(what: str):
+  """An `on_compiled(compiled, seconds)` callback: one line with compile time and memory per device."""
+  def log(compiled, seconds: float) -> None:
+    line = f"{what} compiled in {seconds:.1f} s"
+    mem = compiled.memory_analysis()
+    if mem is not None:   # None where the backend does not report it
+      gib = lambda n: f"{n / 2**30:.2f}"                               # pylint: disable=unnecessary-lambda-assignment
+      out = mem.output_size_in_bytes - mem.alias_size_in_bytes          # donated inputs are reused
+      total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + out
+      line += (f"; {gib(total)} GiB per device: {gib(mem.argument_size_in_bytes)} arguments, "
+               f"{gib(mem.temp_size_in_bytes)} temporaries, {gib(out)} new outputs")
+    info(line)
+  return log
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """[-1, 1] float images -> uint8."""
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

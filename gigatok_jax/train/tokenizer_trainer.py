@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import checkpointing, config_base, parallel
+from gigatok_jax import checkpointing, config_base, distributed, parallel
 from gigatok_jax.data import pipeline
 from gigatok_jax.train import reporting, run_control
 from gigatok_jax.train.tokenizer_step import TokenizerState, TokenizerTask
@@ -68,7 +68,8 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   end = min(total, stop_at_step) if stop_at_step is not None else total
 
   eval_images = first_eval_batch(config)
-  reconstruct = task.jitted_reconstruct()
+  reconstruct = distributed.StartTogether(task.jitted_reconstruct(), "reconstruct", config)
+  steps = {}   # phase -> the train step (one compile per loss phase)
   reporter = reporting.Reporter(workdir, total, step, progress=progress)
 
   def write_grid(state) -> float:
@@ -91,7 +92,13 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   with run_control.PreemptionFlag() as preempted, jax.set_mesh(mesh):
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
-      state, metrics = task.jitted_train_step(task.phase(step))(state, batch, frozen)
+      phase = task.phase(step)
+      if phase not in steps:
+        what = (f"train step (GAN {'on' if phase[0] else 'off'}, "
+                f"aux losses {'on' if phase[1] else 'off'})")
+        steps[phase] = distributed.StartTogether(task.jitted_train_step(phase), what, config,
+                                                 on_compiled=reporting.log_compiled(what))
+      state, metrics = steps[phase](state, batch, frozen)
       step += 1
       # The first step of a run is logged too: it is the baseline the later PSNR is read against.
       if step % config.log_every_steps == 0 or step == end or step == first_step + 1:
