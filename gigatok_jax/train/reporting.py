@@ -26,11 +26,10 @@ def log_compiled(what: str):
     line = f"{what} compiled in {seconds:.1f} s"
     mem = compiled.memory_analysis()
     if mem is not None:   # None where the backend does not report it
-      gib = lambda n: f"{n / 2**30:.2f}"                               # pylint: disable=unnecessary-lambda-assignment
       out = mem.output_size_in_bytes - mem.alias_size_in_bytes          # donated inputs are reused
-      total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + out
-      line += (f"; {gib(total)} GiB per device: {gib(mem.argument_size_in_bytes)} arguments, "
-               f"{gib(mem.temp_size_in_bytes)} temporaries, {gib(out)} new outputs")
+      args, temp = mem.argument_size_in_bytes, mem.temp_size_in_bytes
+      line += (f"; {(args + temp + out) / 2**30:.2f} GiB per device: {args / 2**30:.2f} arguments, "
+               f"{temp / 2**30:.2f} temporaries, {out / 2**30:.2f} new outputs")
     info(line)
   return log
 
