@@ -74,6 +74,7 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
       dtype="float32",           # compute dtype: 'float32' or 'bfloat16'
       param_dtype="float32",     # master weights
       remat="none",              # per transformer layer and CNN res block: 'none', 'full', 'save_dots'
+      scan_layers=False,         # transformer layers as one lax.scan: compile time flat in depth
   ))
 
 
@@ -237,6 +238,7 @@ def gpt_model_config(size: str = "B", position: str = "learned_1d") -> ml_collec
       dtype="bfloat16",          # compute dtype; master weights stay param_dtype
       param_dtype="float32",
       remat="none",
+      scan_layers=False,         # blocks as one lax.scan in training (decoding stays per block)
   ))
 
 

@@ -226,3 +226,28 @@ def test_hidden_states_for_linear_probing():
   assert middle.shape == last.shape and not np.allclose(middle, last)
   with pytest.raises(ValueError):
     model.hidden_states(tokens, null, 0)
+
+
+def test_scanned_blocks_match_unrolled():
+  """`model.scan_layers`: same logits, dropout and gradients in training, same probe features."""
+  tokens = jax.random.randint(jax.random.key(7), (2, 16), 0, 64)
+  labels = jnp.array([1, 2])
+  results = []
+  for scan in (False, True):
+    cfg = _tiny(scan_layers=scan, remat="full", num_tokens=16, vocab_size=64)
+    graph, params = nnx.split(gpt_lib.GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    params["output"][...] = 0.5 * jax.random.normal(jax.random.key(1), params["output"].shape)
+
+    @jax.jit
+    def run(p):
+      def loss(p):
+        logits = nnx.merge(graph, p)(tokens, labels, dropout_key=jax.random.key(3))
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+      (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(p)
+      return logits, grads, nnx.merge(graph, p).hidden_states(tokens, labels, 1)
+    results.append(run(params))
+  (l0, g0, h0), (l1, g1, h1) = results
+  np.testing.assert_allclose(l0, l1, atol=1e-5)
+  np.testing.assert_allclose(h0, h1, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)

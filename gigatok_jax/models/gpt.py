@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gigatok_jax.models.layers import (KeyGen, RMSNorm, SwiGLU, dropout, param, remat_call,
+from gigatok_jax.models.layers import (KeyGen, RMSNorm, SwiGLU, dropout, param, run_layers,
                                        zeros)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -166,24 +166,25 @@ class GPT(nnx.Module):
     if self.cfg.position == "learned_1d":
       x = x + jax.lax.dynamic_slice_in_dim(self.positional_embedding[...], pos, t).astype(x.dtype)
     rope = self._rope(pos, t)
-    keys = [None] * (len(self.layers) + 1) if key is None else list(
-        jax.random.split(key, len(self.layers) + 1))
-    x = dropout(x, self.cfg.token_dropout, keys[-1])
-    new_caches = []
-    for i, layer in enumerate(self.layers):
-      if stop_after is not None and i == stop_after:
+    n = len(self.layers)
+    keys = None if key is None else jax.random.split(key, n + 1)          # (L + 1,) keys
+    x = dropout(x, self.cfg.token_dropout, None if keys is None else keys[-1])
+    new_caches = None
+    if caches is None:                     # teacher-forced pass: the blocks, remat, maybe scanned
+      depth = n if stop_after is None else stop_after
+      x, _ = run_layers(list(self.layers)[:depth], lambda l, h, *k: l(h, rope, *k)[0], x,
+                        remat=self.cfg.remat, scan=self.cfg.get("scan_layers", False),
+                        per_layer=() if keys is None else (keys[:depth],))
+      if stop_after is not None:
         return x, None
-      cache = None if caches is None else caches[i]
-      if cache is None:
-        x, _ = remat_call(self.cfg.remat, lambda l, h, k: l(h, rope, k), layer, x, keys[i])
-      else:
+    else:                                  # cached decoding, one block at a time
+      new_caches = []
+      for layer, cache in zip(self.layers, caches):
         x, cache = layer(x, rope, None, cache, pos)
-      new_caches.append(cache)
-    if stop_after is not None:
-      return x, None
+        new_caches.append(cache)
     h = self.norm(x)
     logits = jnp.einsum("btw,wv->btv", h, self.output[...].astype(self.dtype))
-    return logits.astype(jnp.float32), (new_caches if caches is not None else None)
+    return logits.astype(jnp.float32), new_caches
 
   def drop_labels(self, labels: jax.Array, key: jax.Array) -> jax.Array:
     """Class dropout for CFG training: each label becomes the null class with p = class_dropout."""

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gigatok_jax.models.layers import Attention, Conv, Dense, LayerNorm, Mlp, param, remat_call
+from gigatok_jax.models.layers import Attention, Conv, Dense, LayerNorm, Mlp, param, run_layers
 
 
 class QFormerLayer(nnx.Module):
@@ -74,19 +74,24 @@ class _Stack(nnx.Module):
   """Layers plus the optional semantic-branch tap after layer `distill_depth` (1-indexed)."""
 
   def __init__(self, width, layers, heads, mlp_ratio, *, rngs, dtype, param_dtype,
-               cross_attention=True, remat="none"):
+               cross_attention=True, remat="none", scan=False):
     self.transformer = nnx.List([
         QFormerLayer(width, heads, mlp_ratio, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                      cross_attention=cross_attention) for _ in range(layers)])
     self.remat = remat
+    self.scan = scan
 
-  def run(self, t, qp, memory=None, mp=None, tap_depth: int = 0):
-    tapped = None
-    for i, layer in enumerate(self.transformer):
-      t = remat_call(self.remat, lambda lyr, *a: lyr(*a), layer, t, qp, memory, mp)
-      if i + 1 == tap_depth:
-        tapped = t
-    return t, tapped
+  def run(self, t, qp, memory=None, mp=None, tap_depth: int = 0, self_memory: bool = False):
+    """t (B, T, W) through the layers -> (t, t after layer `tap_depth` or None).
+
+    `self_memory=True`: each layer's input is also its cross-attention memory (2D 'decoder' type).
+    """
+    if self_memory:
+      fn = lambda layer, h: layer(h, qp, h, qp)
+    else:
+      fn = lambda layer, h: layer(h, qp, memory, mp)
+    return run_layers(self.transformer, fn, t, remat=self.remat, scan=self.scan,
+                      tap_depth=tap_depth)
 
 
 class QFormerEncoder(nnx.Module):
@@ -94,7 +99,7 @@ class QFormerEncoder(nnx.Module):
 
   def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
                mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat="none"):
+               remat="none", scan_layers=False):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     n = grid * grid
     self.positional_embedding = _pos_embed(rngs, n, width, param_dtype)               # memory keys
@@ -102,7 +107,7 @@ class QFormerEncoder(nnx.Module):
     self.ln_pre = LayerNorm(z_channels, **kw)
     self.encoder_embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
     self.global_proj = Dense(width, width, axes=("embed", "mlp"), **kw)
-    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, **kw)
+    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, scan=scan_layers, **kw)
     self.ln_post = LayerNorm(width, **kw)
     self.conv_out = Dense(width, z_channels, axes=("embed", "z_channels"), **kw)
 
@@ -120,7 +125,7 @@ class QFormerDecoder(nnx.Module):
 
   def __init__(self, *, grid: int, num_tokens: int, z_channels: int, width: int, layers: int,
                heads: int, mlp_ratio: float, distill_depth: int, distill_dim: int, rngs: nnx.Rngs,
-               dtype=jnp.float32, param_dtype=jnp.float32, remat="none"):
+               dtype=jnp.float32, param_dtype=jnp.float32, remat="none", scan_layers=False):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.grid = grid
     self.distill_depth = distill_depth
@@ -128,7 +133,7 @@ class QFormerDecoder(nnx.Module):
     self.latent_token_positional_embedding = _pos_embed(rngs, num_tokens, width, param_dtype)  # memory
     self.ln_pre = LayerNorm(z_channels, **kw)
     self.decoder_embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
-    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, **kw)
+    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, scan=scan_layers, **kw)
     self.ln_post = LayerNorm(width, **kw)
     self.conv_out = Conv(width, z_channels, 3, padding=1, axes=("embed", "z_channels"), **kw)
     self.distill_mlp = SemanticProjector(width, distill_dim, **kw)
@@ -169,14 +174,14 @@ class ViTEncoder2D(nnx.Module):
 
   def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
                mlp_ratio: float, layer_type: str, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat="none", out_kernel: int = 1):
+               param_dtype=jnp.float32, remat="none", scan_layers=False, out_kernel: int = 1):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.grid = grid
     self.layer_type = layer_type
     self.positional_embedding = _pos_embed(rngs, grid * grid, width, param_dtype)
     self.ln_pre = LayerNorm(z_channels, **kw)
     self.embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
-    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat,
+    self.stack = _Stack(width, layers, heads, mlp_ratio, remat=remat, scan=scan_layers,
                         cross_attention=(layer_type == "decoder"), **kw)
     self.ln_post = LayerNorm(width, **kw)
     self.conv_out = Conv(width, z_channels, out_kernel, padding=out_kernel // 2,
@@ -188,15 +193,8 @@ class ViTEncoder2D(nnx.Module):
     pos = self.positional_embedding[...].astype(t.dtype)
     if self.layer_type == "plain":
       return self.stack.run(t + pos, jnp.zeros_like(pos), tap_depth=tap_depth)
-    return self._run_self_memory(t, pos, tap_depth)
+    return self.stack.run(t, pos, tap_depth=tap_depth, self_memory=True)
 
-  def _run_self_memory(self, t, pos, tap_depth):
-    tapped = None
-    for i, layer in enumerate(self.stack.transformer):
-      t = layer(t, pos, t, pos)
-      if i + 1 == tap_depth:
-        tapped = t
-    return t, tapped
 
   def __call__(self, x):
     b, h, w, _ = x.shape

@@ -54,11 +54,11 @@ class Tokenizer(nnx.Module):
     self.decoder = CNNDecoder(**cnn)
     enc = dict(grid=grid, z_channels=cfg.z_channels, width=cfg.enc_width, layers=cfg.enc_layers,
                heads=cfg.enc_heads, mlp_ratio=cfg.mlp_ratio, rngs=rngs, dtype=dtype,
-               param_dtype=pdt, remat=cfg.remat)
+               param_dtype=pdt, remat=cfg.remat, scan_layers=cfg.get("scan_layers", False))
     dec = dict(grid=grid, z_channels=cfg.z_channels, width=cfg.dec_width, layers=cfg.dec_layers,
                heads=cfg.dec_heads, mlp_ratio=cfg.mlp_ratio, distill_depth=cfg.distill_depth,
                distill_dim=cfg.distill_dim, rngs=rngs, dtype=dtype, param_dtype=pdt,
-               remat=cfg.remat)
+               remat=cfg.remat, scan_layers=cfg.get("scan_layers", False))
     if cfg.kind == "1d":
       self.s2to1encoder = QFormerEncoder(**enc)
       self.s1to2decoder = QFormerDecoder(num_tokens=grid * grid, **dec)
