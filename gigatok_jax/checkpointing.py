@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 
 import gigatok_jax
 from gigatok_jax.errors import CheckpointError
+from gigatok_jax.models import layer_layout
 
 try:  # grain registers its Orbax handler and args only when both are importable.
   import grain.checkpoint as grain_checkpoint
@@ -324,7 +325,9 @@ class Checkpointer:
     saved_tree = getattr(item_metadata, 'tree', item_metadata)
     saved = ocp.tree.to_flat_dict(saved_tree)
     wanted = ocp.tree.to_flat_dict(abstract_state)
-    hint = ' (did the model or optimizer config change since this checkpoint was written?)'
+    hint = layer_layout.mismatch_hint([".".join(map(str, p)) for p in saved],
+                                      [".".join(map(str, p)) for p in wanted])
+    hint = hint or ' (did the model or optimizer config change since this checkpoint was written?)'
     for path, leaf in wanted.items():
       want_shape = _leaf_shape(leaf)
       if path not in saved:

@@ -37,6 +37,7 @@ DEFAULT_AXIS_RULES = (
     ("codebook", None),
     ("position", None),
     ("norm", None),
+    ("layers", None),          # the depth axis of layer stacks stored with model.scan_layers
 )
 
 

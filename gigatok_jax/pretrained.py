@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from gigatok_jax.errors import CheckpointError
+from gigatok_jax.models import layer_layout
 
 DIRNAME = "pretrained"
 INFO_FILE = "info.json"
@@ -78,6 +79,11 @@ def save(workdir: str, trees: Mapping[str, Any], info: Mapping[str, Any]) -> str
   return final
 
 
+def _dotted_names(tree) -> list[str]:
+  return [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def restore(path: str, abstract: Mapping[str, Any]) -> dict[str, Any]:
   """The items named in `abstract` (ShapeDtypeStruct trees with shardings), restored onto them."""
   import orbax.checkpoint as ocp
@@ -92,7 +98,13 @@ def restore(path: str, abstract: Mapping[str, Any]) -> dict[str, Any]:
       # strict=True (the default) refuses any shape that differs from the stored one.
       out[name] = ckptr.restore(os.path.join(path, name), tree)
   except Exception as e:  # noqa: BLE001 - orbax raises many types for a tree that does not fit
-    raise CheckpointError(f"{path}: the converted weights ({name}) do not fit this model "
+    try:
+      stored = ckptr.metadata(os.path.join(path, name))
+      hint = layer_layout.mismatch_hint(_dotted_names(getattr(stored, "item_metadata", stored)),
+                                        _dotted_names(tree))
+    except Exception:  # noqa: BLE001 - the hint is optional; the error below is the news
+      hint = ""
+    raise CheckpointError(f"{path}: the converted weights ({name}) do not fit this model{hint} "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:500]})") from e
   finally:
     ckptr.close()

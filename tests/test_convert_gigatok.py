@@ -145,6 +145,39 @@ def test_round_trip_is_the_identity(released, imported, tmp_path):
     np.testing.assert_array_equal(exported[k], v, err_msg=k)
 
 
+def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path):
+  """With model.scan_layers the stacks are stored depth-first; the file's tensors round-trip and
+  the imported model computes the reference function all the same."""
+  recipe = tmp_path / "tiny16_scanned.py"
+  recipe.write_text(TINY16.replace("  return c\n", "  c.model.scan_layers = True\n  return c\n"))
+  out = conv.import_checkpoint(released["src"], str(tmp_path / "run"), weights="ema",
+                               recipe=str(recipe), log=lambda *_: None)
+  config = config_base.read_run_config(out)
+  assert config.model.scan_layers
+  task, params, _ = trained.load_tokenizer(config, out, parallel.make_mesh(config.mesh,
+                                                                           jax.devices()[:1]))
+  flat = conv.flatten(params)
+  assert flat["s1to2decoder.stack.layers.mlp.fc1.kernel"].shape[0] == config.model.dec_layers
+  torch.manual_seed(SEED_IMAGES)
+  x = torch.rand(2, 3, 64, 64) * 2 - 1
+  with torch.no_grad():
+    recon, idx, *_ = released["tok"](x)
+  got = task.generator(params)(jnp.asarray(nhwc(x)))
+  np.testing.assert_array_equal(np.asarray(got.indices).reshape(-1), idx.numpy())
+  assert_close(got.reconstruction, nhwc(recon), 2e-4, "scanned imported tokenizer")
+  path = str(tmp_path / "export.safetensors")
+  conv.export_run(out, path, log=lambda *_: None)
+  from safetensors.numpy import load_file
+  exported = load_file(path)
+  assert set(exported) == set(released["sd"])
+  for k, v in released["sd"].items():
+    np.testing.assert_array_equal(exported[k], v.numpy(), err_msg=k)
+  # Reading them into the other layout stops with the key to set.
+  config.model.scan_layers = False
+  with pytest.raises(CheckpointError, match="set --config.model.scan_layers=True"):
+    trained.load_tokenizer(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+
+
 def test_strict_errors_name_the_tensors(released):
   sd = {k: v.numpy() for k, v in released["sd"].items()}
   rules = conv.tokenizer_rules(conv._flat_shapes(conv.abstract_tokenizer(released["config"])[0]))

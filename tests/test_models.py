@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from gigatok_jax import parallel, summary
-from gigatok_jax.models import qformer, quantizer
+from gigatok_jax.convert.gigatok import flatten
+from gigatok_jax.models import layer_layout, qformer, quantizer
 from gigatok_jax.models.tokenizer import Tokenizer
 from helpers import load_recipe
 
@@ -191,11 +192,8 @@ def test_same_outputs_on_one_and_eight_device_meshes():
 
 @pytest.mark.parametrize("kind,remat", [("1d", "none"), ("1d", "full"), ("2d_decoder", "save_dots")])
 def test_scanned_layers_match_unrolled(kind, remat):
-  """`model.scan_layers` changes how the step is compiled, not what it computes or stores.
-
-  Same parameter tree, same outputs, same gradients, including the semantic tap after layer
-  `distill_depth` = 2 of 4 (which splits the scan in two).
-  """
+  """`model.scan_layers` stores a stack depth-first and runs it as one scan: same init values,
+  same outputs and gradients, including the semantic tap after layer 2 of 4."""
   kw = dict(grid=4, z_channels=16, width=32, layers=4, heads=2, mlp_ratio=2.0, distill_depth=2,
             distill_dim=8, remat=remat)
   x = jax.random.normal(jax.random.key(0), (2, 16, 16) if kind == "1d" else (2, 4, 4, 16))
@@ -211,12 +209,34 @@ def test_scanned_layers_match_unrolled(kind, remat):
       out, distill = nnx.merge(graph, p)(x, with_distill=True)
       return jnp.mean(out ** 2) + jnp.mean(distill ** 2), distill
     (value, distill), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    results.append((jax.tree.structure(params), value, distill, grads))
-  (s0, v0, d0, g0), (s1, v1, d1, g1) = results
-  assert s0 == s1
+    results.append((flatten(nnx.to_pure_dict(params)), value, distill,
+                    flatten(nnx.to_pure_dict(grads))))
+  (p0, v0, d0, g0), (p1, v1, d1, g1) = results
+  assert p1["stack.layers.self_attn.query"].shape == (4, 32, 2, 16)
+  assert not any(".transformer." in k for k in p1)
+  assert layer_layout.to_scanned(p0).keys() == p1.keys()
+  for k, v in layer_layout.to_unrolled(p1).items():
+    np.testing.assert_array_equal(v, p0[k], err_msg=k)
   np.testing.assert_allclose(v0, v1, rtol=1e-5)
   np.testing.assert_allclose(d0, d1, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
-  queries = [v for k, v in nnx.to_flat_state(g1) if "self_attn" in k and k[-1] == "query"]
-  assert len(queries) == 4 and all(float(jnp.abs(v[...]).max()) > 0 for v in queries)
+  for k, v in layer_layout.to_unrolled(g1).items():
+    np.testing.assert_allclose(v, g0[k], atol=1e-5, rtol=1e-4, err_msg=k)
+  queries = [v for k, v in g0.items() if k.endswith("self_attn.query")]
+  assert len(queries) == 4 and all(np.abs(v).max() > 0 for v in queries)
+
+
+def test_scanned_stacks_are_sharded_like_their_layers():
+  """The depth axis of a scanned stack is replicated; the other axes follow the layer's names."""
+  config = load_recipe("tokenizer_ss", "tiny")
+  specs = {}
+  for scan in (False, True):
+    config.model.scan_layers = scan
+    abstract = nnx.eval_shape(lambda: Tokenizer(config.model, 64, rngs=nnx.Rngs(0)))
+    names = jax.tree.map(lambda v: v.get_metadata()["out_sharding"], nnx.state(abstract, nnx.Param),
+                         is_leaf=lambda v: isinstance(v, nnx.Variable))
+    specs[scan] = flatten(jax.tree.map(lambda n: np.array(n, dtype=object), nnx.to_pure_dict(names),
+                                       is_leaf=lambda n: isinstance(n, tuple)))
+  stacked = specs[True]["s1to2decoder.stack.layers.mlp.fc1.kernel"]
+  assert tuple(stacked) == ("layers",) + tuple(specs[False]["s1to2decoder.stack.transformer.0.mlp.fc1.kernel"])
+  rules = dict(config.mesh.axis_rules)
+  assert rules["layers"] is None

@@ -12,6 +12,7 @@ Tokenizer (`VQVitModelPlus` / `VQVitModel2DPlus`), ours -> reference:
   Dense *.kernel (I, O)            -> *.weight (O, I)              (nn.Linear)
   quant_conv, post_quant_conv, s2to1encoder.conv_out kernel (I, O) -> weight (O, I, 1, 1) (1x1 conv)
   *.stack.transformer.{i}.         -> *.transformer.{i}.
+  *.stack.layers.* (model.scan_layers: (L, ...) stacks) -> unrolled first (models/layer_layout.py)
   ...mlp.fc1 / mlp.fc2             -> ...linear1 / linear2
   ...{self_attn,multihead_attn}.{query,key,value} (W, H, D) x3 -> in_proj_weight (3W, W), rows q|k|v
   ...{query,key,value}_bias (H, D) x3                          -> in_proj_bias (3W,)
@@ -53,6 +54,7 @@ import numpy as np
 
 from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError, UserError
+from gigatok_jax.models import layer_layout
 
 TOKENIZER_RECIPES = ("tokenizer_ss", "tokenizer_sb", "tokenizer_bl", "tokenizer_xlxxl",
                      "tokenizer_ss_2d", "tokenizer_sb_2d", "tokenizer_bl_2d")
@@ -114,7 +116,12 @@ def _attention_rules(prefix: str, shapes: Mapping[str, tuple[int, ...]], torch_p
 
 
 def tokenizer_rules(shapes: Mapping[str, tuple[int, ...]]) -> list[Rule]:
-  """The mapping for a tokenizer whose flat parameter shapes (ours) are `shapes`."""
+  """The mapping for a tokenizer whose flat parameter shapes (ours) are `shapes`.
+
+  The rules name parameters in the unrolled layout (`layer_layout.py`); scanned shapes are
+  unrolled first, and scanned parameters are converted at the boundary (import / export).
+  """
+  shapes = layer_layout.to_unrolled(shapes)
   layers = {m.group(1) for n in shapes if (m := _LAYER.match(n))}
   plain = {_tokenizer_torch_prefix(layer, set()) for layer in layers
            if not any(n.startswith(layer + ".multihead_attn.") for n in shapes)}
@@ -450,6 +457,8 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
     gen, disc, stats = abstract_tokenizer(config)
     gen_flat = from_torch(tokenizer_rules(_flat_shapes(gen)), sd, f"{src} [{picked}]",
                           extra=dict([CODEBOOK_USED]))
+    if layer_layout.is_scanned(_flat_shapes(gen)):                 # model.scan_layers
+      gen_flat = layer_layout.to_scanned(gen_flat)
     trees = {"gen_params": unflatten(gen_flat, gen)}
     disc_sd = raw.get("discriminator")
     if isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd:     # the PatchGAN layout
@@ -485,7 +494,7 @@ def export_run(workdir: str, out: str, log=print) -> str:
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
   if config.task == "tokenizer":
     tok = trained.load_tokenizer(config, workdir, mesh)
-    flat = flatten(jax.device_get(tok.params))
+    flat = layer_layout.to_unrolled(flatten(jax.device_get(tok.params)))
     sd = to_torch(tokenizer_rules({k: v.shape for k, v in flat.items()}), flat)
     sd[CODEBOOK_USED[0]] = np.zeros(CODEBOOK_USED[1], np.float32)
     step = tok.step

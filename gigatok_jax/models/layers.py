@@ -285,50 +285,60 @@ def remat_call(policy: str, fn: Callable, *args):
   return constrain_block_output(out)
 
 
-def run_layers(layers: Sequence[nnx.Module], fn: Callable, x: jax.Array, *, remat: str = "none",
-               scan: bool = False, tap_depth: int = 0, per_layer: tuple = ()):
+def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
+  """One module of the same structure whose parameters are those of `modules` stacked on a new
+  leading axis with the logical name 'layers': how `model.scan_layers` stores a layer stack."""
+  graphdef, _ = nnx.split(modules[0])
+
+  def stack(*variables):
+    names = variables[0].get_metadata().get("out_sharding") or (None,) * variables[0].ndim
+    return variables[0].replace(jnp.stack([v[...] for v in variables]),
+                                out_sharding=("layers",) + tuple(names))
+  states = [nnx.split(m)[1] for m in modules]
+  return nnx.merge(graphdef, jax.tree.map(stack, *states,
+                                          is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def run_layers(layers, fn: Callable, x: jax.Array, *, remat: str = "none", scan: bool = False,
+               tap_depth: int = 0, per_layer: tuple = ()):
   """x <- fn(layer, x, *per_layer[i]) for each layer i in order -> (x, x after layer `tap_depth`).
 
-  `per_layer`: arrays with a leading axis of len(layers) (e.g. dropout keys), sliced per layer.
+  `layers`: a sequence of modules (run unrolled, or with `scan=True` stacked inside the step and
+  scanned), or one module from `stack_modules` (always scanned: the layers of a stack stored with
+  `model.scan_layers`). `per_layer`: arrays with a leading axis of the depth (e.g. dropout keys).
   The tap is None when `tap_depth` is 0.
 
-  `scan=True` (`model.scan_layers`) runs the layers as one `lax.scan` over their parameters
-  stacked inside the step (two scans when a tap splits them), so XLA compiles one layer body
-  instead of the unrolled depth: what keeps compile time and the TPU compiler's host memory flat
-  in depth (the 2.9B recipe's 48 + 24 layers). Parameters stay stored per layer, so checkpoints,
-  converters and sharding rules are the same either way; the price is one stacked copy of the
-  layers' parameters (and of their gradients) per step, sharded like the parameters. All layers
-  must have the same structure.
+  Scanning compiles one layer body instead of the unrolled depth; with stacked storage the
+  optimizer also sees one array per parameter of the stack instead of one per layer, which is
+  what keeps the TPU compile of the 2.9B recipe (48 + 36 layers) within a workstation's memory.
   """
-  layers = list(layers)
-  if not scan:
-    tapped = None
-    for i, layer in enumerate(layers):
-      x = remat_call(remat, fn, layer, x, *(a[i] for a in per_layer))
-      if i + 1 == tap_depth:
-        tapped = x
-    return x, tapped
-  cuts = sorted({0, len(layers)} | ({tap_depth} if 0 < tap_depth < len(layers) else set()))
-  tapped = None
-  for a, b in zip(cuts[:-1], cuts[1:]):
-    x = _scan_segment(layers[a:b], fn, x, remat, tuple(p[a:b] for p in per_layer))
-    if b == tap_depth:
-      tapped = x
-  return x, tapped
+  if isinstance(layers, (list, tuple, nnx.List)):
+    layers = list(layers)
+    if not scan:
+      tapped = None
+      for i, layer in enumerate(layers):
+        x = remat_call(remat, fn, layer, x, *(a[i] for a in per_layer))
+        if i + 1 == tap_depth:
+          tapped = x
+      return x, tapped
+    layers = stack_modules(layers)
+  graphdef, state = nnx.split(layers)
+  depth = jax.tree.leaves(state)[0].shape[0]
 
-
-def _scan_segment(layers, fn, x, remat, per_layer):
-  graphdef, _ = nnx.split(layers[0])
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.split(l)[1] for l in layers])
-
-  def body(h, xs):
-    state, extra = xs
-    return constrain_block_output(fn(nnx.merge(graphdef, state), h, *extra)), None
+  def body(carry, xs):
+    h, tapped = carry
+    layer_state, index, extra = xs
+    h = constrain_block_output(fn(nnx.merge(graphdef, layer_state), h, *extra))
+    if tap_depth:   # one extra activation in the carry instead of splitting the scan
+      tapped = jnp.where(index + 1 == tap_depth, h, tapped)
+    return (h, tapped), None
 
   if remat != "none":
     # prevent_cse=False: inside a scan the loop already keeps XLA from merging the recomputation.
     body = jax.checkpoint(body, policy=_saveable(remat), prevent_cse=False)
-  return jax.lax.scan(body, x, (stacked, per_layer))[0]
+  carry = (x, jnp.zeros_like(x) if tap_depth else None)
+  (x, tapped), _ = jax.lax.scan(body, carry, (state, jnp.arange(depth), per_layer))
+  return x, tapped
 
 
 # Mesh axes of the batch dimension for block outputs while a train step is traced (None = off).

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gigatok_jax.models.layers import Attention, Conv, Dense, LayerNorm, Mlp, param, run_layers
+from gigatok_jax.models.layers import (Attention, Conv, Dense, LayerNorm, Mlp, param, run_layers,
+                                       stack_modules)
 
 
 class QFormerLayer(nnx.Module):
@@ -75,11 +76,16 @@ class _Stack(nnx.Module):
 
   def __init__(self, width, layers, heads, mlp_ratio, *, rngs, dtype, param_dtype,
                cross_attention=True, remat="none", scan=False):
-    self.transformer = nnx.List([
-        QFormerLayer(width, heads, mlp_ratio, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                     cross_attention=cross_attention) for _ in range(layers)])
-    self.remat = remat
+    stack = [QFormerLayer(width, heads, mlp_ratio, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                          cross_attention=cross_attention) for _ in range(layers)]
+    # Unrolled: `transformer.{i}.*` (the reference's names); scanned: `layers.*` with a leading
+    # depth axis (layer_layout.py converts between the two).
+    if scan:
+      self.layers = stack_modules(stack)
+    else:
+      self.transformer = nnx.List(stack)
     self.scan = scan
+    self.remat = remat
 
   def run(self, t, qp, memory=None, mp=None, tap_depth: int = 0, self_memory: bool = False):
     """t (B, T, W) through the layers -> (t, t after layer `tap_depth` or None).
@@ -90,7 +96,7 @@ class _Stack(nnx.Module):
       fn = lambda layer, h: layer(h, qp, h, qp)
     else:
       fn = lambda layer, h: layer(h, qp, memory, mp)
-    return run_layers(self.transformer, fn, t, remat=self.remat, scan=self.scan,
+    return run_layers(self.layers if self.scan else self.transformer, fn, t, remat=self.remat,
                       tap_depth=tap_depth)
 
 
