@@ -157,6 +157,11 @@ def run(config) -> dict:
   elif config.loss.perceptual_weight <= 0 or config.loss.semantic_weight <= 0:
     raise SystemExit("--teachers: set loss.perceptual_weight and loss.semantic_weight > 0")
   validate.validate(config, check_data=False)
+  if config.model.scan_layers:
+    # MFU here uses XLA's cost analysis, which counts a scanned layer's FLOPs once.
+    raise SystemExit("--config.model.scan_layers=True: this benchmark counts FLOPs with XLA's cost "
+                     "analysis, which counts a scanned layer once; run it with "
+                     "--config.model.scan_layers=False (the same FLOPs, unrolled)")
   mesh = parallel.make_mesh(config.mesh)
   batch_size = int(config.global_batch_size)
   size = int(config.data.image_size)

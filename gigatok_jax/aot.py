@@ -7,7 +7,8 @@ parameters, optimizer state, teachers and the batch are abstract shapes with the
 
 For each target it prints one row: devices, mesh, parameters, bytes per device (arguments, temps,
 outputs, their total minus donated aliases) against the device's HBM, FLOPs per step per device
-(XLA's cost analysis), and the step time those FLOPs take at 50% of the chip's bf16 peak.
+(matmuls and convolutions of the step's jaxpr over the devices, `flops.py`: XLA's cost analysis
+counts a scanned layer once), and the step time those FLOPs take at 50% of the chip's bf16 peak.
 
 Targets: Cloud TPU slice names (`v5e-256`, `v5p-64`, `v6e-64`, `v4-32`; the number counts chips
 for v5e / v6e and TensorCores, two per chip, for v4 / v5p) or explicit topologies (`v5e:4x4`).
@@ -26,6 +27,7 @@ import numpy as np
 
 from gigatok_jax import parallel
 from gigatok_jax.errors import UserError
+from gigatok_jax.flops import jaxpr_flops
 
 GiB = 2**30
 
@@ -82,8 +84,8 @@ def topology_devices(topology: str):
                     f"{str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
 
 
-def _lower(config, mesh):
-  """(lowered train step, number of parameters) for the recipe on `mesh`, all abstract.
+def _traced(config, mesh):
+  """(traced train step, number of parameters) for the recipe on `mesh`, all abstract.
 
   The task is built outside `jax.set_mesh` (as the trainers do: under a mesh context, abstract
   module construction would read the logical names as mesh axes); only lowering runs inside it.
@@ -99,7 +101,7 @@ def _lower(config, mesh):
                    out_shardings=(task.state_shardings, parallel.replicated(mesh)),
                    donate_argnums=(0,))
     with jax.set_mesh(mesh):
-      return step.lower(task.abstract_state, batch), task.num_params
+      return step.trace(task.abstract_state, batch), task.num_params
   from gigatok_jax.train.tokenizer_step import TokenizerTask  # pylint: disable=import-outside-toplevel
   task = TokenizerTask(config, mesh, random_teachers=True)
   n, s = config.global_batch_size, config.data.image_size
@@ -114,8 +116,8 @@ def _lower(config, mesh):
                  out_shardings=(task.state_shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,))
   with jax.set_mesh(mesh):
-    lowered = step.lower(task.abstract_state, batch, task.teachers.abstract_args(mesh, task.rules))
-  return lowered, task.num_params + task.num_disc_params
+    traced = step.trace(task.abstract_state, batch, task.teachers.abstract_args(mesh, task.rules))
+  return traced, task.num_params + task.num_disc_params
 
 
 def plan(config, target: str) -> dict:
@@ -127,18 +129,16 @@ def plan(config, target: str) -> dict:
   validate.validate(config, num_devices=len(devices), check_data=False, check_teachers=False)
   mesh = parallel.make_mesh(config.mesh, devices)
   t0 = time.time()
-  lowered, num_params = _lower(config, mesh)
+  traced, num_params = _traced(config, mesh)
+  flops = jaxpr_flops(traced.jaxpr) / len(devices)
   with jax.set_mesh(mesh):
-    compiled = lowered.compile()
+    compiled = traced.lower().compile()
   seconds = time.time() - t0
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   hbm = chip.hbm_bytes * chips // len(devices)
   peak = chip.peak_bf16_flops * chips / len(devices)
   total = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
            - mem.alias_size_in_bytes)
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
   return {
       "target": target, "topology": topology, "chips": chips, "devices": len(devices),
       "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
@@ -147,7 +147,7 @@ def plan(config, target: str) -> dict:
       "output_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
       "total_bytes": int(total), "hbm_bytes": int(hbm), "fits": bool(total <= hbm),
       "flops_per_step_per_device": flops,
-      "step_time_s_at_50pct_mfu": flops / (MFU_ASSUMED * peak) if flops else None,
+      "step_time_s_at_50pct_mfu": flops / (MFU_ASSUMED * peak),
       "compile_s": round(seconds, 1),
   }
 

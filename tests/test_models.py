@@ -240,3 +240,18 @@ def test_scanned_stacks_are_sharded_like_their_layers():
   assert tuple(stacked) == ("layers",) + tuple(specs[False]["s1to2decoder.stack.transformer.0.mlp.fc1.kernel"])
   rules = dict(config.mesh.axis_rules)
   assert rules["layers"] is None
+
+
+def test_layer_layout_conversions_and_hint():
+  flat = {"a.stack.transformer.1.w": np.ones((2, 3)), "a.stack.transformer.0.w": np.zeros((2, 3)),
+          "a.other": np.ones(4)}
+  scanned = layer_layout.to_scanned(flat)
+  assert set(scanned) == {"a.stack.layers.w", "a.other"}
+  np.testing.assert_array_equal(scanned["a.stack.layers.w"][:, 0, 0], [0, 1])
+  assert layer_layout.to_unrolled({"a.stack.layers.w": (2, 2, 3)}) == {
+      "a.stack.transformer.0.w": (2, 3), "a.stack.transformer.1.w": (2, 3)}
+  with pytest.raises(ValueError, match="not 0..0"):
+    layer_layout.to_scanned({"a.stack.transformer.1.w": np.ones(1)})
+  assert "scan_layers=True" in layer_layout.mismatch_hint(scanned, flat)
+  assert "scan_layers=False" in layer_layout.mismatch_hint(flat, scanned)
+  assert layer_layout.mismatch_hint(flat, flat) == ""
