@@ -92,6 +92,19 @@ def imported(released, tmp_path_factory):
   return out
 
 
+def _assert_reference_function(released, task, params, what):
+  """Imported weights give the torch tokenizer's codes and reconstruction (within 2e-4) on the
+  seeded images, which it returns (NCHW torch)."""
+  torch.manual_seed(SEED_IMAGES)
+  x = torch.rand(2, 3, 64, 64) * 2 - 1
+  with torch.no_grad():
+    recon, idx, *_ = released["tok"](x)
+  out = task.generator(params)(jnp.asarray(nhwc(x)))
+  np.testing.assert_array_equal(np.asarray(out.indices).reshape(-1), idx.numpy())
+  assert_close(out.reconstruction, nhwc(recon), 2e-4, what)
+  return x
+
+
 def test_tokenizer_import_computes_the_reference_function(released, imported):
   info = pretrained.read_info(os.path.join(imported, "pretrained"))
   assert info["weights"] == "ema" and info["source_steps"] == 1234    # ema first, as the reference
@@ -100,13 +113,7 @@ def test_tokenizer_import_computes_the_reference_function(released, imported):
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
   task, params, step = trained.load_tokenizer(config, imported, mesh)
   assert step == 1234
-  torch.manual_seed(SEED_IMAGES)
-  x = torch.rand(2, 3, 64, 64) * 2 - 1
-  with torch.no_grad():
-    recon, idx, *_ = released["tok"](x)
-  out = task.generator(params)(jnp.asarray(nhwc(x)))
-  np.testing.assert_array_equal(np.asarray(out.indices).reshape(-1), idx.numpy())
-  assert_close(out.reconstruction, nhwc(recon), 2e-4, "imported tokenizer reconstruction")
+  x = _assert_reference_function(released, task, params, "imported tokenizer reconstruction")
 
   # The discriminator (PatchGAN with BatchNorm running statistics) came along too.
   restored = pretrained.restore(os.path.join(imported, "pretrained"),
@@ -158,13 +165,7 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
                                                                            jax.devices()[:1]))
   flat = conv.flatten(params)
   assert flat["s1to2decoder.stack.layers.mlp.fc1.kernel"].shape[0] == config.model.dec_layers
-  torch.manual_seed(SEED_IMAGES)
-  x = torch.rand(2, 3, 64, 64) * 2 - 1
-  with torch.no_grad():
-    recon, idx, *_ = released["tok"](x)
-  got = task.generator(params)(jnp.asarray(nhwc(x)))
-  np.testing.assert_array_equal(np.asarray(got.indices).reshape(-1), idx.numpy())
-  assert_close(got.reconstruction, nhwc(recon), 2e-4, "scanned imported tokenizer")
+  _assert_reference_function(released, task, params, "scanned imported tokenizer")
   path = str(tmp_path / "export.safetensors")
   conv.export_run(out, path, log=lambda *_: None)
   from safetensors.numpy import load_file
