@@ -325,19 +325,22 @@ def run_layers(layers, fn: Callable, x: jax.Array, *, remat: str = "none", scan:
   graphdef, state = nnx.split(layers)
   depth = jax.tree.leaves(state)[0].shape[0]
 
-  def body(carry, xs):
-    h, tapped = carry
-    layer_state, index, extra = xs
-    h = constrain_block_output(fn(nnx.merge(graphdef, layer_state), h, *extra))
-    if tap_depth:   # one extra activation in the carry instead of splitting the scan
-      tapped = jnp.where(index + 1 == tap_depth, h, tapped)
-    return (h, tapped), None
+  def body(h, xs):
+    layer_state, extra = xs
+    return constrain_block_output(fn(nnx.merge(graphdef, layer_state), h, *extra)), None
 
   if remat != "none":
     # prevent_cse=False: inside a scan the loop already keeps XLA from merging the recomputation.
     body = jax.checkpoint(body, policy=_saveable(remat), prevent_cse=False)
-  carry = (x, jnp.zeros_like(x) if tap_depth else None)
-  (x, tapped), _ = jax.lax.scan(body, carry, (state, jnp.arange(depth), per_layer))
+  # A tap inside the stack splits it into two scans (slices of the stacked parameters); carrying
+  # the tapped activation through one scan instead would save it at every layer for the backward.
+  cuts = sorted({0, depth} | ({tap_depth} if 0 < tap_depth < depth else set()))
+  tapped = None
+  for a, b in zip(cuts[:-1], cuts[1:]):
+    part = jax.tree.map(lambda v: v[a:b], (state, per_layer))
+    x, _ = jax.lax.scan(body, x, part)
+    if b == tap_depth:
+      tapped = x
   return x, tapped
 
 
