@@ -13,5 +13,5 @@ def get_config(variant: str = ""):
   # Feature-reconstruction aux loss for the first 15k steps (reference configs; the released
   # VQ_BL256_train_new.yaml keeps use_direct_rec_loss off, so the shortcut term stays off).
   c.loss.aux_loss_end = 15_000
-  c.model.scan_layers = True     # one compiled layer body per stack (see README: Sharding)
+  c.model.scan_layers = True     # one compiled layer body per stack (README: The model)
   return config_base.with_variant(c, variant)

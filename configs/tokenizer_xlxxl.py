@@ -14,5 +14,5 @@ def get_config(variant: str = ""):
   c.optim.warmup_steps = 5000
   c.model.dtype = 'bfloat16'
   c.model.remat = "full"
-  c.model.scan_layers = True     # one compiled layer body per stack (see README: Sharding)
+  c.model.scan_layers = True     # one compiled layer body per stack (README: The model)
   return config_base.with_variant(c, variant)
