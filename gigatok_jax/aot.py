@@ -88,7 +88,7 @@ def _traced(config, mesh):
   """(traced train step, number of parameters) for the recipe on `mesh`, all abstract.
 
   The task is built outside `jax.set_mesh` (as the trainers do: under a mesh context, abstract
-  module construction would read the logical names as mesh axes); only lowering runs inside it.
+  module construction would read the logical names as mesh axes); only tracing runs inside it.
   """
   if config.get("task") == "gpt":
     from gigatok_jax.train.gpt_step import GPTTask  # pylint: disable=import-outside-toplevel

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from gigatok_jax.convert.gigatok import _flat_shapes as flat_names  # dotted name -> shape
 from gigatok_jax.errors import CheckpointError
 from gigatok_jax.models import layer_layout
 
@@ -79,11 +80,6 @@ def save(workdir: str, trees: Mapping[str, Any], info: Mapping[str, Any]) -> str
   return final
 
 
-def _dotted_names(tree) -> list[str]:
-  return [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
 def restore(path: str, abstract: Mapping[str, Any]) -> dict[str, Any]:
   """The items named in `abstract` (ShapeDtypeStruct trees with shardings), restored onto them."""
   import orbax.checkpoint as ocp
@@ -100,8 +96,8 @@ def restore(path: str, abstract: Mapping[str, Any]) -> dict[str, Any]:
   except Exception as e:  # noqa: BLE001 - orbax raises many types for a tree that does not fit
     try:
       stored = ckptr.metadata(os.path.join(path, name))
-      hint = layer_layout.mismatch_hint(_dotted_names(getattr(stored, "item_metadata", stored)),
-                                        _dotted_names(tree))
+      hint = layer_layout.mismatch_hint(flat_names(getattr(stored, "item_metadata", stored)),
+                                        flat_names(tree))
     except Exception:  # noqa: BLE001 - the hint is optional; the error below is the news
       hint = ""
     raise CheckpointError(f"{path}: the converted weights ({name}) do not fit this model{hint} "
