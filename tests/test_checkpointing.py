@@ -317,3 +317,39 @@ if __name__ == '__main__':
   # Child process of test_restore_onto_a_different_mesh (JAX_NUM_CPU_DEVICES set by the parent).
   _reshard_check(sys.argv[1])
   print('RESHARD OK')
+
+
+def test_small_replicated_arrays_are_saved_without_slice_programs(tmp_path):
+  """Replica-parallel saving (each replica writes part of a replicated array) stays on for big
+  arrays only: small ones would each cost a compiled slice program on a process's first save."""
+  from gigatok_jax import checkpointing
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  replicated = NamedSharding(mesh, P())
+  big_rows = 2 * checkpointing.REPLICA_PARALLEL_MIN_BYTES // (4 * 256)   # 2 replicas x threshold
+  # Shapes no other test saves: jit caches the slice programs per shape within this process.
+  trees = {"small": {f"w{i}": jax.device_put(jnp.full((7 + i, 3), float(i)), replicated)
+                     for i in range(5)},
+           "big": {"w": jax.device_put(jnp.ones((big_rows, 256)), replicated)}}
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    counts = {}
+    for name, tree in trees.items():
+      ckpt = Checkpointer(tmp_path / name, save_every_steps=1)
+      del compiles[:]
+      ckpt.save(1, tree, force=True)
+      ckpt.wait_until_finished()
+      counts[name] = len(compiles)
+      restored = ckpt.restore(jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree))
+      for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+      ckpt.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert counts["small"] == 0, counts
+  assert counts["big"] >= 1, counts        # the big array is still split between the replicas

@@ -146,11 +146,14 @@ def test_codebook_usage_and_perplexity():
 
 def test_decode_indices_matches_forward():
   config = load_recipe("tokenizer_ss", "tiny")
-  model = Tokenizer(config.model, 64, rngs=nnx.Rngs(0))
+  graph, state = nnx.split(Tokenizer(config.model, 64, rngs=nnx.Rngs(0)))
   x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3), minval=-1, maxval=1)
-  out = model(x)
-  np.testing.assert_allclose(model.decode_indices(out.indices), out.reconstruction, atol=1e-4)
-  np.testing.assert_array_equal(model.encode(x), out.indices)
+  # Jitted: op-by-op (eager) dispatch of the whole model takes several times longer on CPU.
+  out = jax.jit(lambda s, x: nnx.merge(graph, s)(x))(state, x)
+  decoded = jax.jit(lambda s, i: nnx.merge(graph, s).decode_indices(i))(state, out.indices)
+  np.testing.assert_allclose(decoded, out.reconstruction, atol=1e-4)
+  np.testing.assert_array_equal(jax.jit(lambda s, x: nnx.merge(graph, s).encode(x))(state, x),
+                                out.indices)
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -159,7 +162,8 @@ def test_bfloat16_compute_keeps_float32_params():
   model = Tokenizer(config.model, 64, rngs=nnx.Rngs(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   x = jax.random.uniform(jax.random.key(0), (1, 64, 64, 3), minval=-1, maxval=1)
-  out = model(x)
+  graph, state = nnx.split(model)
+  out = jax.jit(lambda s, x: nnx.merge(graph, s)(x))(state, x)
   assert out.reconstruction.dtype == jnp.float32 and np.isfinite(np.asarray(out.reconstruction)).all()
 
 
