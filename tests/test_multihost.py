@@ -71,6 +71,11 @@ def launch(workdir, steps, *, processes, extra=(), heartbeat_s=10):
   return out
 
 
+def kill_all(procs) -> None:
+  for p, _ in procs:
+    p.kill()
+
+
 def read(log: str) -> str:
   with open(log) as f:
     return f.read()
@@ -199,7 +204,11 @@ def test_two_processes_die_then_resume_in_one(tmp_path):
   two = str(tmp_path / "two_processes")
   procs = launch(two, 100000, processes=2, heartbeat_s=5,
                  extra=HYBRID + ["--config.checkpoint_every_steps=1"])
-  wait_for_commit(two, 2, procs)
+  try:
+    wait_for_commit(two, 2, procs)
+  except BaseException:
+    kill_all(procs)
+    raise
   code, text, waited = kill_and_wait(procs, victim=1)
   assert waited < 120
   assert_stopped_by_the_death(code, text, survivor=0)
@@ -212,8 +221,10 @@ def test_two_processes_die_then_resume_in_one(tmp_path):
   step_dir = os.path.join(two, "checkpoints", "1")
   files = [n for n in os.listdir(os.path.join(step_dir, "data_iter")) if n.startswith("process_")]
   assert sorted(files) == ["process_0-of-2.json", "process_1-of-2.json"]
-  # Each process wrote the array shards it holds (Orbax OCDBT: one sub-store per process).
-  assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(os.path.join(step_dir, "state")))
+  # Process 0 wrote the arrays (Orbax OCDBT: one sub-store per writing process). Process 1 holds
+  # only replicas here (the data axis spans the processes) of arrays under
+  # checkpointing.REPLICA_PARALLEL_MIN_BYTES, which replica 0 writes whole.
+  assert "ocdbt.process_0" in os.listdir(os.path.join(step_dir, "state"))
 
   one = str(tmp_path / "one_process")
   shutil.copytree(step_dir, os.path.join(one, "checkpoints", "1"))
@@ -241,9 +252,13 @@ def test_dead_coordinator_stops_the_other(tmp_path):
   """Killing the coordinator's process: the survivor exits non-zero within the heartbeat bound."""
   procs = launch(str(tmp_path / "run"), 100000, processes=2, heartbeat_s=5, extra=HYBRID)
   start = time.time()
-  while "step 2:" not in read(procs[0][1]):             # process 0 logs: training runs
-    assert procs[0][0].poll() is None and time.time() - start < 300, read(procs[0][1])[-3000:]
-    time.sleep(0.5)
+  try:
+    while "step 2:" not in read(procs[0][1]):           # process 0 logs: training runs
+      assert procs[0][0].poll() is None and time.time() - start < 600, read(procs[0][1])[-3000:]
+      time.sleep(0.5)
+  except BaseException:
+    kill_all(procs)
+    raise
   code, text, waited = kill_and_wait(procs, victim=0)
   assert waited < 120
   assert_stopped_by_the_death(code, text, survivor=1)
