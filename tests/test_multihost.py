@@ -194,6 +194,15 @@ def assert_stopped_by_the_death(code, text, survivor):
     assert jax_abort, (code, text[-3000:])
 
 
+def kill_and_check(procs, victim) -> str:
+  """Kills `victim`; the survivor must exit within 120 s with an error naming the cause. Returns
+  the survivor's log."""
+  code, text, waited = kill_and_wait(procs, victim)
+  assert waited < 120
+  assert_stopped_by_the_death(code, text, survivor=1 - victim)
+  return text
+
+
 def test_two_processes_die_then_resume_in_one(tmp_path):
   """2 processes train and checkpoint every step; once step 2 is committed process 1 is killed and
   process 0 exits with an error within seconds; step 1 then resumes in 1 process and its step 2
@@ -209,9 +218,7 @@ def test_two_processes_die_then_resume_in_one(tmp_path):
   except BaseException:
     kill_all(procs)
     raise
-  code, text, waited = kill_and_wait(procs, victim=1)
-  assert waited < 120
-  assert_stopped_by_the_death(code, text, survivor=0)
+  text = kill_and_check(procs, victim=1)
 
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in text
   assert "[gigatok" not in read(procs[1][1])          # process 1 prints nothing of its own
@@ -259,9 +266,7 @@ def test_dead_coordinator_stops_the_other(tmp_path):
   except BaseException:
     kill_all(procs)
     raise
-  code, text, waited = kill_and_wait(procs, victim=0)
-  assert waited < 120
-  assert_stopped_by_the_death(code, text, survivor=1)
+  kill_and_check(procs, victim=0)
 
 
 def test_single_process_does_not_initialize(monkeypatch):
