@@ -5,6 +5,7 @@ Checks that a 1-process checkpoint resumes in 2 processes on the 1-process traje
 images, and that a dead process makes the other exit with an error instead of hanging.
 """
 
+import functools
 import glob
 import json
 import os
@@ -98,7 +99,9 @@ def train(workdir, steps, processes, extra=()):
   return finish(launch(workdir, steps, processes=processes, extra=extra))
 
 
+@functools.cache
 def tiny_task():
+  """The 1-device task the checkpoints are restored and compared on (built once per module)."""
   config = load_recipe("demo", "tiny")
   config.mesh.data = 1
   config.optim.ema_decay = 0.9
