@@ -17,6 +17,7 @@ for v5e / v6e and TensorCores, two per chip, for v4 / v5p) or explicit topologie
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -73,15 +74,25 @@ def topology_name(target: str) -> tuple[str, str, int]:
 
 
 def topology_devices(topology: str):
+  """libtpu's compile-only devices for a topology string such as 'v5e:4x4' or 'v5p:2x2x4'."""
+  dims = [int(x) for x in topology.split(":")[1].split("x")]
+  kwargs = {}
+  if dims[0] % 2 or dims[1] % 2:
+    # libtpu's default of 2x2 chips per host does not divide 1xN slices (v5e-1, v5e:1x2).
+    kwargs["chips_per_host_bounds"] = (1, 1, 1)
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    return topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices
   except Exception as e:  # pylint: disable=broad-except
-    hint = ("another process holds libtpu; to plan beside it set ALLOW_MULTIPLE_LIBTPU_LOAD=1"
-            if "lockfile" in str(e) else
-            "AOT planning needs libtpu: pip install libtpu==0.0.42.1 (the version jax 0.10.2 pins)")
+    if "lockfile" in str(e):
+      hint = "; another process holds libtpu: to plan beside it set ALLOW_MULTIPLE_LIBTPU_LOAD=1"
+    elif importlib.util.find_spec("libtpu") is None:
+      hint = ("; AOT planning needs libtpu: pip install libtpu==0.0.42.1 (the version jax 0.10.2 "
+              "pins)")
+    else:
+      hint = ""
     raise UserError(f"cannot describe TPU topology {topology!r} ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
+                    f"{str(e).splitlines()[0] if str(e) else ''}){hint}") from None
 
 
 def _traced(config, mesh):
@@ -131,39 +142,70 @@ def plan(config, target: str) -> dict:
   t0 = time.time()
   traced, num_params = _traced(config, mesh)
   flops = jaxpr_flops(traced.jaxpr) / len(devices)
-  with jax.set_mesh(mesh):
-    compiled = traced.lower().compile()
-  seconds = time.time() - t0
+  row = {"target": target, "topology": topology, "chips": chips, "devices": len(devices),
+         "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
+         "params": int(num_params), "hbm_bytes": int(chip.hbm_bytes * chips // len(devices)),
+         "flops_per_step_per_device": flops}
+  try:
+    with jax.set_mesh(mesh):
+      compiled = traced.lower().compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # The TPU compiler's verdict that the step does not fit: a row of the table, not a crash,
+    # so that a list of targets finds the smallest slice that fits in one command.
+    message = str(e).strip().splitlines()[0]
+    return {**row, "argument_bytes": None, "temp_bytes": None, "output_bytes": None,
+            "alias_bytes": None, "total_bytes": None, "fits": False,
+            "required_bytes": _required_bytes(message),
+            "compiler_message": message, "step_time_s_at_50pct_mfu": None,
+            "compile_s": round(time.time() - t0, 1)}
   mem = compiled.memory_analysis()
-  hbm = chip.hbm_bytes * chips // len(devices)
   peak = chip.peak_bf16_flops * chips / len(devices)
   total = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
            - mem.alias_size_in_bytes)
-  return {
-      "target": target, "topology": topology, "chips": chips, "devices": len(devices),
-      "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
-      "params": int(num_params),
-      "argument_bytes": int(mem.argument_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
-      "output_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
-      "total_bytes": int(total), "hbm_bytes": int(hbm), "fits": bool(total <= hbm),
-      "flops_per_step_per_device": flops,
-      "step_time_s_at_50pct_mfu": flops / (MFU_ASSUMED * peak),
-      "compile_s": round(seconds, 1),
-  }
+  return {**row,
+          "argument_bytes": int(mem.argument_size_in_bytes),
+          "temp_bytes": int(mem.temp_size_in_bytes),
+          "output_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
+          "total_bytes": int(total), "fits": bool(total <= row["hbm_bytes"]),
+          "step_time_s_at_50pct_mfu": flops / (MFU_ASSUMED * peak),
+          "compile_s": round(time.time() - t0, 1)}
+
+
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _required_bytes(message: str) -> int | None:
+  """Bytes the compiler asked for in an out-of-memory message, e.g. '... temporaries (389.90G)
+  exceeds available HBM (15.75G)' -> 389.90 GiB; None if the message has no such number."""
+  m = re.search(r"\(([\d.]+)([KMGT])\)", message)
+  return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
 def format_table(rows: list[dict]) -> str:
   head = (f"{'target':<10}{'mesh (data,fsdp,tensor)':<24}{'params':>9}{'args GiB':>10}{'temp GiB':>10}"
           f"{'out GiB':>9}{'total/HBM GiB':>16}{'fits':>6}{'TFLOP/dev':>11}{'step@50%':>10}")
   lines = [head]
+
+  def gib(n, width):
+    return f"{'-' if n is None else f'{n / GiB:.2f}':>{width}}"
+
+  def total(r):  # at least what the compiler asked for, when it refused
+    if r["total_bytes"] is None and r.get("required_bytes") is not None:
+      return f"{'>' + format(r['required_bytes'] / GiB, '.2f'):>8}"
+    return gib(r["total_bytes"], 8)
+
   for r in rows:
     mesh = ",".join(str(v) for v in r["mesh"].values())
     step = r["step_time_s_at_50pct_mfu"]
     lines.append(
-        f"{r['target']:<10}{mesh:<24}{r['params'] / 1e6:>8.1f}M{r['argument_bytes'] / GiB:>10.2f}"
-        f"{r['temp_bytes'] / GiB:>10.2f}{r['output_bytes'] / GiB:>9.2f}"
-        f"{r['total_bytes'] / GiB:>8.2f}/{r['hbm_bytes'] / GiB:<7.0f}{'yes' if r['fits'] else 'NO':>6}"
+        f"{r['target']:<10}{mesh:<24}{r['params'] / 1e6:>8.1f}M{gib(r['argument_bytes'], 10)}"
+        f"{gib(r['temp_bytes'], 10)}{gib(r['output_bytes'], 9)}"
+        f"{total(r)}/{r['hbm_bytes'] / GiB:<7.0f}{'yes' if r['fits'] else 'NO':>6}"
         f"{r['flops_per_step_per_device'] / 1e12:>11.2f}{'' if step is None else f'{step:.3f}s':>10}")
+    if "compiler_message" in r:
+      lines.append(f"{'':<10}TPU compiler: {r['compiler_message']}")
   return "\n".join(lines)
 
 
@@ -171,8 +213,8 @@ def run(config, targets: list[str], output: str = "") -> list[dict]:
   rows = []
   for target in targets:
     rows.append(plan(config, target))
-    print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows),
-          flush=True)
+    table = format_table(rows[-1:])
+    print(table.split("\n", 1)[1] if len(rows) > 1 else table, flush=True)  # one header
   if output:
     with open(output, "w", encoding="utf-8") as f:
       json.dump(rows, f, indent=2)

@@ -5,6 +5,7 @@ The compiling tests carry the `tpu_aot` marker and run when libtpu is importable
 """
 
 import importlib.util
+import json
 
 import pytest
 
@@ -45,3 +46,20 @@ def test_gpt_plan_on_a_v5e_slice(tmp_path):
   # FSDP over 4 chips: each holds about a quarter of the fp32 parameters and Adam moments.
   state_bytes = 3 * 4 * row["params"]
   assert row["argument_bytes"] < 0.5 * state_bytes
+
+
+@tpu_aot
+def test_a_step_that_does_not_fit_is_a_row_saying_so(tmp_path, capsys):
+  # 2M sequences of 16 tokens: logits alone are 64 GiB on one 16 GiB v5e chip. v5e-1 also checks
+  # that a 1x1 slice resolves (libtpu's default host bounds of 2x2 chips do not divide it).
+  config = load_recipe("gpt_b", "tiny")
+  config.global_batch_size = 2**21
+  (row,) = aot.run(config, ["v5e-1"], output=str(tmp_path / "plan.json"))
+  assert row["devices"] == 1 and not row["fits"]
+  assert "RESOURCE_EXHAUSTED" in row["compiler_message"]
+  assert row["required_bytes"] > row["hbm_bytes"] == 16 * 2**30
+  assert row["total_bytes"] is None and row["step_time_s_at_50pct_mfu"] is None
+  assert row["flops_per_step_per_device"] > 0
+  out = capsys.readouterr().out
+  assert "v5e-1" in out and " NO " in out and "TPU compiler: RESOURCE_EXHAUSTED" in out
+  assert json.loads((tmp_path / "plan.json").read_text())[0]["fits"] is False
