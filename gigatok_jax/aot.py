@@ -16,11 +16,13 @@ for v5e / v6e and TensorCores, two per chip, for v4 / v5p) or explicit topologie
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import math
 import re
+import threading
 import time
 
 import jax
@@ -29,6 +31,7 @@ import numpy as np
 from gigatok_jax import parallel
 from gigatok_jax.errors import UserError
 from gigatok_jax.flops import jaxpr_flops
+from gigatok_jax.train import reporting
 
 GiB = 2**30
 
@@ -146,8 +149,12 @@ def plan(config, target: str) -> dict:
          "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
          "params": int(num_params), "hbm_bytes": int(chip.hbm_bytes * chips // len(devices)),
          "flops_per_step_per_device": flops}
+  reporting.info(f"{target}: {len(devices)} devices, mesh {dict(mesh.shape)}, "
+                 f"{num_params / 1e6:.0f}M parameters, {flops / 1e12:.2f} TFLOP per device per "
+                 f"step, traced in {time.time() - t0:.0f} s; compiling (large recipes: 10-45 min "
+                 "on a laptop CPU)")
   try:
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), _heartbeat(target, t0):
       compiled = traced.lower().compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
@@ -171,6 +178,24 @@ def plan(config, target: str) -> dict:
           "total_bytes": int(total), "fits": bool(total <= row["hbm_bytes"]),
           "step_time_s_at_50pct_mfu": flops / (MFU_ASSUMED * peak),
           "compile_s": round(time.time() - t0, 1)}
+
+
+@contextlib.contextmanager
+def _heartbeat(target: str, t0: float, every_s: float = 300.0):
+  """A console line every `every_s` seconds while the TPU compiler runs: it prints nothing itself."""
+  done = threading.Event()
+
+  def beat():
+    while not done.wait(every_s):
+      reporting.info(f"{target}: still compiling ({(time.time() - t0) / 60:.0f} min)")
+
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
 
 
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}

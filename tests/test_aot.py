@@ -6,6 +6,7 @@ The compiling tests carry the `tpu_aot` marker and run when libtpu is importable
 
 import importlib.util
 import json
+import time
 
 import pytest
 
@@ -63,3 +64,12 @@ def test_a_step_that_does_not_fit_is_a_row_saying_so(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "v5e-1" in out and " NO " in out and "TPU compiler: RESOURCE_EXHAUSTED" in out
   assert json.loads((tmp_path / "plan.json").read_text())[0]["fits"] is False
+
+
+def test_a_long_compile_prints_a_heartbeat(capsys):
+  with aot._heartbeat("v5p-8", time.time(), every_s=0.05):  # pylint: disable=protected-access
+    time.sleep(0.3)
+  beats = [l for l in capsys.readouterr().out.splitlines() if "v5p-8: still compiling" in l]
+  assert len(beats) >= 2
+  time.sleep(0.2)                                            # the thread stopped with the block
+  assert "still compiling" not in capsys.readouterr().out
