@@ -202,9 +202,9 @@ _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def _required_bytes(message: str) -> int | None:
-  """Bytes the compiler asked for in an out-of-memory message, e.g. '... temporaries (389.90G)
-  exceeds available HBM (15.75G)' -> 389.90 GiB; None if the message has no such number."""
-  m = re.search(r"\(([\d.]+)([KMGT])\)", message)
+  """Bytes the compiler asked for in an out-of-memory message: '... temporaries (389.90G) exceeds
+  available HBM (15.75G)' -> 389.90 GiB, 'Used 15.76G of 15.75G hbm' -> 15.76 GiB; else None."""
+  m = re.search(r"Used ([\d.]+)([KMGT]) of", message) or re.search(r"\(([\d.]+)([KMGT])\)", message)
   return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 

@@ -73,3 +73,15 @@ def test_a_long_compile_prints_a_heartbeat(capsys):
   assert len(beats) >= 2
   time.sleep(0.2)                                            # the thread stopped with the block
   assert "still compiling" not in capsys.readouterr().out
+
+
+def test_out_of_memory_messages_give_the_bytes_asked_for():
+  g = 2**30
+  assert aot._required_bytes(  # pylint: disable=protected-access
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (389.90G) exceeds available HBM (15.75G).") == int(389.90 * g)
+  assert aot._required_bytes(  # pylint: disable=protected-access
+      "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of "
+      "memory in memory space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm capacity by 9.92M.") \
+      == int(15.76 * g)
+  assert aot._required_bytes("RESOURCE_EXHAUSTED: no numbers") is None  # pylint: disable=protected-access
