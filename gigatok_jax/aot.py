@@ -149,7 +149,7 @@ def plan(config, target: str) -> dict:
          "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
          "params": int(num_params), "hbm_bytes": int(chip.hbm_bytes * chips // len(devices)),
          "flops_per_step_per_device": flops}
-  reporting.info(f"{target}: {len(devices)} devices, mesh {dict(mesh.shape)}, "
+  reporting.info(f"{target}: {len(devices)} devices, mesh {row['mesh']}, "
                  f"{num_params / 1e6:.0f}M parameters, {flops / 1e12:.2f} TFLOP per device per "
                  f"step, traced in {time.time() - t0:.0f} s; compiling (large recipes: 10-45 min "
                  "on a laptop CPU)")
