@@ -76,12 +76,10 @@ def test_a_long_compile_prints_a_heartbeat(capsys):
 
 
 def test_out_of_memory_messages_give_the_bytes_asked_for():
-  g = 2**30
-  assert aot._required_bytes(  # pylint: disable=protected-access
-      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
-      "temporaries (389.90G) exceeds available HBM (15.75G).") == int(389.90 * g)
-  assert aot._required_bytes(  # pylint: disable=protected-access
-      "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of "
-      "memory in memory space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm capacity by 9.92M.") \
-      == int(15.76 * g)
-  assert aot._required_bytes("RESOURCE_EXHAUSTED: no numbers") is None  # pylint: disable=protected-access
+  required, g = aot._required_bytes, 2**30  # pylint: disable=protected-access
+  assert required("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                  "temporaries (389.90G) exceeds available HBM (15.75G).") == int(389.90 * g)
+  assert required("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. "
+                  "Ran out of memory in memory space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm "
+                  "capacity by 9.92M.") == int(15.76 * g)
+  assert required("RESOURCE_EXHAUSTED: no numbers") is None
