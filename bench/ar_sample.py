@@ -3,7 +3,7 @@ r"""Autoregressive GPT sampling with a KV cache: tokens/s, images/s and the memo
   python bench/ar_sample.py [--config=configs/gpt_b.py[:tiny]] [--batch_sizes=1,8,64] \
       [--cfg_scale=1.75] [--steps=3] [--warmup=1] [--num_tokens=N] [--config.model.dtype=float32]
 
-For each batch size B, times one full `gigatok_jax.sample.generate` call (class-token prefill + a
+For each batch size B, times one full `gigatok_jax.models.sampler.generate` call (class-token prefill + a
 `lax.fori_loop` over the image tokens, all inside one jit) on random-weight GPT parameters and
 random class labels; the recipe's `sample` group gives the schedule / temperature / top-k / top-p,
 `--cfg_scale` the guidance scale (1 = no guidance). With guidance the model runs R = 2B rows (the
@@ -103,7 +103,7 @@ def bytes_per_step(params: dict, model_cfg, rows: int) -> dict[str, int]:
 def run(config) -> dict:
   from flax import nnx
   from gigatok_jax.models.gpt import GPT, count_params
-  from gigatok_jax.sample import SamplingSettings, generate
+  from gigatok_jax.models.sampler import SamplingSettings, generate
 
   load_start = common.load_average()
   if FLAGS.num_tokens:

@@ -3,7 +3,7 @@ r"""Throughput, FLOPs, MFU and memory of one tokenizer train step. Prints one JS
   python bench/tokenizer_step.py --config=configs/tokenizer_ss.py --config.global_batch_size=2 \
       [--steps=3] [--warmup=1] [--gan] [--aux] [--peak_flops=F] [--config.model.dtype=bfloat16 ...]
 
-The step is `TokenizerTask.jitted_train_step((gan, aux))`: by default the generator-only step (L2 +
+The step is `TokenizerTask.jitted_train_step(Phase(gan, aux))`: by default the generator-only step (L2 +
 VQ + commitment (+ entropy if the config's weight is > 0); no discriminator, no auxiliary losses).
 `--gan` adds the GAN term and the discriminator update (after `loss.disc_start_step`), `--aux` the
 auxiliary losses of early training (before `loss.aux_loss_end`), `--teachers` the LPIPS and DINOv2
@@ -90,7 +90,7 @@ def cost_split(task, state, batch, frozen, steps: int) -> dict:
   """Generator step, teacher forward, LPIPS fwd+bwd and discriminator work, each compiled alone."""
   import jax.numpy as jnp
   from flax import nnx
-  from gigatok_jax.train.tokenizer_step import hinge_d_loss
+  from gigatok_jax.train.tokenizer import hinge_d_loss
 
   images = batch["image"]
   parts = {}
@@ -146,7 +146,7 @@ def cost_split(task, state, batch, frozen, steps: int) -> dict:
 
 def run(config) -> dict:
   from gigatok_jax import parallel, validate
-  from gigatok_jax.train.tokenizer_step import TokenizerTask
+  from gigatok_jax.train.tokenizer import TokenizerTask
 
   load_start = common.load_average()
   if FLAGS.split:

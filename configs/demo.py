@@ -24,7 +24,7 @@ def get_config(variant: str = ""):
   c.log_every_steps = 50
   c.image_every_steps = 250
   c.eval_num_images = 16
-  # Auxiliary losses (reference, spec 3.1) for the first 300 steps: the CNN decoder learns from the
+  # Auxiliary losses (reference, docs/spec.md §3.1) for the first 300 steps: the CNN decoder learns from the
   # CNN encoder map directly and the transformers learn to reproduce that map. (Until step 500 gave
   # 15.4 dB instead of 14.7 dB at the end, but the run then took 10m22s on the 2-core CPU.)
   c.loss.aux_loss_end = 300

@@ -1,4 +1,4 @@
-"""GPT-B (111M), class-conditional on the codes of a 1D tokenizer (spec 4.1 / 4.2).
+"""GPT-B (111M), class-conditional on the codes of a 1D tokenizer (docs/spec.md §4.1 / 4.2).
 
 python -m gigatok_jax.main --config=configs/gpt_b.py --workdir=DIR --mode=extract_codes \
     --config.tokenizer.recipe=configs/tokenizer_ss.py --config.tokenizer.workdir=TOKDIR
@@ -11,5 +11,5 @@ from gigatok_jax import config_base
 def get_config(variant: str = ""):
   c = config_base.gpt_config("B")
   c.optim.warmup_steps = 5000         # README of the reference for GPT-B
-  c.sample.cfg_scale = 2.5            # step schedule starting value for GPT-B (spec 4.4)
+  c.sample.cfg_scale = 2.5            # step schedule starting value for GPT-B (docs/spec.md §4.4)
   return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)

@@ -1,4 +1,4 @@
-"""AR probing (spec 4.3): GPT-B, constant lr 1e-4 without warm-up, stopped at 250k iterations
+"""AR probing (docs/spec.md §4.3): GPT-B, constant lr 1e-4 without warm-up, stopped at 250k iterations
 (50 epochs inside the 300-epoch schedule); then 50k samples -> gFID -> validation loss -> linear
 probe, all from one command:
 

@@ -1,4 +1,4 @@
-"""GPT-XL (775M), class-conditional on tokenizer codes (spec 4.1; its recipe is unverified in the
+"""GPT-XL (775M), class-conditional on tokenizer codes (docs/spec.md §4.1; its recipe is unverified in the
 reference, so this keeps the GPT-B/L training settings). See gpt_b.py."""
 
 from gigatok_jax import config_base

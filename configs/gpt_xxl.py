@@ -1,4 +1,4 @@
-"""GPT-XXL (1.4B): batch 512, 750k iterations, warm-up 200, FSDP (spec 4.2). See gpt_b.py."""
+"""GPT-XXL (1.4B): batch 512, 750k iterations, warm-up 200, FSDP (docs/spec.md §4.2). See gpt_b.py."""
 
 from gigatok_jax import config_base
 

@@ -1,4 +1,4 @@
-"""GigaTok B-L tokenizer (2d), spec 2.3. `:tiny` gives the same structure with small widths.
+"""GigaTok B-L tokenizer (2d), docs/spec.md §2.3. `:tiny` gives the same structure with small widths.
 
 python -m gigatok_jax.main --config=configs/tokenizer_bl_2d.py --workdir=DIR --config.data.train_path=...
 """

@@ -1,4 +1,4 @@
-"""GigaTok S-B tokenizer (1d), spec 2.3. `:tiny` gives the same structure with small widths.
+"""GigaTok S-B tokenizer (1d), docs/spec.md §2.3. `:tiny` gives the same structure with small widths.
 
 python -m gigatok_jax.main --config=configs/tokenizer_sb.py --workdir=DIR --config.data.train_path=...
 """

@@ -1,4 +1,4 @@
-"""GigaTok S-S tokenizer (2d), spec 2.3. `:tiny` gives the same structure with small widths.
+"""GigaTok S-S tokenizer (2d), docs/spec.md §2.3. `:tiny` gives the same structure with small widths.
 
 python -m gigatok_jax.main --config=configs/tokenizer_ss_2d.py --workdir=DIR --config.data.train_path=...
 """

@@ -1,4 +1,4 @@
-"""GigaTok XL-XXL tokenizer (1d), spec 2.3. `:tiny` gives the same structure with small widths.
+"""GigaTok XL-XXL tokenizer (1d), docs/spec.md §2.3. `:tiny` gives the same structure with small widths.
 
 python -m gigatok_jax.main --config=configs/tokenizer_xlxxl.py --workdir=DIR --config.data.train_path=...
 """

@@ -264,6 +264,39 @@ class Checkpointer:
     dtypes are cast. Tree structure and shapes must match the checkpoint, else CheckpointError.
     `data_iterator` is restored in place. Waits for this process's pending save first.
     """
+    step, where, meta = self._resolve_step(step)
+    items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      if not meta.get('has_data_iter', False):
+        logger.warning('%s has no data iterator state; the data iterator starts from scratch.',
+                       where)
+      elif meta.get('process_count') != jax.process_count():
+        portable = self._portable_iter_state(step, meta.get('process_count'))
+        if portable is not None:
+          data_iterator.set_state(portable)
+        else:
+          logger.warning(
+              '%s was written by %s processes, this job has %d: the data iterator state cannot be '
+              'reused and the data iterator starts from scratch.', where,
+              meta.get('process_count'), jax.process_count())
+      else:
+        items[DATA_ITER_ITEM] = _GRAIN_ARGS[1](data_iterator)
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax refuses a tree or shape mismatch (strict restore) with a message that does not say
+      # which side has what; name the parameter. Diagnosing only on failure skips reading every
+      # array's metadata on the happy path (1068 arrays of the tiny recipe: 2-4 s per restore).
+      try:
+        self._check_compatible(step, abstract_state, where)
+      except CheckpointError as mismatch:
+        raise mismatch from e
+      raise CheckpointError(f'cannot restore {where}: {type(e).__name__}: {e}') from e
+    return restored[STATE_ITEM]
+
+  def _resolve_step(self, step: int | None) -> tuple[int, str, dict]:
+    """(step, its description, its metadata): the latest complete step (the same on every
+    process) when `step` is None; a CheckpointError for a missing, unreadable or too new step."""
     self._check_open()
     self.wait_until_finished()
     if step is None:
@@ -295,34 +328,30 @@ class Checkpointer:
           f'{where} has format version {meta["format_version"]}, newer than this gigatok_jax '
           f'supports ({FORMAT_VERSION}); upgrade gigatok_jax')
 
-    items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      if not meta.get('has_data_iter', False):
-        logger.warning('%s has no data iterator state; the data iterator starts from scratch.',
-                       where)
-      elif meta.get('process_count') != jax.process_count():
-        portable = self._portable_iter_state(step, meta.get('process_count'))
-        if portable is not None:
-          data_iterator.set_state(portable)
-        else:
-          logger.warning(
-              '%s was written by %s processes, this job has %d: the data iterator state cannot be '
-              'reused and the data iterator starts from scratch.', where,
-              meta.get('process_count'), jax.process_count())
-      else:
-        items[DATA_ITER_ITEM] = _GRAIN_ARGS[1](data_iterator)
+    return step, where, meta
+
+  def restore_fields(self, abstract: Any, *, step: int | None = None) -> tuple[dict, int]:
+    """(fields, step): only the named fields of the saved state, e.g. {'gen_params': tree} or
+    {'params': tree}, restored onto the shardings of `abstract` (ShapeDtypeStruct trees).
+
+    Inference needs the weights alone: the optimizer moments (twice the weights) and the data
+    iterator are never read. Waits for this process's pending save first.
+    """
+    step, where, _ = self._resolve_step(step)
+    abstract = dict(abstract)
     try:
-      restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+      restored = ocp.PyTreeCheckpointer().restore(
+          self._step_dir(step) / STATE_ITEM,
+          args=ocp.args.PyTreeRestore(
+              item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+              partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except
-      # Orbax refuses a tree or shape mismatch (strict restore) with a message that does not say
-      # which side has what; name the parameter. Diagnosing only on failure skips reading every
-      # array's metadata on the happy path (1068 arrays of the tiny recipe: 2-4 s per restore).
       try:
-        self._check_compatible(step, abstract_state, where)
+        self._check_compatible(step, abstract, where, partial=True)
       except CheckpointError as mismatch:
         raise mismatch from e
       raise CheckpointError(f'cannot restore {where}: {type(e).__name__}: {e}') from e
-    return restored[STATE_ITEM]
+    return {k: restored[k] for k in abstract}, step
 
   def _portable_iter_state(self, step: int, process_count: Any) -> dict | None:
     """Process 0's iterator state if it is valid for any process count, else None.
@@ -340,9 +369,11 @@ class Checkpointer:
       return state
     return None
 
-  def _check_compatible(self, step: int, abstract_state: Any, where: str) -> None:
+  def _check_compatible(self, step: int, abstract_state: Any, where: str, *,
+                        partial: bool = False) -> None:
     """Raises CheckpointError naming the first parameter whose path or shape differs between the
-    checkpoint's metadata and `abstract_state`; returns if they match."""
+    checkpoint's metadata and `abstract_state` (`partial`: a subset of the saved fields is
+    wanted, so extra saved parameters are fine); returns if they match."""
     try:
       item_metadata = self._mngr.item_metadata(step)[STATE_ITEM]
     except Exception as e:  # pylint: disable=broad-except
@@ -369,7 +400,7 @@ class Checkpointer:
             f"'{_path_str(path)}' has shape {tuple(saved_shape)} in the checkpoint but "
             f'{want_shape} in the requested state{hint}')
     for path, leaf in saved.items():
-      if path not in wanted:
+      if path not in wanted and not partial:
         raise CheckpointError(
             f'{where} does not match the requested state: the checkpoint has parameter '
             f"'{_path_str(path)}' (shape {getattr(leaf, 'shape', None)}) that the requested state "

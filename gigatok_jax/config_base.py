@@ -2,7 +2,7 @@
 
 Recipes in `configs/` start from `tokenizer_config()` and change sizes; `validate.py` checks any
 config (including user-written ones) against this schema before anything is compiled.
-Defaults are the paper's / reference code's values (spec section 3) unless a comment says otherwise.
+Defaults are the paper's / reference code's values (docs/spec.md §3) unless a comment says otherwise.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ml_collections
 
 from gigatok_jax.data import pipeline
 
-# Transformer sizes shared by encoder and decoder (spec 2.2): width, layers, heads.
+# Transformer sizes shared by encoder and decoder (docs/spec.md §2.2): width, layers, heads.
 SIZES = {
     "tiny": (256, 4, 4),
     "S": (512, 6, 8),
@@ -207,7 +207,7 @@ def with_variant(c: ml_collections.ConfigDict, variant: str,
 
 # ------------------------------------------------------------------------------------------- GPT
 
-# GPT sizes (spec 4.1): width, layers, heads.
+# GPT sizes (docs/spec.md §4.1): width, layers, heads.
 GPT_SIZES = {
     "tiny": (64, 2, 2),
     "B": (768, 12, 12),
@@ -244,7 +244,7 @@ def gpt_model_config(size: str = "B", position: str = "learned_1d") -> ml_collec
 
 
 def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.ConfigDict:
-  """A class-conditional GPT recipe on the codes of a trained tokenizer (spec 4)."""
+  """A class-conditional GPT recipe on the codes of a trained tokenizer (docs/spec.md §4)."""
   c = ml_collections.ConfigDict()
   c.task = "gpt"
   c.total_steps = 1_500_000          # 300 epochs at batch 256
@@ -321,7 +321,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       precision_recall=True,         # needs the reference's arr_0 images
   ))
 
-  # --mode=probe: linear probe on the frozen GPT's mean-pooled features (spec 4.5); train on
+  # --mode=probe: linear probe on the frozen GPT's mean-pooled features (docs/spec.md §4.5); train on
   # data.codes_path, report top-1 on data.eval_codes_path.
   c.probe = ml_collections.ConfigDict(dict(
       layer=0,                       # hidden state after this block; 0 = layers // 2
@@ -355,33 +355,6 @@ def gpt_tiny_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return c
 
 
-
-
-RUN_CONFIG_FILE = "config.json"
-
-
-def write_run_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Saves the config a run trains with as <workdir>/config.json (later modes read it back)."""
-  import os
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(config.to_json(indent=2))
-  os.replace(path + ".tmp", path)
-  return path
-
-
-def read_run_config(workdir: str, key: str = "tokenizer.workdir") -> ml_collections.ConfigDict:
-  """The config a training run in `workdir` saved; a ConfigError naming `key` when absent."""
-  import json
-  import os
-  from gigatok_jax.errors import ConfigError
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise ConfigError(key, f"{path} not found: {workdir!r} is not a gigatok_jax training run "
-                      "(or set tokenizer.recipe to the recipe it was trained with)")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def load_recipe(spec: str, key: str = "tokenizer.recipe") -> ml_collections.ConfigDict:

@@ -32,7 +32,9 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from gigatok_jax.errors import ConfigError, UserError
 
@@ -168,3 +170,12 @@ class StartTogether:
         barrier(f"compiled {self._name}", self._timeout_s)
       self._started = True
     return self._jitted(*args, **kwargs)
+
+
+def gather(tree: Any) -> Any:
+  """Host numpy copies of (possibly multi-process sharded) jax.Arrays, whole on every process."""
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)

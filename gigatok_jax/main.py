@@ -1,12 +1,11 @@
-r"""gigatok_jax command line: one function per mode.
+r"""gigatok_jax command line: parse the flags, connect the processes, run one mode.
 
   python -m gigatok_jax.main --config=configs/tokenizer_ss.py --workdir=DIR [--mode=train]
       [--config.optim.lr=2e-4 ...]
 
-Modes: train, summary, aot (both recipe kinds), reconstruct, eval, prepare_data (tokenizer recipes),
-eval, extract_codes, sample, probe, ar_probe (GPT recipes). Multi-process jobs (SLURM, TPU VMs, or
---config.distributed.*) connect first: see distributed.py. User errors (config, data, checkpoints)
-print one line naming the culprit and exit with status 2.
+The modes and the recipe kinds they apply to are listed once, in `gigatok_jax/modes/__init__.py`.
+Multi-process jobs (SLURM, TPU VMs, or --config.distributed.*) connect first: see distributed.py.
+User errors (config, data, checkpoints) print one line naming the culprit and exit with status 2.
 """
 
 from __future__ import annotations
@@ -20,83 +19,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gigatok_jax import modes
 from gigatok_jax.errors import UserError
-
-MODES = ("train", "reconstruct", "eval", "summary", "prepare_data", "extract_codes", "sample",
-         "probe", "ar_probe", "aot")
-GPT_MODES = ("train", "summary", "aot", "extract_codes", "sample", "eval", "probe", "ar_probe")
-TOKENIZER_MODES = ("train", "reconstruct", "eval", "summary", "aot", "prepare_data")
 
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tokenizer_ss.py[:tiny].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, images.")
-flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_enum("mode", "train", modes.NAMES, "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_list("aot_targets", ["v5e-256", "v5p-64", "v6e-64"],
                   "--mode=aot: TPU slices (v5e-256, v5p-64, v6e-64, v4-32) or topologies (v5e:4x4).")
 flags.DEFINE_string("aot_output", "", "--mode=aot: also write the plan rows to this JSON file.")
 FLAGS = flags.FLAGS
-
-
-def _need_workdir() -> str:
-  if not FLAGS.workdir:
-    raise UserError(f"--workdir is required for --mode={FLAGS.mode}")
-  return FLAGS.workdir
-
-
-def run(mode: str, config, workdir: str | None) -> None:
-  from gigatok_jax import validate
-  task = config.get("task", "tokenizer")
-  allowed = GPT_MODES if task == "gpt" else TOKENIZER_MODES
-  if mode not in allowed:
-    raise UserError(f"--mode={mode} does not apply to a {task} recipe (its modes: "
-                    f"{', '.join(allowed)})")
-  if mode == "aot":
-    from gigatok_jax import aot
-    aot.run(config, FLAGS.aot_targets, FLAGS.aot_output)
-  elif mode == "summary":
-    from gigatok_jax import summary
-    validate.validate(config, check_data=False)
-    print(summary.summarize(config))
-  elif mode == "prepare_data":
-    from gigatok_jax.data import prepare
-    print(prepare.run_prepare(config.data))
-  elif mode == "train" and task == "gpt":
-    validate.validate(config)
-    from gigatok_jax.train import gpt_trainer
-    gpt_trainer.train(config, workdir, progress=FLAGS.progress)
-  elif mode == "train":
-    validate.validate(config)
-    from gigatok_jax.train import tokenizer_trainer
-    tokenizer_trainer.train(config, workdir, progress=FLAGS.progress)
-  elif mode == "reconstruct":
-    validate.validate(config, check_data=not config.data.reconstruct_input)
-    from gigatok_jax import reconstruct
-    reconstruct.run(config, workdir)
-  elif mode == "eval" and task == "gpt":
-    validate.validate(config, check_data=False)
-    from gigatok_jax.evaluate import gpt_eval
-    gpt_eval.run(config, workdir)
-  elif mode == "eval":
-    validate.validate(config, check_teachers=False)
-    from gigatok_jax.evaluate import tokenizer_eval
-    tokenizer_eval.run(config, workdir, progress=FLAGS.progress)
-  elif mode == "extract_codes":
-    validate.validate(config, check_data=False)
-    from gigatok_jax import extract_codes
-    extract_codes.run(config, workdir, progress=FLAGS.progress)
-  elif mode == "ar_probe":
-    validate.validate(config)
-    from gigatok_jax.evaluate import ar_probe
-    ar_probe.run(config, workdir, progress=FLAGS.progress)
-  elif mode == "probe":
-    validate.validate(config)
-    from gigatok_jax.evaluate import linear_probe
-    linear_probe.run(config, workdir)
-  elif mode == "sample":
-    validate.validate(config, check_data=False)
-    from gigatok_jax import sample_images
-    sample_images.run(config, workdir, progress=FLAGS.progress)
 
 
 def main(argv) -> None:
@@ -109,12 +43,12 @@ def main(argv) -> None:
   if config is None:
     print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
     sys.exit(2)
-  from gigatok_jax import distributed
+  from gigatok_jax import distributed  # pylint: disable=import-outside-toplevel
   try:
     # Before anything touches a JAX backend: a multi-process job must connect its processes first.
     distributed.initialize(config)
-    workdir = None if FLAGS.mode in ("summary", "prepare_data", "aot") else _need_workdir()
-    run(FLAGS.mode, config, workdir)
+    modes.run_mode(FLAGS.mode, config, FLAGS.workdir, progress=FLAGS.progress,
+                   options={"aot_targets": FLAGS.aot_targets, "aot_output": FLAGS.aot_output})
   except UserError as e:
     distributed.abort_on_failure(e, code=2)
     logging.flush()

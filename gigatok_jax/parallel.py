@@ -169,3 +169,12 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[
   """Per-process numpy batch -> global jax.Arrays sharded over the data-parallel axes."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
           for k, v in local_batch.items()}
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, rules, key: str, where: str = "") -> int:
+  """The data-parallel size of `mesh`; a ConfigError naming `key` unless it divides `batch_size`."""
+  dp = data_parallel_size(mesh, rules)
+  if batch_size <= 0 or batch_size % dp:
+    raise ConfigError(key, f"{batch_size} must be a positive multiple of the {dp} data-parallel "
+                      f"devices{where}")
+  return dp

@@ -164,11 +164,11 @@ def check_init_from(config) -> None:
   """`init_from` must name converted weights of the same kind of model (pretrained.py)."""
   if not config.init_from:
     return
-  from gigatok_jax import pretrained
+  from gigatok_jax import runs
   from gigatok_jax.errors import CheckpointError
   try:
-    path = pretrained.find("", config.init_from)
-    kind = pretrained.read_info(path).get("kind")
+    path = runs.find_imported("", config.init_from)
+    kind = runs.read_imported_info(path).get("kind")
   except CheckpointError as e:
     raise ConfigError("init_from", str(e)) from None
   if kind != config.task:

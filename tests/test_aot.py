@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gigatok_jax import aot
+from gigatok_jax.modes import aot
 from gigatok_jax.errors import UserError
 from helpers import load_recipe, run_cli
 
@@ -55,7 +55,7 @@ def test_a_step_that_does_not_fit_is_a_row_saying_so(tmp_path, capsys):
   # that a 1x1 slice resolves (libtpu's default host bounds of 2x2 chips do not divide it).
   config = load_recipe("gpt_b", "tiny")
   config.global_batch_size = 2**21
-  (row,) = aot.run(config, ["v5e-1"], output=str(tmp_path / "plan.json"))
+  (row,) = aot.plan_targets(config, ["v5e-1"], output=str(tmp_path / "plan.json"))
   assert row["devices"] == 1 and not row["fits"]
   assert "RESOURCE_EXHAUSTED" in row["compiler_message"]
   assert row["required_bytes"] > row["hbm_bytes"] == 16 * 2**30

@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, extract_codes, sample_images, trained, validate
+from gigatok_jax import checkpointing, inference, parallel, validate
+from gigatok_jax.modes import extract_codes
+from gigatok_jax.modes import sample as sample_images
 from gigatok_jax.data import codes as codes_lib
 from gigatok_jax.data import pipeline, transforms
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.train import gpt_trainer, optim, tokenizer_trainer
+from gigatok_jax.train import loop, optim
 from helpers import load_recipe
 
 ONE_DEVICE = jax.devices()[:1]
@@ -54,7 +56,7 @@ def gpt_config(tok_dir, codes_dir="", eval_dir="", total_steps=6):
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tokenizer"))
-  tokenizer_trainer.train(tokenizer_config(), workdir, progress=False, devices=ONE_DEVICE)
+  loop.train(tokenizer_config(), workdir, progress=False, devices=ONE_DEVICE)
   return workdir
 
 
@@ -74,7 +76,7 @@ def gpt_run(tok_dir, codes_dirs, tmp_path_factory):
   root, out = codes_dirs
   cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
   gpt_dir = str(tmp_path_factory.mktemp("gpt_run"))
-  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  loop.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
   return cfg, gpt_dir
 
 
@@ -87,9 +89,9 @@ def test_extracted_codes_are_the_tokenizer_codes(tok_dir, codes_dirs):
   # Records of shard 0 are images 0..99 of the train split, in order, with their labels.
   tok = tokenizer_config()
   images = pipeline.make_source(tok.data, "train")
-  loaded = trained.load_tokenizer(tok, tok_dir, extract_codes.parallel.make_mesh(tok.mesh, ONE_DEVICE))
+  loaded = inference.load(tok, tok_dir, parallel.make_mesh(tok.mesh, ONE_DEVICE))
   batch = np.stack([images[i]["image"] for i in range(5)])
-  expect = np.asarray(loaded.task.generator(loaded.params).encode(transforms.to_float(batch)))
+  expect = np.asarray(loaded.model().encode(transforms.to_float(batch)))
   for i in range(5):
     rec = source[i]
     assert rec["codes"].shape == (1, 16) and rec["label"] == images[i]["label"]
@@ -131,11 +133,11 @@ def test_gpt_resume_is_bit_identical_and_validation_runs(tok_dir, codes_dirs, tm
   eval_dir = os.path.join(root, "codes", "eval")
   cfg = lambda: gpt_config(tok_dir, out["output"], eval_dir)  # noqa: E731
   validate.validate(cfg(), num_devices=1)
-  straight = gpt_trainer.train(cfg(), str(tmp_path / "a"), progress=False, devices=ONE_DEVICE)
-  half = gpt_trainer.train(cfg(), str(tmp_path / "b"), progress=False, stop_at_step=3,
+  straight = loop.train(cfg(), str(tmp_path / "a"), progress=False, devices=ONE_DEVICE)
+  half = loop.train(cfg(), str(tmp_path / "b"), progress=False, stop_at_step=3,
                            devices=ONE_DEVICE)
   assert int(half.step) == 3
-  resumed = gpt_trainer.train(cfg(), str(tmp_path / "b"), progress=False, devices=ONE_DEVICE)
+  resumed = loop.train(cfg(), str(tmp_path / "b"), progress=False, devices=ONE_DEVICE)
   for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The output head starts at zero and has moved; validation loss went to TensorBoard.
@@ -218,7 +220,7 @@ def test_extraction_refuses_to_mix_settings_and_sample_checks_the_trained_model(
 
 
 def test_linear_probe_learns_separable_features_and_runs_on_a_gpt(gpt_run):
-  from gigatok_jax.evaluate import linear_probe
+  from gigatok_jax.modes import probe as linear_probe
   rng = np.random.default_rng(0)
   centres = rng.normal(0, 3, (10, 16))
   y = rng.integers(0, 10, 600)
@@ -238,7 +240,10 @@ def test_ar_probing_chain_scores_samples_and_probes(tok_dir, codes_dirs, tmp_pat
   """The one-command AR probing chain (train -> sample -> gFID/IS/PR -> validation loss -> probe) on
   the tiny pipeline. A reference built from the very samples gives FID ~0 and precision = recall
   = 1. A fixed random projection stands in for Inception (which has its own parity test)."""
-  from gigatok_jax.evaluate import ar_probe, fid, gpt_eval
+  from gigatok_jax import fileio
+  from gigatok_jax.metrics import fid
+  from gigatok_jax.modes import ar_probe
+  from gigatok_jax.modes import eval_gpt as gpt_eval
   root, out = codes_dirs
   cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
   cfg.probe.update(epochs=1, warmup_epochs=0, batch_size=64, feature_batch_size=64)
@@ -252,7 +257,7 @@ def test_ar_probing_chain_scores_samples_and_probes(tok_dir, codes_dirs, tmp_pat
     return pool, pool @ head
   # The reference: the samples this very run will produce (same settings, same seed).
   gpt_dir = str(tmp_path / "gpt")
-  gpt_trainer.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  loop.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
   images = np.load(sample_images.run(cfg, gpt_dir, progress=False)["npz"])["arr_0"]
   ref = str(tmp_path / "ref.npz")
   stats = fid.FeatureStats().update(features_fn(images)[0])
@@ -263,7 +268,7 @@ def test_ar_probing_chain_scores_samples_and_probes(tok_dir, codes_dirs, tmp_pat
   assert abs(result["gfid"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
   assert result["inception_score"] >= 1.0 and result["val_loss"] > 0
   assert 0.0 <= result["linear_probe_top1"] <= 1.0 and result["probe_layer"] == 1
-  assert result["reference"]["sha256"] == fid.file_sha256(ref)
+  assert result["reference"]["sha256"] == fileio.sha256_file(ref)
   details = json.load(open(result["details"]["eval"]))
   assert details["sample_settings"]["sampling"]["cfg_scale"] == cfg.sample.cfg_scale
   with pytest.raises(ConfigError, match="eval.samples"):

@@ -1,4 +1,4 @@
-"""Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, pretrained.py).
+"""Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, runs.py).
 
 The PyTorch side is built from the reference layout (checkpoint_layouts.md 1-2): the tokenizer is
 test_torch_parity's reference module (its state-dict names are the reference's), the GPT a small
@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from gigatok_jax import config_base, parallel, pretrained, trained  # noqa: E402
+from gigatok_jax import build, config_base, inference, parallel, runs, tree_names  # noqa: E402
 from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from gigatok_jax.models.discriminator import PatchGANDiscriminator  # noqa: E402
@@ -92,33 +92,35 @@ def imported(released, tmp_path_factory):
   return out
 
 
-def _assert_reference_function(released, task, params, what):
+def _assert_reference_function(released, loaded, params, what):
   """Imported weights give the torch tokenizer's codes and reconstruction (within 2e-4) on the
   seeded images, which it returns (NCHW torch)."""
   torch.manual_seed(SEED_IMAGES)
   x = torch.rand(2, 3, 64, 64) * 2 - 1
   with torch.no_grad():
     recon, idx, *_ = released["tok"](x)
-  out = task.generator(params)(jnp.asarray(nhwc(x)))
+  out = loaded.model(params)(jnp.asarray(nhwc(x)))
   np.testing.assert_array_equal(np.asarray(out.indices).reshape(-1), idx.numpy())
   assert_close(out.reconstruction, nhwc(recon), 2e-4, what)
   return x
 
 
 def test_tokenizer_import_computes_the_reference_function(released, imported):
-  info = pretrained.read_info(os.path.join(imported, "pretrained"))
+  info = runs.read_imported_info(os.path.join(imported, "pretrained"))
   assert info["weights"] == "ema" and info["source_steps"] == 1234    # ema first, as the reference
   assert info["items"] == ["disc_params", "disc_stats", "gen_params"]
-  config = config_base.read_run_config(imported)
+  config = runs.read_config(imported)
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
-  task, params, step = trained.load_tokenizer(config, imported, mesh)
+  tok = inference.load(config, imported, mesh)
+  params, step = tok.params, tok.step
   assert step == 1234
-  x = _assert_reference_function(released, task, params, "imported tokenizer reconstruction")
+  x = _assert_reference_function(released, tok, params, "imported tokenizer reconstruction")
 
   # The discriminator (PatchGAN with BatchNorm running statistics) came along too.
-  restored = pretrained.restore(os.path.join(imported, "pretrained"),
-                                {k: getattr(task.abstract_state, k)
-                                 for k in ("disc_params", "disc_stats")})
+  disc_spec = build.discriminator(config, mesh)
+  restored = runs.restore_imported(os.path.join(imported, "pretrained"),
+                                   {"disc_params": disc_spec.abstract,
+                                    "disc_stats": disc_spec.stats})
   d = config.discriminator
   graph = nnx.split(nnx.eval_shape(lambda: PatchGANDiscriminator(ndf=d.ndf, n_layers=d.n_layers,
                                                                  rngs=nnx.Rngs(0))),
@@ -132,7 +134,7 @@ def test_tokenizer_import_computes_the_reference_function(released, imported):
 
 def test_round_trip_is_the_identity(released, imported, tmp_path):
   sd = {k: v.numpy() for k, v in released["sd"].items()}
-  shapes = conv._flat_shapes(conv.abstract_tokenizer(released["config"])[0])
+  shapes = tree_names.flat_shapes(conv.abstract_tokenizer(released["config"])[0])
   rules = conv.tokenizer_rules(shapes)
   flat = conv.from_torch(rules, sd, "sd", extra=dict([conv.CODEBOOK_USED]))
   back = conv.to_torch(rules, flat)
@@ -159,13 +161,13 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
   recipe.write_text(TINY16.replace("  return c\n", "  c.model.scan_layers = True\n  return c\n"))
   out = conv.import_checkpoint(released["src"], str(tmp_path / "run"), weights="ema",
                                recipe=str(recipe), log=lambda *_: None)
-  config = config_base.read_run_config(out)
+  config = runs.read_config(out)
   assert config.model.scan_layers
-  task, params, _ = trained.load_tokenizer(config, out, parallel.make_mesh(config.mesh,
-                                                                           jax.devices()[:1]))
-  flat = conv.flatten(params)
+  tok = inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  params = tok.params
+  flat = tree_names.flatten(params)
   assert flat["s1to2decoder.stack.layers.mlp.fc1.kernel"].shape[0] == config.model.dec_layers
-  _assert_reference_function(released, task, params, "scanned imported tokenizer")
+  _assert_reference_function(released, tok, params, "scanned imported tokenizer")
   path = str(tmp_path / "export.safetensors")
   conv.export_run(out, path, log=lambda *_: None)
   from safetensors.numpy import load_file
@@ -176,12 +178,12 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
   # Reading them into the other layout stops with the key to set.
   config.model.scan_layers = False
   with pytest.raises(CheckpointError, match="set --config.model.scan_layers=True"):
-    trained.load_tokenizer(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+    inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
 
 
 def test_strict_errors_name_the_tensors(released):
   sd = {k: v.numpy() for k, v in released["sd"].items()}
-  rules = conv.tokenizer_rules(conv._flat_shapes(conv.abstract_tokenizer(released["config"])[0]))
+  rules = conv.tokenizer_rules(tree_names.flat_shapes(conv.abstract_tokenizer(released["config"])[0]))
   bad = dict(sd)
   del bad["s1to2decoder.distill_mlp.4.bias"]
   bad["encoder.extra.weight"] = np.zeros(3, np.float32)
@@ -209,7 +211,7 @@ def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
   notes = []
   out = conv.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
                                log=notes.append)
-  assert pretrained.read_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
+  assert runs.read_imported_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
   assert any("non-PatchGAN discriminator" in n for n in notes), notes
 
 
@@ -221,11 +223,11 @@ def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
 def test_recipes_are_inferred_from_reference_shapes(recipe, keys):
   config = load_recipe(recipe)
   if config.task == "tokenizer":
-    rules = conv.tokenizer_rules(conv._flat_shapes(conv.abstract_tokenizer(config)[0]))
+    rules = conv.tokenizer_rules(tree_names.flat_shapes(conv.abstract_tokenizer(config)[0]))
     shapes = {r.torch_key: jax.ShapeDtypeStruct(r.torch_shape, jnp.float32) for r in rules}
     shapes[conv.CODEBOOK_USED[0]] = jax.ShapeDtypeStruct(conv.CODEBOOK_USED[1], jnp.float32)
   else:
-    rules = conv.gpt_rules(conv._flat_shapes(conv.abstract_gpt(config)))
+    rules = conv.gpt_rules(tree_names.flat_shapes(conv.abstract_gpt(config)))
     shapes = {r.torch_key: jax.ShapeDtypeStruct(r.torch_shape, jnp.float32) for r in rules}
   assert len(shapes) == keys
   assert conv.infer_recipe(shapes) == f"configs/{recipe}.py"
@@ -291,21 +293,20 @@ def test_gpt_import_matches_reference_logits_and_round_trips(tmp_path):
                     "  c.model.heads = 4\n  return c\n")
   out = str(tmp_path / "gpt")
   conv.import_checkpoint(src, out, recipe=str(recipe), tokenizer_workdir=str(tmp_path / "tok"))
-  config = config_base.read_run_config(out)
+  config = runs.read_config(out)
   assert (config.model.vocab_size, config.model.num_tokens, config.model.num_classes) == (96, 16, 10)
   assert config.tokenizer.workdir == str(tmp_path / "tok")
-  from gigatok_jax.train.gpt_step import GPTTask
-  task = GPTTask(config, parallel.make_mesh(config.mesh, jax.devices()[:1]))
-  params, step = trained.load_gpt_params(task, out)
+  gpt = inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  params, step = gpt.params, gpt.step
   assert step == 77
   tokens = torch.randint(0, 96, (3, 16))
   labels = torch.tensor([0, 4, 10])                              # 10 = the null class
   with torch.no_grad():
     want = ref(tokens, labels).numpy()
-  got = task.model(params)(jnp.asarray(tokens.numpy()), jnp.asarray(labels.numpy()))
+  got = gpt.model(params)(jnp.asarray(tokens.numpy()), jnp.asarray(labels.numpy()))
   assert_close(got, want, 1e-4, "imported GPT logits")
-  rules = conv.gpt_rules(conv._flat_shapes(params))
-  back = conv.to_torch(rules, conv.flatten(jax.device_get(params)))
+  rules = conv.gpt_rules(tree_names.flat_shapes(params))
+  back = conv.to_torch(rules, tree_names.flatten(jax.device_get(params)))
   assert set(back) == set(sd)
   for k, v in sd.items():
     np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
@@ -314,10 +315,10 @@ def test_gpt_import_matches_reference_logits_and_round_trips(tmp_path):
 def test_converted_run_reconstructs_and_starts_training(released, imported, tmp_path):
   """The converted directory works as a run: reconstruct; a fresh training state takes its weights
   (init_from, or the converted workdir itself), at step 0 with fresh optimizer states."""
-  from gigatok_jax import reconstruct, validate
-  from gigatok_jax.train import run_control
-  from gigatok_jax.train.tokenizer_step import TokenizerTask
-  config = config_base.read_run_config(imported)
+  from gigatok_jax import validate
+  from gigatok_jax.modes import reconstruct
+  from gigatok_jax.train.tokenizer import TokenizerTask
+  config = runs.read_config(imported)
   result = reconstruct.run(config, imported, devices=jax.devices()[:1])
   assert result["step"] == 1234
   assert os.path.isfile(os.path.join(imported, "reconstruct", "grid_00001234.png"))
@@ -330,7 +331,7 @@ def test_converted_run_reconstructs_and_starts_training(released, imported, tmp_
   task = TokenizerTask(config, parallel.make_mesh(config.mesh, jax.devices()[:1]))
   fresh = task.init_state()
   for workdir, init_from in ((str(tmp_path / "ft"), imported), (imported, "")):
-    state = run_control.initial_state(task, workdir, init_from)
+    state = runs.training_state(task, workdir, init_from=init_from).state
     assert int(state.step) == 0
     sd = released["sd"]
     np.testing.assert_array_equal(np.asarray(state.gen_params["quantize"]["embedding"]),
@@ -341,7 +342,7 @@ def test_converted_run_reconstructs_and_starts_training(released, imported, tmp_
     np.testing.assert_array_equal(np.asarray(state.disc_params["convs"][0]["kernel"]), disc_w)
     for a, b in zip(jax.tree.leaves(state.gen_opt), jax.tree.leaves(fresh.gen_opt)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))    # fresh optimizer states
-  assert run_control.initial_state(task, str(tmp_path / "plain")) is not None   # no weights: init
+  assert runs.training_state(task, str(tmp_path / "plain")).source == "random"   # no weights: init
   config.init_from = str(tmp_path / "nothing")
   with pytest.raises(ConfigError, match="init_from"):
     validate.validate(config, num_devices=1, check_data=False)

@@ -10,7 +10,8 @@ from scipy import linalg
 from scipy.spatial.distance import cdist
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from gigatok_jax.evaluate import fid, image_metrics
+from gigatok_jax.metrics import fid
+from gigatok_jax.metrics import image as image_metrics
 
 
 def _sqrtm_reference(mu1, sigma1, mu2, sigma2, offset=0.0):
@@ -226,7 +227,7 @@ def test_data_parallel_networks_split_the_batch_over_every_device():
   (8 here), padding for sizes the device count does not divide."""
   import jax
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  from gigatok_jax.evaluate import sharded
+  from gigatok_jax.metrics import sharded
   mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
   rng = np.random.default_rng(0)
   w = rng.standard_normal((5, 3)).astype(np.float32)

@@ -10,14 +10,14 @@ from flax import nnx
 
 from gigatok_jax import config_base
 from gigatok_jax.models import gpt as gpt_lib
-from gigatok_jax.sample import SamplingSettings, filter_logits, generate, guidance_scale
+from gigatok_jax.models.sampler import SamplingSettings, filter_logits, generate, guidance_scale
 from helpers import load_recipe
 
 
 @pytest.mark.parametrize("name, expected", [("gpt_b", 111.1e6), ("gpt_l", 343e6),
                                             ("gpt_xl", 775e6), ("gpt_xxl", 1.4e9)])
 def test_recipe_parameter_counts(name, expected):
-  """Spec 4.1 sizes within 1% (vocabulary 16384, 256 tokens, 1000 classes), without allocating."""
+  """docs/spec.md §4.1 sizes within 1% (vocabulary 16384, 256 tokens, 1000 classes), without allocating."""
   c = load_recipe(name)
   assert (c.model.vocab_size, c.model.num_tokens, c.model.num_classes) == (16384, 256, 1000)
   model = nnx.eval_shape(lambda: gpt_lib.GPT(c.model, rngs=nnx.Rngs(0)))
@@ -175,7 +175,7 @@ def _gpt_task_config(**mesh):
 def test_sharded_gpt_step_matches_one_device():
   """FSDP x tensor x data on 8 devices computes the same step as one device; weights are sharded."""
   from gigatok_jax import parallel
-  from gigatok_jax.train.gpt_step import GPTTask
+  from gigatok_jax.train.gpt import GPTTask
   rng = np.random.default_rng(0)
   batch = {"tokens": rng.integers(0, 512, (8, 16)).astype(np.int32),
            "label": rng.integers(0, 10, (8,)).astype(np.int32)}
@@ -203,7 +203,7 @@ def test_sharded_gpt_step_matches_one_device():
 
 def test_bf16_compute_keeps_float32_masters():
   from gigatok_jax import parallel
-  from gigatok_jax.train.gpt_step import GPTTask
+  from gigatok_jax.train.gpt import GPTTask
   c = _gpt_task_config(data=1)
   c.model.dtype = "bfloat16"
   task = GPTTask(c, parallel.make_mesh(c.mesh, jax.devices()[:1]))

@@ -2,7 +2,7 @@
 
 Why a reference written here: pytorch-fid imports torchvision, which cannot be installed beside
 this torch build, and its weight file is not downloaded in tests. `TorchFIDInception` below is
-written from ../shared/reference/checkpoint_layouts.md section 5 with plain torch ops: torchvision
+written from docs/checkpoint_layouts.md section 5 with plain torch ops: torchvision
 Inception3 module names (so its state dict has the real file's keys), BasicConv = Conv2d(bias=False)
 + BatchNorm2d(eps=0.001) + ReLU, the FID pool variants (F.avg_pool2d(count_include_pad=False) in
 A / C / E_1, F.max_pool2d 3/1/1 in E_2), and pytorch-fid's wrapper input handling ([0, 1] images,

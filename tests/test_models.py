@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gigatok_jax import parallel, summary
+from gigatok_jax import build, parallel
+from gigatok_jax.modes import summary
 from gigatok_jax.convert.gigatok import flatten
 from gigatok_jax.models import layer_layout, qformer, quantizer
 from gigatok_jax.models.tokenizer import Tokenizer
 from helpers import load_recipe
 
-# Paper / README counts, projector included (spec 2.3); the exact reference counts are in
+# Paper / README counts, projector included (docs/spec.md §2.3); the exact reference counts are in
 # checkpoint_layouts.md 1.2 (136,073,227 / 232,399,627 / 621,637,131 / 2,893,970,443).
 PAPER_COUNTS = {
     "tokenizer_ss": 136.1e6,
@@ -34,7 +35,7 @@ RECIPES = ["tokenizer_ss", "tokenizer_sb", "tokenizer_bl", "tokenizer_xlxxl", "t
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
 def test_parameter_count_matches_paper(name):
   config = load_recipe(name)
-  gen, _ = summary.abstract_params(config)       # nnx.eval_shape: nothing allocated
+  gen, _ = build.tokenizer(config).abstract, None   # nnx.eval_shape: nothing allocated
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(gen))
   n = summary.count_tree(gen)
   assert abs(n - PAPER_COUNTS[name]) / PAPER_COUNTS[name] < 0.005, n
@@ -42,18 +43,17 @@ def test_parameter_count_matches_paper(name):
 
 
 def test_2d_parameter_counts():
-  counts = {name: summary.count_tree(summary.abstract_params(load_recipe(name))[0])
+  counts = {name: summary.count_tree(build.tokenizer(load_recipe(name)).abstract)
             for name in ("tokenizer_ss_2d", "tokenizer_sb_2d", "tokenizer_bl_2d")}
   assert counts["tokenizer_ss_2d"] == REFERENCE_EXACT["tokenizer_ss_2d"]
-  # Spec 2.3: "about 197M (S-B) and 491M (B-L)" for the plain-layer 2D variants.
+  # docs/spec.md §2.3: "about 197M (S-B) and 491M (B-L)" for the plain-layer 2D variants.
   assert abs(counts["tokenizer_sb_2d"] - 197e6) / 197e6 < 0.005
   assert abs(counts["tokenizer_bl_2d"] - 491e6) / 491e6 < 0.005
 
 
 def test_projector_and_components_are_counted():
-  gen, _ = summary.abstract_params(load_recipe("tokenizer_ss"))
-  pure = nnx.to_pure_dict(gen)
-  # distill_mlp: Linear(512, 2048) + Linear(2048, 2048) + Linear(2048, 768) = 6.8M (spec 2.3).
+  pure = build.tokenizer(load_recipe("tokenizer_ss")).abstract
+  # distill_mlp: Linear(512, 2048) + Linear(2048, 2048) + Linear(2048, 768) = 6.8M (docs/spec.md §2.3).
   assert summary.count_tree(pure["s1to2decoder"]["distill_mlp"]) == (
       512 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 768 + 768)
   assert summary.count_tree(pure["encoder"]) == 26_143_232
@@ -63,8 +63,8 @@ def test_projector_and_components_are_counted():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_tiny_variant_has_same_structure(name):
-  full = nnx.to_pure_dict(summary.abstract_params(load_recipe(name))[0])
-  tiny = nnx.to_pure_dict(summary.abstract_params(load_recipe(name, "tiny"))[0])
+  full = build.tokenizer(load_recipe(name)).abstract
+  tiny = build.tokenizer(load_recipe(name, "tiny")).abstract
 
   def paths(tree):
     out = set()

@@ -22,7 +22,7 @@ import pytest
 
 from gigatok_jax import checkpointing, distributed, parallel, validate
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.train.tokenizer_step import TokenizerTask
+from gigatok_jax.train.tokenizer import TokenizerTask
 from helpers import REPO, load_recipe, subprocess_env
 
 # The tiny demo recipe (one loss phase all run: one compile) on a data=2 x fsdp=2 mesh. The recipe

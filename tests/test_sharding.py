@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gigatok_jax import parallel
-from gigatok_jax.train.tokenizer_step import TokenizerTask
+from gigatok_jax.train.tokenizer import TokenizerTask
 from helpers import load_recipe
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "sharding_tokenizer_ss_tiny.json")

@@ -19,7 +19,7 @@ from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError, ConfigError
 from gigatok_jax.models import dinov2, lpips
 from gigatok_jax.train import teachers
-from gigatok_jax.train.tokenizer_step import TokenizerTask
+from gigatok_jax.train.tokenizer import TokenizerTask
 from helpers import load_recipe
 
 ONE_DEVICE = jax.devices()[:1]
@@ -135,7 +135,7 @@ def test_trainer_runs_with_teachers_and_shortcut_lpips(teacher_files, tmp_path):
   """The real loop: teachers loaded from the files named in the config, the auxiliary phase
   (shortcut reconstruction + its LPIPS), a checkpoint at the end. (The plain phase with teachers:
   test_train_step_with_teachers; one compile less here.)"""
-  from gigatok_jax.train import tokenizer_trainer
+  from gigatok_jax.train import loop
   config = _config(teacher_files)
   config.total_steps = 1
   config.checkpoint_every_steps = 100
@@ -145,7 +145,7 @@ def test_trainer_runs_with_teachers_and_shortcut_lpips(teacher_files, tmp_path):
   config.loss.disc_weight = 0.0
   config.mesh.data = 1
   validate.validate(config, num_devices=1)
-  state = tokenizer_trainer.train(config, str(tmp_path), progress=False, devices=ONE_DEVICE)
+  state = loop.train(config, str(tmp_path), progress=False, devices=ONE_DEVICE)
   assert int(state.step) == 1
   assert os.listdir(os.path.join(tmp_path, "checkpoints"))
 

@@ -1,4 +1,4 @@
-"""Numerical parity with small PyTorch reference modules (checkpoint_layouts.md 1.3-1.4, spec 2.1-2.5).
+"""Numerical parity with small PyTorch reference modules (checkpoint_layouts.md 1.3-1.4, docs/spec.md §2.1-2.5).
 
 The torch modules below are written from the documented reference semantics and key layout (NCHW
 images, sequence-first (L, B, W) `nn.MultiheadAttention`, fake-2D (B, C, 1, N) token maps), with
@@ -36,7 +36,7 @@ Z = 64                    # z_channels
 GRID = 16                 # 16 x 16 grid, 256 tokens, as in the released models
 CODE_DIM, CODEBOOK = 8, 512
 
-# Documented multi-level pooling grids (rows x cols) for a 16 x 16 memory (layouts 1.4, spec 2.4).
+# Documented multi-level pooling grids (rows x cols) for a 16 x 16 memory (layouts 1.4, docs/spec.md §2.4).
 POOL_GRIDS_16 = [(1, 1), (1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8), (8, 16)]
 
 
@@ -98,7 +98,7 @@ def keys(seed=0):
 
 
 # ------------------------------------------------------------------------------------------------
-# torch reference modules (written from checkpoint_layouts.md 1.3 / 1.4 and spec 2.1-2.5)
+# torch reference modules (written from checkpoint_layouts.md 1.3 / 1.4 and docs/spec.md §2.1-2.5)
 # ------------------------------------------------------------------------------------------------
 class TQFormerLayer(nn.Module):
   """Pre-norm DETR decoder layer, sequence-first; memory never normalised; exact GELU."""

@@ -11,9 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, parallel, reconstruct, validate
-from gigatok_jax.train import tokenizer_trainer
-from gigatok_jax.train.tokenizer_step import TokenizerTask
+from gigatok_jax import checkpointing, parallel, validate
+from gigatok_jax.data import pipeline
+from gigatok_jax.modes import reconstruct
+from gigatok_jax.train import loop
+from gigatok_jax.train.tokenizer import TokenizerTask
 from helpers import REPO, load_recipe, subprocess_env
 
 ONE_DEVICE = jax.devices()[:1]
@@ -41,14 +43,14 @@ def leaves(state):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
-  state = tokenizer_trainer.train(tiny_config(), workdir, progress=False, devices=ONE_DEVICE)
+  state = loop.train(tiny_config(), workdir, progress=False, devices=ONE_DEVICE)
   return workdir, state
 
 
 def test_resume_is_bit_identical(straight_run, tmp_path):
   _, straight = straight_run
   workdir = str(tmp_path / "resumed")
-  half = tokenizer_trainer.train(tiny_config(), workdir, progress=False, stop_at_step=3,
+  half = loop.train(tiny_config(), workdir, progress=False, stop_at_step=3,
                                  devices=ONE_DEVICE)
   assert int(half.step) == 3
   assert checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1).latest_step() == 3
@@ -57,7 +59,7 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
   for x, y in zip(leaves(task.init_state().disc_params), leaves(half.disc_params)):
     np.testing.assert_array_equal(x, y)
   assert int(jax.device_get(half.disc_opt[1][0].count)) == 0
-  resumed = tokenizer_trainer.train(tiny_config(), workdir, progress=False, devices=ONE_DEVICE)
+  resumed = loop.train(tiny_config(), workdir, progress=False, devices=ONE_DEVICE)
   assert int(resumed.step) == 6
   a, b = leaves(straight), leaves(resumed)
   assert len(a) == len(b)
@@ -92,7 +94,8 @@ def test_reconstruct_mode(straight_run):
 
 def test_eval_mode_streams_the_eval_split(straight_run):
   """--mode=eval: metrics over eval.num_images images (padding excluded) in the results JSON."""
-  from gigatok_jax.evaluate import image_metrics, tokenizer_eval
+  from gigatok_jax.metrics import image as image_metrics
+  from gigatok_jax.modes import eval_tokenizer as tokenizer_eval
   workdir, _ = straight_run
   config = tiny_config()
   config.eval.num_images, config.eval.batch_size = 10, 8      # two batches, the second padded
@@ -112,7 +115,8 @@ def test_eval_mode_rfid_and_lpips_plumbing(straight_run, tmp_path, monkeypatch):
   """rFID against the originals' own statistics and against a reference .npz holding those very
   statistics agree; padding rows never reach the statistics; the reference's sha256 is recorded.
   Features come from a fixed random projection here (the Inception port has its own parity test)."""
-  from gigatok_jax.evaluate import fid, tokenizer_eval
+  from gigatok_jax.metrics import fid
+  from gigatok_jax.modes import eval_tokenizer as tokenizer_eval
   projection = np.random.default_rng(0).normal(size=(64 * 64 * 3, 32)).astype(np.float32)
 
   def fake_features(path, mesh):
@@ -134,7 +138,7 @@ def test_eval_mode_rfid_and_lpips_plumbing(straight_run, tmp_path, monkeypatch):
   own = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
   assert own["rfid"] > 0 and own["rfid_reference"] == "the evaluated originals"
   assert own["lpips"] > 0
-  it = tokenizer_trainer.pipeline.make_eval_iterator(config.data, batch_size=6, num_images=6)
+  it = pipeline.make_eval_iterator(config.data, batch_size=6, num_images=6)
   batch = next(iter(it))
   stats = fid.FeatureStats().update(fake_features("inception.safetensors", None)(
       batch["image"][batch["mask"]]))

@@ -4,7 +4,7 @@ Why one converter for several layouts: the facebookresearch hub files (`dinov2_v
 are what GigaTok loads, but only the Hugging Face repos ship safetensors, and HF renamed its modules
 between transformers 4.x (the names on disk) and 5.x (the names in memory). The layout is detected
 from the key names, every layout is first renamed to the hub names, then mapped onto ours (see
-../shared/reference/checkpoint_layouts.md 3.1 / 3.2). `L.` is `encoder.layer.{i}.`, `B.` is
+docs/checkpoint_layouts.md 3.1 / 3.2). `L.` is `encoder.layer.{i}.`, `B.` is
 `blocks.{i}.`:
 
   hub                      HF 4.x on disk / HF 5.x in memory          ours

@@ -4,7 +4,7 @@ One mapping per model kind, built from our own parameter names and shapes (abstr
 allocated), serves both directions: import (PyTorch state dict -> our flat params) and export
 (ours -> the reference layout), so a round trip is the identity by construction and the strict
 checks (every source tensor used once, every target filled, shapes equal) come for free.
-Layouts: ../shared/reference/checkpoint_layouts.md sections 0-2.
+Layouts: docs/checkpoint_layouts.md §0-2.
 
 Tokenizer (`VQVitModelPlus` / `VQVitModel2DPlus`), ours -> reference:
   *.scale                          -> *.weight                     (LayerNorm / GroupNorm)
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import re
 import sys
@@ -52,9 +51,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from gigatok_jax import fileio
 from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError, UserError
 from gigatok_jax.models import layer_layout
+from gigatok_jax.tree_names import flat_shapes, flatten, unflatten
 
 TOKENIZER_RECIPES = ("tokenizer_ss", "tokenizer_sb", "tokenizer_bl", "tokenizer_xlxxl",
                      "tokenizer_ss_2d", "tokenizer_sb_2d", "tokenizer_bl_2d")
@@ -255,49 +256,16 @@ def to_torch(rules: list[Rule], flat: Mapping[str, np.ndarray]) -> dict[str, np.
 
 
 # ------------------------------------------------------------------------------ recipes & models
-def _path_name(path) -> str:
-  """A jax tree path of a pure dict -> our flat "a.b.c" name (list indices as numbers)."""
-  return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-
-
-def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  import jax
-  return {_path_name(path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def flatten(tree: Any) -> dict[str, np.ndarray]:
-  import jax
-  return {_path_name(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def unflatten(flat: Mapping[str, np.ndarray], like: Any) -> Any:
-  """Our flat "a.b.c" arrays as the nested pure dict `like` (a pytree with the same leaves)."""
-  import jax
-  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
-                                      [flat[_path_name(path)] for path in paths])
-
-
 def abstract_tokenizer(config) -> tuple[Any, Any, Any]:
   """(generator params, discriminator params, discriminator stats) as abstract pure dicts."""
-  from flax import nnx
-  from gigatok_jax.models.discriminator import PatchGANDiscriminator
-  from gigatok_jax.models.tokenizer import Tokenizer
-  gen = nnx.eval_shape(lambda: Tokenizer(config.model, config.data.image_size, rngs=nnx.Rngs(0)))
-  d = config.discriminator
-  disc = nnx.eval_shape(lambda: PatchGANDiscriminator(ndf=d.ndf, n_layers=d.n_layers,
-                                                      rngs=nnx.Rngs(0)))
-  return (nnx.to_pure_dict(nnx.state(gen, nnx.Param)), nnx.to_pure_dict(nnx.state(disc, nnx.Param)),
-          nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat)))
+  from gigatok_jax import build  # pylint: disable=import-outside-toplevel
+  disc = build.discriminator(config)
+  return build.tokenizer(config).abstract, disc.abstract, disc.stats
 
 
 def abstract_gpt(config) -> Any:
-  from flax import nnx
-  from gigatok_jax.models.gpt import GPT
-  return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))),
-                                    nnx.Param))
+  from gigatok_jax import build  # pylint: disable=import-outside-toplevel
+  return build.gpt(config).abstract
 
 
 def _layer_count(sd: Mapping[str, Any], prefix: str) -> int:
@@ -432,37 +400,29 @@ def read_checkpoint(path: str) -> dict[str, Any]:
   return {k: numpy(v) for k, v in raw.items()}
 
 
-def sha256_of(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str = "",
                       tokenizer_workdir: str = "", log=print) -> str:
   """Converts a released tokenizer or GPT file into run directory `out`; returns `out`."""
-  from gigatok_jax import config_base, pretrained
+  from gigatok_jax import runs  # pylint: disable=import-outside-toplevel
   raw = read_checkpoint(src)
   sd, picked = pick_weights(raw, weights, src)
   kind = kind_of(sd)
   recipe = recipe or infer_recipe(sd)
   config = configure(recipe, sd)
   steps = raw.get("steps", 0)
-  info = dict(source=os.path.abspath(src), source_sha256=sha256_of(src), weights=picked,
+  info = dict(source=os.path.abspath(src), source_sha256=fileio.sha256_file(src), weights=picked,
               recipe=recipe, kind=kind,
               source_steps=int(steps) if isinstance(steps, (int, np.integer)) else 0)
   if kind == "tokenizer":
     gen, disc, stats = abstract_tokenizer(config)
-    gen_flat = from_torch(tokenizer_rules(_flat_shapes(gen)), sd, f"{src} [{picked}]",
+    gen_flat = from_torch(tokenizer_rules(flat_shapes(gen)), sd, f"{src} [{picked}]",
                           extra=dict([CODEBOOK_USED]))
-    if layer_layout.is_scanned(_flat_shapes(gen)):                 # model.scan_layers
+    if layer_layout.is_scanned(flat_shapes(gen)):                 # model.scan_layers
       gen_flat = layer_layout.to_scanned(gen_flat)
     trees = {"gen_params": unflatten(gen_flat, gen)}
     disc_sd = raw.get("discriminator")
     if isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd:     # the PatchGAN layout
-      rules = discriminator_rules(_flat_shapes(disc), _flat_shapes(stats))
+      rules = discriminator_rules(flat_shapes(disc), flat_shapes(stats))
       flat = from_torch(rules, raw["discriminator"], f"{src} [discriminator]")
       trees["disc_params"] = unflatten({k: v for k, v in flat.items()
                                         if not k.startswith("stats:")}, disc)
@@ -475,11 +435,11 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
     if tokenizer_workdir:
       config.tokenizer.workdir = os.path.abspath(tokenizer_workdir)
     params = abstract_gpt(config)
-    trees = {"params": unflatten(from_torch(gpt_rules(_flat_shapes(params)), sd,
+    trees = {"params": unflatten(from_torch(gpt_rules(flat_shapes(params)), sd,
                                             f"{src} [{picked}]"), params)}
   os.makedirs(out, exist_ok=True)
-  config_base.write_run_config(config, out)
-  pretrained.save(out, trees, info)
+  runs.write_config(config, out)
+  runs.save_imported(out, trees, info)
   n = sum(int(np.size(x)) for x in flatten(trees[next(iter(trees))]).values())
   log(f"converted {kind} {src} ({picked} weights, {n:,} parameters, recipe {recipe}) -> {out}")
   return out
@@ -488,20 +448,17 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
 def export_run(workdir: str, out: str, log=print) -> str:
   """Writes a run's weights (latest checkpoint, else its imported weights) in the reference layout:
   `.safetensors` (flat state dict) or `.pt` ({'model': state dict, 'steps': step})."""
-  import jax
-  from gigatok_jax import config_base, parallel, trained
-  config = config_base.read_run_config(workdir, key="--src")
-  mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
+  import jax  # pylint: disable=import-outside-toplevel
+  from gigatok_jax import inference, parallel, runs  # pylint: disable=import-outside-toplevel
+  config = runs.read_config(workdir, key="--src")
+  loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  flat = flatten(jax.device_get(loaded.params))
+  step = loaded.step
   if config.task == "tokenizer":
-    tok = trained.load_tokenizer(config, workdir, mesh)
-    flat = layer_layout.to_unrolled(flatten(jax.device_get(tok.params)))
+    flat = layer_layout.to_unrolled(flat)
     sd = to_torch(tokenizer_rules({k: v.shape for k, v in flat.items()}), flat)
     sd[CODEBOOK_USED[0]] = np.zeros(CODEBOOK_USED[1], np.float32)
-    step = tok.step
   else:
-    from gigatok_jax.train.gpt_step import GPTTask
-    params, step = trained.load_gpt_params(GPTTask(config, mesh), workdir)
-    flat = flatten(jax.device_get(params))
     sd = to_torch(gpt_rules({k: v.shape for k, v in flat.items()}), flat)
   sd = {k: np.asarray(v, np.float32) for k, v in sd.items()}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -1,7 +1,7 @@
 """Converts pytorch-fid's InceptionV3 weights (`pt_inception-2015-12-05-6726825d.pth`) to our file.
 
 The file is a torchvision `Inception3` state dict (num_classes=1008, aux_logits=False; see
-../shared/reference/checkpoint_layouts.md section 5). Per BasicConv `P` (e.g.
+docs/checkpoint_layouts.md section 5). Per BasicConv `P` (e.g.
 `Mixed_6b.branch7x7_2`):
 
   P.conv.weight        (O, I, kH, kW) -> P.conv.kernel (kH, kW, I, O)

@@ -3,7 +3,7 @@
 Why two inputs: the `lpips` package ships only the five small linear heads
 (`lpips/weights/v0.1/vgg.pth`); the VGG16 trunk is torchvision's ImageNet file
 `vgg16-397923af.pth`, which ships in no package and must be downloaded by the user. See
-../shared/reference/checkpoint_layouts.md section 4 for both layouts.
+docs/checkpoint_layouts.md section 4 for both layouts.
 
   torchvision `features.{idx}.weight` (Cout, Cin, 3, 3) -> `convs.{j}.kernel` (3, 3, Cin, Cout)
   torchvision `features.{idx}.bias`   (Cout,)           -> `convs.{j}.bias`

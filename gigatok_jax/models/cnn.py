@@ -1,4 +1,4 @@
-"""VQGAN-style CNN encoder and decoder of the GigaTok hybrid tokenizer (spec 2.1, layouts 1.3).
+"""VQGAN-style CNN encoder and decoder of the GigaTok hybrid tokenizer (docs/spec.md §2.1, layouts 1.3).
 
 Encoder: conv_in, per level `num_res_blocks` ResnetBlocks then a stride-2 downsample (except the
 last level), two mid blocks, GroupNorm + swish + conv_out to `z_channels`. 256 px -> 16 x 16.

@@ -4,7 +4,7 @@ Why our own module: GigaTok regularises its decoder features towards DINOv2-B/14
 (cosine similarity). The teacher has to run inside the jitted, sharded train step in the
 tokenizer's compute dtype, so it is an nnx module whose parameters carry logical axis names like
 the tokenizer's. Weights come from the public torch-hub or Hugging Face files through
-`convert/dinov2.py`; semantics follow ../shared/reference/checkpoint_layouts.md section 3:
+`convert/dinov2.py`; semantics follow docs/checkpoint_layouts.md section 3:
 
   tokens = [cls + pos[0], registers (no pos-emb), patches + pos[1:]]   (patches row-major)
   each block (pre-norm, LayerNorm eps 1e-6, LayerScale):

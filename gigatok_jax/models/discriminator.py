@@ -1,4 +1,4 @@
-"""PatchGAN discriminator (pix2pix / taming NLayerDiscriminator; spec 3.2).
+"""PatchGAN discriminator (pix2pix / taming NLayerDiscriminator; docs/spec.md §3.2).
 
 conv(3 -> ndf, 4x4 s2) + LeakyReLU(0.2); then n_layers - 1 stride-2 and one stride-1 conv without
 bias + BatchNorm + LeakyReLU, doubling channels up to 8 * ndf; a final 4x4 s1 conv to 1 logit map.

@@ -1,4 +1,4 @@
-"""LlamaGen-style class-conditional GPT over tokenizer codes (spec 4.1, layout section 2).
+"""LlamaGen-style class-conditional GPT over tokenizer codes (docs/spec.md §4.1, layout section 2).
 
 Sequence: [class embedding, tok(z_0), ..., tok(z_{T-2})] at positions 0..T-1 -> logits for z_0..z_{T-1}.
 Pre-norm blocks without biases:  h = x + Attn(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h)).
@@ -207,7 +207,7 @@ class GPT(nnx.Module):
   def hidden_states(self, tokens: jax.Array, labels: jax.Array, layer: int) -> jax.Array:
     """(B, T, W) hidden state after block `layer` (1-based) of the teacher-forced pass, no dropout.
 
-    Linear probing (spec 4.5) uses layer n_layer // 2 with the null class as `labels`.
+    Linear probing (docs/spec.md §4.5) uses layer n_layer // 2 with the null class as `labels`.
     """
     if not 1 <= layer <= len(self.layers):
       raise ValueError(f"layer must be in [1, {len(self.layers)}], got {layer}")

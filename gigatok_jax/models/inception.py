@@ -3,7 +3,7 @@
 Why our own module: the reference FID network is pytorch-fid's `FIDInceptionA/C/E_1/E_2` variant of
 torchvision's `Inception3` (num_classes=1008, aux_logits=False); neither runs under JAX, and the
 evaluation should run inside our jitted, sharded loop. Facts from
-../shared/reference/checkpoint_layouts.md section 5:
+docs/checkpoint_layouts.md section 5:
 
   input (B, H, W, 3) in [-1, 1] -> bilinear resize to 299 x 299 (torch align_corners=False,
   no antialiasing) -> stem -> Mixed_5b..5d (A) -> 6a (B) -> 6b..6e (C) -> 7a (D) -> 7b (E_1),

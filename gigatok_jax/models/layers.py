@@ -6,7 +6,7 @@ casts them to the compute `dtype` at use. Norm statistics are always computed in
 
 Layouts: images are NHWC, token sequences (B, T, C). Conv kernels are HWIO, Dense kernels (in, out),
 attention projections (embed, heads, head_dim), so converting a PyTorch Linear is `W.T` and a
-fused `in_proj` reshapes without permuting (see ../shared/reference/checkpoint_layouts.md).
+fused `in_proj` reshapes without permuting (see docs/checkpoint_layouts.md).
 """
 
 from __future__ import annotations

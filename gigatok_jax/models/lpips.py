@@ -2,7 +2,7 @@
 
 Why our own module: the reference loss is the `lpips` package's `LPIPS(net='vgg', version='0.1')`
 on top of torchvision's VGG16; neither runs under JAX, and the loss must live inside the jitted,
-sharded train step. Semantics follow ../shared/reference/checkpoint_layouts.md section 4:
+sharded train step. Semantics follow docs/checkpoint_layouts.md section 4:
 
   x' = (x - shift) / scale                      scaling layer, constants (not parameters)
   VGG16 `features`: 13 3x3 convs (padding 1) + ReLU, 2x2/2 max pools between the 5 blocks,

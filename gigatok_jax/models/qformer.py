@@ -1,4 +1,4 @@
-"""Transformer halves of the tokenizer (spec 2.1, layouts 1.3 / 1.5).
+"""Transformer halves of the tokenizer (docs/spec.md §2.1, layouts 1.3 / 1.5).
 
 1D (Q-Former): the encoder turns the 16 x 16 CNN map ("memory") into 256 latent tokens whose
 queries start from multi-level average pooling of the memory; the decoder turns the 256 quantized
@@ -44,7 +44,7 @@ class QFormerLayer(nnx.Module):
 
 
 def multi_level_pool(grid: jax.Array) -> jax.Array:
-  """Coarse-to-fine average pooling of a (B, H, W, C) grid into H*W query tokens (spec 2.4).
+  """Coarse-to-fine average pooling of a (B, H, W, C) grid into H*W query tokens (docs/spec.md §2.4).
 
   Groups (rows x cols): 1x1, 1x1 again, 1x2, 2x2, 2x4, 4x4, ... up to (H/2) x W; the column count
   grows first, each group is flattened row-major, groups are concatenated coarse to fine.
@@ -171,7 +171,7 @@ class SemanticProjector(nnx.Module):
 
 
 class ViTEncoder2D(nnx.Module):
-  """2D variant: a transformer over the grid tokens, grid kept (spec 2.3 "2D variants").
+  """2D variant: a transformer over the grid tokens, grid kept (docs/spec.md §2.3 "2D variants").
 
   `layer_type='plain'`: pre-norm self-attention + MLP, position embedding added once.
   `layer_type='decoder'`: the Q-Former layer with the layer's own input as memory, the one position

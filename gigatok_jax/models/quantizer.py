@@ -1,4 +1,4 @@
-"""l2-normalised vector quantizer with rotation trick and entropy loss (spec 2.5).
+"""l2-normalised vector quantizer with rotation trick and entropy loss (docs/spec.md §2.5).
 
 All quantizer math runs in float32 whatever the compute dtype.
 """

@@ -1,5 +1,5 @@
 """The assembled GigaTok tokenizer: CNN encoder -> transformer encoder -> VQ -> transformer decoder
--> CNN decoder, with the semantic branch at decoder layer k (spec 2.1).
+-> CNN decoder, with the semantic branch at decoder layer k (docs/spec.md §2.1).
 
 Submodule names follow the reference state dict (`encoder`, `s2to1encoder`, `quant_conv`,
 `quantize`, `post_quant_conv`, `s1to2decoder`, `decoder`; `s2dencoder`/`s2ddecoder` for 2D) so that

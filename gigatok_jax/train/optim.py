@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules (tokenizer: spec 3.3; GPT: spec 4.2).
+"""Optimizers and learning-rate schedules (tokenizer: docs/spec.md §3.3; GPT: docs/spec.md §4.2).
 
 AdamW with gradient clipping, linear warm-up from `lr * warmup_init_ratio`, then cosine decay to
 `final_lr` at `total_steps`. Weight decay skips parameters whose path contains "norm" (LayerNorm /
@@ -26,7 +26,7 @@ def warmup_cosine(lr: float, final_lr: float, warmup_steps: int, total_steps: in
 
 def warmup_stable_decay(lr: float, warmup_steps: int, total_steps: int,
                         decay_fraction: float) -> optax.Schedule:
-  """WSD (spec 4.2): linear warm-up from 0, constant, then the last `decay_fraction` of the steps
+  """WSD (docs/spec.md §4.2): linear warm-up from 0, constant, then the last `decay_fraction` of the steps
   decay to 0 with a 1 - sqrt(progress) shape. decay_fraction 0 = constant after warm-up."""
   decay_start = total_steps - int(round(decay_fraction * total_steps))
 
@@ -66,7 +66,7 @@ def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | 
 
 
 def gpt_adamw(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The GPT optimizer (spec 4.2): WSD or constant lr, decay on >= 2-D tensors only."""
+  """The GPT optimizer (docs/spec.md §4.2): WSD or constant lr, decay on >= 2-D tensors only."""
   decay = optim_cfg.decay_fraction if optim_cfg.schedule == "wsd" else 0.0
   schedule = warmup_stable_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps, decay)
   return adamw(optim_cfg, total_steps, optim_cfg.lr, schedule=schedule, mask=matrices_only)

@@ -24,20 +24,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import distributed, parallel, trained
+from gigatok_jax import build, console, distributed, images as image_lib, inference, parallel, runs
 from gigatok_jax.data import pipeline
-from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import fid, image_metrics, results, sharded
-from gigatok_jax.train import reporting
-
-
-def code_statistics(histogram: np.ndarray) -> dict[str, float]:
-  """Usage (fraction of codes used at least once) and perplexity of a code histogram."""
-  total = histogram.sum()
-  p = histogram[histogram > 0] / max(total, 1)
-  return {"codebook_usage": float((histogram > 0).mean()),
-          "codes_used": int((histogram > 0).sum()),
-          "code_perplexity": float(np.exp(-(p * np.log(p)).sum())) if total else 0.0}
+from gigatok_jax.metrics import fid, sharded
+from gigatok_jax.metrics import image as image_metrics
+from gigatok_jax.metrics.codes import code_statistics
 
 
 def _inception_features(path: str, mesh):
@@ -49,7 +40,7 @@ def _inception_features(path: str, mesh):
 
   def features(images: np.ndarray) -> np.ndarray:
     # Images are quantised to uint8 first, as saved reconstructions and reference images are.
-    return apply(image_metrics.to_uint8(images).astype(np.float32) / 127.5 - 1.0)
+    return apply(image_lib.to_uint8(images).astype(np.float32) / 127.5 - 1.0)
   return features
 
 
@@ -62,15 +53,15 @@ def _lpips_distance(path: str, mesh):
                                params, mesh)
 
 
-def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
+def run(config, workdir: str, *, progress: bool = True, options=None, devices=None) -> dict:
+  del options
   e = config.eval
   mesh = parallel.make_mesh(config.mesh, devices)
-  dp = parallel.data_parallel_size(mesh, tuple(tuple(r) for r in config.mesh.axis_rules))
-  if e.batch_size <= 0 or e.batch_size % dp:
-    raise ConfigError("eval.batch_size", f"{e.batch_size} must be a positive multiple of the {dp} "
-                      "data-parallel devices")
-  task, params, step = trained.load_tokenizer(config, workdir, mesh)
-  reconstruct = distributed.StartTogether(task.jitted_reconstruct(), "reconstruct", config)
+  parallel.check_batch_divisible(e.batch_size, mesh, build.axis_rules(config), "eval.batch_size")
+  tok = inference.load(config, workdir, mesh)
+  params, step = tok.params, tok.step
+  reconstruct = distributed.StartTogether(inference.reconstruct_fn(tok.spec), "reconstruct",
+                                          config)
   num = None if e.num_images <= 0 else e.num_images
   it = pipeline.make_eval_iterator(config.data, batch_size=e.batch_size, num_images=num,
                                    batch_size_key="eval.batch_size")
@@ -82,14 +73,12 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
   sums = {"psnr": 0.0, "ssim": 0.0}
   histogram = np.zeros(config.model.codebook_size, np.int64)
   seen = 0
-  from tqdm import tqdm
-  bar = tqdm(total=math.ceil(n_total / e.batch_size), unit="batch", desc="eval",
-             disable=not progress or jax.process_index() != 0)
+  bar = console.progress_bar(math.ceil(n_total / e.batch_size), "eval", enabled=progress)
   t0 = time.time()
   with jax.set_mesh(mesh):
     for batch in it:
       inputs = parallel.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh,
-                                     task.rules)
+                                     tok.rules)
       recon, codes = reconstruct(params, inputs["image"])
       if not recon.is_fully_addressable:
         # Multi-process: every process scores the whole batch. Inputs are gathered from the same
@@ -139,8 +128,8 @@ def run(config, workdir: str, *, progress: bool = True, devices=None) -> dict:
       "seconds": round(time.time() - t0, 2),
   }
   if jax.process_index() == 0:
-    out = result["json"] = results.save(workdir, f"tokenizer_{step:08d}", result)
-    reporting.info(f"eval at step {step} on {seen} images: "
+    out = result["json"] = runs.save_eval(workdir, f"tokenizer_{step:08d}", result)
+    console.info(f"eval at step {step} on {seen} images: "
                  + (f"rFID {result['rfid']:.3f}, " if rfid else "") + f"PSNR {result['psnr']:.2f} dB, SSIM "
                    f"{result['ssim']:.4f}, codebook usage {result['codebook_usage']:.4f}, "
                    f"perplexity {result['code_perplexity']:.1f}; {out}")

@@ -1,4 +1,4 @@
-"""`--mode=probe` (GPT recipes): linear probing on the frozen GPT's features (spec 4.5).
+"""`--mode=probe` (GPT recipes): linear probing on the frozen GPT's features (docs/spec.md §4.5).
 
 Features: the hidden state after block `probe.layer` (0 = n_layer // 2, as the reference) of the
 teacher-forced pass over ground-truth tokens with the null class as condition, mean-pooled over
@@ -18,24 +18,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gigatok_jax import parallel
+from gigatok_jax import console, inference, parallel, runs
 from gigatok_jax.data import codes as codes_lib
-from gigatok_jax.evaluate import results
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.train import reporting
 
 BN_EPS = 1e-6
 BN_MOMENTUM = 0.1          # torch's: running = 0.9 running + 0.1 batch
 
 
-def extract_features(task, params, codes_dir: str, key: str, layer: int, batch_size: int):
+def extract_features(gpt: inference.Loaded, params, codes_dir: str, key: str, layer: int,
+                     batch_size: int):
   """Mean-pooled (N, W) float32 features and (N,) labels of every record's first view."""
   source = codes_lib.CodeRecordSource(codes_lib.complete_shards(codes_dir, key))
-  model_null = task.config.model.num_classes
+  model_null = gpt.config.model.num_classes
 
   @jax.jit
   def features(params, tokens):
-    model = task.model(params)
+    model = gpt.model(params)
     null = jnp.full((tokens.shape[0],), model_null, jnp.int32)
     return model.hidden_states(tokens, null, layer).astype(jnp.float32).mean(axis=1)
 
@@ -44,7 +43,7 @@ def extract_features(task, params, codes_dir: str, key: str, layer: int, batch_s
     records = [source[i] for i in range(start, min(start + batch_size, len(source)))]
     tokens = np.stack([r["codes"][0] for r in records])
     padded = np.resize(tokens, (batch_size,) + tokens.shape[1:])   # one compiled shape
-    with jax.set_mesh(task.mesh):
+    with jax.set_mesh(gpt.mesh):
       out = np.asarray(jax.device_get(features(params, padded)))
     feats.append(out[:len(records)])
     labels.append(np.array([r["label"] for r in records], np.int32))
@@ -96,10 +95,9 @@ def train_probe(train_x, train_y, eval_x, eval_y, *, num_classes: int, epochs: i
           "steps": total, "num_train": int(n), "num_eval": int(len(eval_y))}
 
 
-def run(config, workdir: str, *, devices=None) -> dict:
+def run(config, workdir: str, *, progress: bool = True, options=None, devices=None) -> dict:
   """Loads the latest GPT checkpoint, probes it on data.codes_path / data.eval_codes_path."""
-  from gigatok_jax.trained import load_gpt_params  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.train.gpt_step import GPTTask          # pylint: disable=import-outside-toplevel
+  del progress, options
   p = config.probe
   if not config.data.eval_codes_path:
     raise ConfigError("data.eval_codes_path", "linear probing needs validation codes "
@@ -107,12 +105,12 @@ def run(config, workdir: str, *, devices=None) -> dict:
   layer = p.layer or config.model.layers // 2
   if not 1 <= layer <= config.model.layers:
     raise ConfigError("probe.layer", f"must be in [1, {config.model.layers}] (0 = half), got {layer}")
-  task = GPTTask(config, parallel.make_mesh(config.mesh, devices))
-  params, step = load_gpt_params(task, workdir)
+  gpt = inference.load(config, workdir, parallel.make_mesh(config.mesh, devices))
+  params, step = gpt.params, gpt.step
   t0 = time.time()
-  train_x, train_y = extract_features(task, params, config.data.codes_path, "data.codes_path",
+  train_x, train_y = extract_features(gpt, params, config.data.codes_path, "data.codes_path",
                                       layer, p.feature_batch_size)
-  eval_x, eval_y = extract_features(task, params, config.data.eval_codes_path,
+  eval_x, eval_y = extract_features(gpt, params, config.data.eval_codes_path,
                                     "data.eval_codes_path", layer, p.feature_batch_size)
   result = train_probe(train_x, train_y, eval_x, eval_y, num_classes=config.model.num_classes,
                        epochs=p.epochs, warmup_epochs=p.warmup_epochs, batch_size=p.batch_size,
@@ -122,8 +120,8 @@ def run(config, workdir: str, *, devices=None) -> dict:
                  "eval_codes_path": config.data.eval_codes_path,
                  "seconds": round(time.time() - t0, 2)})
   if jax.process_index() == 0:
-    out = result["json"] = results.save(workdir, f"probe_{step:08d}", result)
-    reporting.info(f"linear probe of GPT step {step}, layer {layer}: top-1 "
+    out = result["json"] = runs.save_eval(workdir, f"probe_{step:08d}", result)
+    console.info(f"linear probe of GPT step {step}, layer {layer}: top-1 "
                    f"{100 * result['top1']:.2f}% on {result['num_eval']} validation images; {out}")
   return result
 

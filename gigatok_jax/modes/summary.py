@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import jax
-from flax import nnx
 
-from gigatok_jax.models.discriminator import PatchGANDiscriminator
-from gigatok_jax.models.tokenizer import Tokenizer
+from gigatok_jax import build
 
 
 def count_tree(state) -> int:
   return sum(x.size for x in jax.tree.leaves(state))
 
 
-def abstract_params(config):
-  gen = nnx.eval_shape(lambda: Tokenizer(config.model, config.data.image_size, rngs=nnx.Rngs(0)))
-  d = config.discriminator
-  disc = nnx.eval_shape(lambda: PatchGANDiscriminator(ndf=d.ndf, n_layers=d.n_layers,
-                                                      rngs=nnx.Rngs(0)))
-  return nnx.state(gen, nnx.Param), nnx.state(disc, nnx.Param)
-
-
-def abstract_gpt_params(config):
-  from gigatok_jax.models.gpt import GPT  # pylint: disable=import-outside-toplevel
-  return nnx.state(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))), nnx.Param)
+def run(config, workdir=None, *, progress: bool = True, options=None) -> str:
+  del workdir, progress, options
+  text = summarize(config)
+  print(text)
+  return text
 
 
 def summarize(config, depth: int = 2) -> str:
   """A table of parameter counts per module (to `depth` levels) and totals."""
-  if config.get("task") == "gpt":
-    gen, disc = abstract_gpt_params(config), None
-  else:
-    gen, disc = abstract_params(config)
+  gen = build.generator(config).abstract
+  disc = None if config.get("task") == "gpt" else build.discriminator(config).abstract
   rows: list[tuple[str, int]] = []
 
   def walk(tree, prefix, level):
@@ -44,7 +34,7 @@ def summarize(config, depth: int = 2) -> str:
       if isinstance(sub, dict) and level + 1 < depth:
         walk(sub, path + "/", level + 1)
 
-  pure = nnx.to_pure_dict(gen)
+  pure = gen
   walk(pure, "", 0)
   total = count_tree(pure)
   m = config.model

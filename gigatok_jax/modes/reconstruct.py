@@ -8,14 +8,13 @@ is empty, the first `eval_num_images` images of the eval split. Writes
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
-from gigatok_jax import parallel, trained
-from gigatok_jax.train import reporting
+from gigatok_jax import fileio, images as image_lib, inference, parallel, runs
+from gigatok_jax.metrics import image as image_metrics
 
 
 def load_images(config) -> np.ndarray:
@@ -33,11 +32,14 @@ def load_images(config) -> np.ndarray:
   return images
 
 
-def run(config, workdir: str, batch_size: int = 16, devices=None) -> dict:
+def run(config, workdir: str, *, progress: bool = True, options=None, devices=None,
+        batch_size: int = 16) -> dict:
+  del progress, options
   mesh = parallel.make_mesh(config.mesh, devices)
-  task, params, step = trained.load_tokenizer(config, workdir, mesh)
+  tok = inference.load(config, workdir, mesh)
+  params, step = tok.params, tok.step
   images = load_images(config)
-  reconstruct = task.jitted_reconstruct()
+  reconstruct = inference.reconstruct_fn(tok.spec)
   recons, codes = [], []
   with jax.set_mesh(mesh):
     for i in range(0, len(images), batch_size):
@@ -50,17 +52,16 @@ def run(config, workdir: str, batch_size: int = 16, devices=None) -> dict:
   result = {
       "step": int(step),
       "num_images": int(len(images)),
-      "psnr": float(np.mean(reporting.psnr_uint8(images, recon))),
+      "psnr": float(np.mean(image_metrics.psnr(images, recon))),
       "codes_used": int(used.size),
       "codebook_usage": float(used.size / config.model.codebook_size),
       "tokens_per_image": int(codes.shape[1]),
   }
-  out_dir = os.path.join(workdir, "reconstruct")
+  out_dir = runs.reconstruct_dir(workdir)
   if jax.process_index() == 0:
-    result["grid"] = reporting.save_png(reporting.comparison_grid(images, recon),
+    result["grid"] = image_lib.save_png(image_lib.comparison_grid(images, recon),
                                         os.path.join(out_dir, f"grid_{step:08d}.png"))
-    with open(os.path.join(out_dir, f"metrics_{step:08d}.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    fileio.atomic_write_json(os.path.join(out_dir, f"metrics_{step:08d}.json"), result)
     print(f"reconstructed {result['num_images']} images at step {step}: PSNR "
           f"{result['psnr']:.2f} dB, {result['codes_used']} codes used "
           f"({100 * result['codebook_usage']:.2f}% of the codebook); grid: {result['grid']}")

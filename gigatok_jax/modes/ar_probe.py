@@ -1,4 +1,4 @@
-"""`--mode=ar_probe` (GPT recipes): the paper's AR-probing protocol as one command (spec 4.3).
+"""`--mode=ar_probe` (GPT recipes): the paper's AR-probing protocol as one command (docs/spec.md §4.3).
 
 train the GPT on the tokenizer's codes (or resume) up to `total_steps` -> sample -> gFID / IS /
 precision-recall -> validation loss -> linear probe, with one results JSON
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 
+from gigatok_jax import console, modes, runs
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import gpt_eval, linear_probe, results
-from gigatok_jax.train import reporting
 
 
 def check_inputs(config) -> None:
@@ -28,18 +27,22 @@ def check_inputs(config) -> None:
       raise ConfigError(f"eval.{key}", f"{config.eval[key]} not found")
 
 
-def run(config, workdir: str, *, progress: bool = True, features_fn=None) -> dict:
-  from gigatok_jax import sample_images  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.train import gpt_trainer  # pylint: disable=import-outside-toplevel
+def run(config, workdir: str, *, progress: bool = True, options=None, features_fn=None) -> dict:
+  """`features_fn` replaces the Inception network (tests). The stages run through the mode table
+  (the config was checked once, for all of them, before training)."""
+  del options
   if features_fn is None:
     check_inputs(config)
-  state = gpt_trainer.train(config, workdir, progress=progress)
-  samples = sample_images.run(config, workdir, progress=progress)
+
+  def stage(name, cfg=config, **opts):
+    return modes.run_mode(name, cfg, workdir, progress=progress, options=opts, validate=False)
+  stage("train")
+  samples = stage("sample")
   eval_cfg = config.copy_and_resolve_references()
   eval_cfg.eval.samples = samples["npz"]
-  scores = gpt_eval.run(eval_cfg, workdir, features_fn=features_fn)
-  probe = linear_probe.run(config, workdir)
-  step = int(state.step)
+  scores = stage("eval", eval_cfg, features_fn=features_fn)
+  probe = stage("probe")
+  step = int(probe["gpt_step"])
   result = {
       "gpt_step": step, "gfid": scores["fid"], "inception_score": scores["inception_score"],
       "precision": scores.get("precision"), "recall": scores.get("recall"),
@@ -49,7 +52,7 @@ def run(config, workdir: str, *, progress: bool = True, features_fn=None) -> dic
       "samples": scores["samples"], "reference": scores["reference"],
       "details": {"eval": scores.get("json"), "probe": probe.get("json")},
   }
-  out = result["json"] = results.save(workdir, f"ar_probe_{step:08d}", result)
-  reporting.info(f"AR probing at step {step}: gFID {result['gfid']:.3f}, validation loss "
+  out = result["json"] = runs.save_eval(workdir, f"ar_probe_{step:08d}", result)
+  console.info(f"AR probing at step {step}: gFID {result['gfid']:.3f}, validation loss "
                  f"{result['val_loss']:.4f}, linear probe top-1 {100 * result['linear_probe_top1']:.2f}%")
   return result

@@ -1,29 +1,23 @@
 """Per-image PSNR and SSIM on uint8 NHWC batches, matching skimage.metrics as GigaTok's evaluation uses it.
 
 Both metrics work on the uint8 scale (data range 255): float inputs are taken as [-1, 1] and quantised to uint8
-first, as happens when reconstructions are saved as images and then scored. numpy/scipy only.
+first, as happens when reconstructions are saved as images and then scored (numpy/scipy). `psnr_float` is
+the train step's jax metric on unquantised floats.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-# An exact match has MSE 0 and infinite PSNR. We floor the MSE at 1e-10 instead (as the training reporter's
-# psnr_uint8 does), so identical images score PSNR_CAP_DB ~ 148.13 dB and batch means stay finite. The cap is
+from gigatok_jax.images import to_uint8
+
+# An exact match has MSE 0 and infinite PSNR. We floor the MSE at 1e-10 instead, so identical images score PSNR_CAP_DB ~ 148.13 dB and batch means stay finite. The cap is
 # above every real value: one grey level off in one pixel of a 1024x1024x3 image is still only ~113 dB.
 PSNR_MSE_FLOOR = 1e-10
 PSNR_CAP_DB = float(10 * np.log10(255.0 ** 2 / PSNR_MSE_FLOOR))
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """uint8 passes through; float images in [-1, 1] -> round((x + 1) * 127.5) clipped to [0, 255]."""
-  images = np.asarray(images)
-  if images.dtype == np.uint8:
-    return images
-  if not np.issubdtype(images.dtype, np.floating):
-    raise ValueError(f"images must be uint8 or float in [-1, 1], got {images.dtype}")
-  return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,3 +75,10 @@ def ssim(a: np.ndarray, b: np.ndarray, *, gaussian_weights: bool = True, sigma: 
     ssim_map = numerator / denominator  # (H, W, C)
     scores[i] = ssim_map[pad:ssim_map.shape[0] - pad, pad:ssim_map.shape[1] - pad].mean()
   return scores
+
+
+def psnr_float(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Mean PSNR in dB of float images in [-1, 1] (peak-to-peak 2), per image then averaged; jax,
+  for the train step's metric (no uint8 quantisation, unlike `psnr`)."""
+  mse = jnp.mean(jnp.square(jnp.clip(a, -1, 1) - jnp.clip(b, -1, 1)), axis=(1, 2, 3))
+  return jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10)))

@@ -19,12 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from gigatok_jax import config_base, parallel, trained
+from gigatok_jax import build, console, fileio, inference, parallel, runs
 from gigatok_jax.data import codes as codes_lib
 from gigatok_jax.data import pipeline, records, transforms
 from gigatok_jax.errors import ConfigError, DataError
-from gigatok_jax.models.tokenizer import grid_size
-from gigatok_jax.train import reporting
 
 AUGMENTS = {"none": 1, "flip": 2, "ten_crop": 10}
 
@@ -44,34 +42,8 @@ def image_views(image: np.ndarray, size: int, augment: str, ten_crop_scale: floa
   return np.stack(crops + [c[:, ::-1] for c in crops])
 
 
-def tokenizer_config(config):
-  """The tokenizer's config: the one its run saved (tokenizer.workdir/config.json) or, when set,
-  tokenizer.recipe; with the extraction's image-path overrides."""
-  if not config.tokenizer.workdir:
-    raise ConfigError("tokenizer.workdir", "is empty; set it to the tokenizer's training run directory")
-  if config.tokenizer.recipe:
-    tok = config_base.load_recipe(config.tokenizer.recipe)
-  else:
-    tok = config_base.read_run_config(config.tokenizer.workdir)
-  for split in ("train", "eval"):
-    path = config.extract[f"image_{split}_path"]
-    if path:
-      tok.data[f"{split}_path"] = path
-  return tok
-
-
-def check_compatible(config, tok) -> None:
-  """The GPT's vocabulary and sequence length must be the tokenizer's codebook and token count."""
-  n = grid_size(tok.model, tok.data.image_size) ** 2
-  if config.model.vocab_size != tok.model.codebook_size:
-    raise ConfigError("model.vocab_size", f"is {config.model.vocab_size} but the tokenizer "
-                      f"in {config.tokenizer.workdir} has a codebook of {tok.model.codebook_size}")
-  if config.model.num_tokens != n:
-    raise ConfigError("model.num_tokens", f"is {config.model.num_tokens} but the tokenizer "
-                      f"in {config.tokenizer.workdir} gives {n} tokens per image")
-
-
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
+  del options
   e = config.extract
   if e.augment not in AUGMENTS:
     raise ConfigError("extract.augment", f"must be one of {tuple(AUGMENTS)}, got {e.augment!r}")
@@ -80,11 +52,11 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                       f"{AUGMENTS[e.augment]} views per image of augment={e.augment!r}")
   if e.split not in pipeline.SPLITS:
     raise ConfigError("extract.split", f"must be one of {pipeline.SPLITS}, got {e.split!r}")
-  tok = tokenizer_config(config)
-  check_compatible(config, tok)
+  tok = runs.gpt_tokenizer_config(config)
+  runs.check_tokenizer_fits(config, tok)
   source = pipeline.make_source(tok.data, e.split)
   num_images = len(source) if e.max_images <= 0 else min(e.max_images, len(source))
-  out_dir = e.output or os.path.join(workdir, "codes", e.split)
+  out_dir = e.output or runs.codes_dir(workdir, e.split)
   os.makedirs(out_dir, exist_ok=True)
 
   # Each process encodes its chunks on its own devices: no cross-host traffic, independent progress.
@@ -92,14 +64,12 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
   # tokenizer's axis rules place its weights on it.
   mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
                             jax.local_devices())
-  dp = parallel.data_parallel_size(mesh, tuple(tuple(r) for r in tok.mesh.axis_rules))
-  if e.batch_size % dp:
-    raise ConfigError("extract.batch_size", f"{e.batch_size} is not divisible by the {dp} "
-                      "data-parallel devices of this process")
-  task, params, tok_step = trained.load_tokenizer(tok, config.tokenizer.workdir, mesh)
-  encode = jax.jit(lambda p, x: task.generator(p).encode(x),
-                   in_shardings=(task.state_shardings.gen_params,
-                                 parallel.batch_sharding(mesh, task.rules, 4)))
+  parallel.check_batch_divisible(e.batch_size, mesh, build.axis_rules(tok), "extract.batch_size",
+                                 " of this process")
+  loaded = inference.load(tok, config.tokenizer.workdir, mesh)
+  params, tok_step = loaded.params, loaded.step
+  encode = jax.jit(lambda p, x: loaded.model(p).encode(x),
+                   in_shardings=(loaded.spec.shardings, loaded.batch_sharding(4)))
 
   num_shards = math.ceil(num_images / e.images_per_shard)
   mine = [k for k in range(jax.process_index(), num_shards, jax.process_count())]
@@ -121,15 +91,13 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                         f"({', '.join(f'{k}: {old.get(k)!r} -> {meta[k]!r}' for k in changed)}); "
                         "remove it or choose another extract.output")
   if jax.process_index() == 0:
-    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
-  reporting.info(f"extract_codes: {num_images} {e.split} images x {views} views -> {out_dir} "
+    fileio.atomic_write_json(meta_path, meta)
+  console.info(f"extract_codes: {num_images} {e.split} images x {views} views -> {out_dir} "
                  f"({len(mine) - len(todo)} of this process's {len(mine)} shards already done)")
 
-  from tqdm import tqdm
-  bar = tqdm(total=sum(min(e.images_per_shard, num_images - k * e.images_per_shard) for k in todo),
-             unit="img", desc="extract_codes", disable=not progress or jax.process_index() != 0)
+  bar = console.progress_bar(
+      sum(min(e.images_per_shard, num_images - k * e.images_per_shard) for k in todo),
+      "extract_codes", enabled=progress, unit="img")
   per_call = max(1, e.batch_size // views)            # images per encode call (V views each)
   for k in todo:
     start, stop = k * e.images_per_shard, min((k + 1) * e.images_per_shard, num_images)
@@ -149,5 +117,5 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
           writer.write_raw(codes_lib.encode_code_record(ids[j * views:(j + 1) * views], it["label"]))
         bar.update(len(items))
   bar.close()
-  reporting.info(f"extract_codes: done ({len(todo)} shards written by this process)")
+  console.info(f"extract_codes: done ({len(todo)} shards written by this process)")
   return {"output": out_dir, **meta, "shards_written": len(todo)}

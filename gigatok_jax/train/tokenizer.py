@@ -6,35 +6,38 @@ in/out shardings and donation. The loss phase is static: before `loss.disc_start
 neither runs the discriminator nor updates it, and the auxiliary losses run only before
 `loss.aux_loss_end`; each phase is its own executable, compiled when the run reaches it.
 
-Generator loss (spec 3.1):  w_rec * L2 + w_cb * vq + commit + w_ent * entropy + w_gan * (-D(fake))
+Generator loss (docs/spec.md §3.1):  w_rec * L2 + w_cb * vq + commit + w_ent * entropy + w_gan * (-D(fake))
                             + w_perc * LPIPS + w_sem * (-cos(projector(dec layer k), DINOv2))
                             [+ w_feat * MSE(sg(CNN map), decoder map) + L2(+LPIPS)(shortcut) while aux]
 The frozen teachers (train/teachers.py) are a third, non-donated argument of the step.
-Discriminator loss (spec 3.2): w_gan * 0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))
+Discriminator loss (docs/spec.md §3.2): w_gan * 0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
-from gigatok_jax import parallel
-from gigatok_jax.models.discriminator import PatchGANDiscriminator
+from gigatok_jax import build, console, distributed, inference, parallel, runs
+from gigatok_jax import images as image_lib
+from gigatok_jax.metrics import image as image_metrics
+from gigatok_jax.metrics.image import psnr_float
 from gigatok_jax.models.layers import block_output_sharding
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
 from gigatok_jax.train.teachers import FrozenTeachers, cosine_similarity
 
-USAGE_BUFFER = 65536  # codebook usage is measured over the last 65536 code indices (spec 2.5)
+USAGE_BUFFER = 65536  # codebook usage is measured over the last 65536 code indices (docs/spec.md §2.5)
 
 
 @flax.struct.dataclass
@@ -49,74 +52,68 @@ class TokenizerState:
   recent_codes: jax.Array         # (USAGE_BUFFER,) int32, -1 = empty
 
 
-def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2), per image then averaged."""
-  mse = jnp.mean(jnp.square(jnp.clip(a, -1, 1) - jnp.clip(b, -1, 1)), axis=(1, 2, 3))
-  return jnp.mean(10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10)))
-
-
 def hinge_d_loss(logits_real, logits_fake):
   return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
 
 
+class Phase(NamedTuple):
+  """The static switches of a tokenizer train step; each phase compiles its own executable."""
+  gan: bool = False      # discriminator on (from loss.disc_start_step)
+  aux: bool = False      # auxiliary losses on (before loss.aux_loss_end)
+
+  def describe(self) -> str:
+    return f"GAN {'on' if self.gan else 'off'}, aux losses {'on' if self.aux else 'off'}"
+
+
 class TokenizerTask:
-  """Everything needed to initialise, shard and step a tokenizer training run."""
+  """Everything needed to initialise, shard and step a tokenizer training run: the builder's
+  generator and discriminator, their AdamW optimizers on top, and the frozen teachers."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                random_teachers: bool = False):
-    """`random_teachers`: random-weight DINOv2/LPIPS of the right shapes (benchmarks only)."""
+    """`random_teachers`: random-weight DINOv2/LPIPS of the right shapes (benchmarks, AOT)."""
     self.config = config
     self.mesh = mesh
-    self.rules = tuple(tuple(r) for r in config.mesh.axis_rules)
+    self.rules = build.axis_rules(config)
     c = config
     self.gen_tx, self.gen_schedule = optim.adamw(c.optim, c.total_steps, c.optim.lr)
     self.disc_tx, _ = optim.adamw(c.optim, c.total_steps, c.optim.disc_lr)
+    self.gen = build.tokenizer(config, mesh)
+    self.disc = build.discriminator(config, mesh)
 
-    gen = nnx.eval_shape(lambda: self._make_generator(0))
-    self.gen_graph, abs_gen_params = nnx.split(gen, nnx.Param)
-    disc = nnx.eval_shape(lambda: self._make_discriminator(0))
-    self.disc_graph, abs_disc_params, abs_disc_stats = nnx.split(disc, nnx.Param, nnx.BatchStat)
-
-    gen_sh = parallel.state_shardings(abs_gen_params, mesh, self.rules)
-    disc_sh = parallel.state_shardings(abs_disc_params, mesh, self.rules)
-    stats_sh = parallel.state_shardings(abs_disc_stats, mesh, self.rules)
-    self.abstract_state = jax.eval_shape(self._init_state)
+    abstract = jax.eval_shape(self._init_state)
     rep = parallel.replicated(mesh)
-    s = self.abstract_state
     self.state_shardings = TokenizerState(
         step=rep,
-        gen_params=gen_sh,
-        gen_opt=parallel.optimizer_shardings(self.gen_tx, s.gen_opt, gen_sh, mesh),
-        disc_params=disc_sh,
-        disc_stats=stats_sh,
-        disc_opt=parallel.optimizer_shardings(self.disc_tx, s.disc_opt, disc_sh, mesh),
-        ema_params=gen_sh if s.ema_params is not None else None,
+        gen_params=self.gen.shardings,
+        gen_opt=parallel.optimizer_shardings(self.gen_tx, abstract.gen_opt, self.gen.shardings,
+                                             mesh),
+        disc_params=self.disc.shardings,
+        disc_stats=self.disc.stats_shardings,
+        disc_opt=parallel.optimizer_shardings(self.disc_tx, abstract.disc_opt,
+                                              self.disc.shardings, mesh),
+        ema_params=self.gen.shardings if abstract.ema_params is not None else None,
         recent_codes=rep,
     )
+    # The state's shapes with the shardings each array lives in (restore and AOT targets).
     self.abstract_state = jax.tree.map(
         lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-        self.abstract_state, self.state_shardings)
-    self.num_params = sum(x.size for x in jax.tree.leaves(s.gen_params))
-    self.num_disc_params = sum(x.size for x in jax.tree.leaves(s.disc_params))
+        abstract, self.state_shardings)
+    self.num_params = self.gen.num_params
+    self.num_disc_params = self.disc.num_params
     self.teachers = FrozenTeachers(config, random_init=random_teachers)
     self.teacher_shardings = self.teachers.shardings(mesh, self.rules)
     self._steps = {}
 
+  def describe(self) -> str:
+    return (f"generator {self.num_params / 1e6:.2f}M params, discriminator "
+            f"{self.num_disc_params / 1e6:.2f}M params")
+
   # --- construction ---------------------------------------------------------------------------
-  def _make_generator(self, seed: int) -> Tokenizer:
-    return Tokenizer(self.config.model, self.config.data.image_size, rngs=nnx.Rngs(seed))
-
-  def _make_discriminator(self, seed: int) -> PatchGANDiscriminator:
-    d = self.config.discriminator
-    return PatchGANDiscriminator(ndf=d.ndf, n_layers=d.n_layers, rngs=nnx.Rngs(seed))
-
   def _init_state(self) -> TokenizerState:
     seed = self.config.seed
-    gen = self._make_generator(seed)
-    disc = self._make_discriminator(seed + 1)
-    gen_params = nnx.to_pure_dict(nnx.state(gen, nnx.Param))
-    disc_params = nnx.to_pure_dict(nnx.state(disc, nnx.Param))
-    disc_stats = nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
+    gen_params, _ = self.gen.init(seed)
+    disc_params, disc_stats = self.disc.init(seed + 1)
     return TokenizerState(
         step=jnp.zeros((), jnp.int32),
         gen_params=gen_params,
@@ -134,25 +131,37 @@ class TokenizerTask:
       return self.teachers.init_random(self.mesh, self.rules, seed=self.config.seed)
     return self.teachers.load(self.mesh, self.rules)
 
+  def abstract_extra_args(self) -> tuple[Any, ...]:
+    """`load_extra_args()` as shapes with shardings (AOT compiles without loading anything)."""
+    return (self.teachers.abstract_args(self.mesh, self.rules),)
+
   def init_state(self) -> TokenizerState:
     """Initialises parameters directly into their shardings (no host copy of the full model)."""
     with jax.set_mesh(self.mesh):
       return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
   def generator(self, params) -> Tokenizer:
-    return nnx.merge(self.gen_graph, params)
+    return self.gen.merge(params)
+
+  def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """The train batch as shapes with their shardings (default: the global batch size)."""
+    n, s = batch_size or self.config.global_batch_size, self.config.data.image_size
+    return {"image": jax.ShapeDtypeStruct((n, s, s, 3), jnp.float32,
+                                          sharding=parallel.batch_sharding(self.mesh, self.rules, 4)),
+            "label": jax.ShapeDtypeStruct((n,), jnp.int32,
+                                          sharding=parallel.batch_sharding(self.mesh, self.rules, 1))}
 
   # --- the train step -------------------------------------------------------------------------
-  def phase(self, step: int) -> tuple[bool, bool]:
-    """(GAN active, auxiliary losses active) at `step`: the static switches of the step."""
+  def phase(self, step: int) -> Phase:
+    """The static switches of the step at `step`."""
     lc = self.config.loss
-    return (lc.disc_weight > 0 and step >= lc.disc_start_step, step < lc.aux_loss_end)
+    return Phase(gan=lc.disc_weight > 0 and step >= lc.disc_start_step, aux=step < lc.aux_loss_end)
 
-  def batch_shardings(self, batch_spec: dict[str, Any]):
-    return {k: parallel.batch_sharding(self.mesh, self.rules, len(v.shape))
-            for k, v in batch_spec.items()}
+  def steady_phase(self) -> Phase:
+    """The phase most of a run spends in (GAN on when it has one, aux losses over): what AOT plans."""
+    return Phase(gan=self.config.loss.disc_weight > 0, aux=False)
 
-  def train_step_fn(self, phase: tuple[bool, bool] = (False, False)):
+  def train_step_fn(self, phase: Phase = Phase()):
     """The pure step function (un-jitted) of a phase, for jit here and for AOT lowering elsewhere."""
     gan, aux = phase
     step = functools.partial(self._train_step, gan=gan, aux=aux)
@@ -162,11 +171,11 @@ class TokenizerTask:
         return step(*args)
     return constrained_step
 
-  def jitted_train_step(self, phase: tuple[bool, bool] = (False, False)):
-    phase = tuple(phase)
+  def jitted_train_step(self, phase: Phase = Phase()):
+    """The one jitted train step of `phase`: training runs it, `--mode=aot` lowers it."""
+    phase = Phase(*phase)
     if phase not in self._steps:
-      batch_sh = {"image": parallel.batch_sharding(self.mesh, self.rules, 4),
-                  "label": parallel.batch_sharding(self.mesh, self.rules, 1)}
+      batch_sh = {k: v.sharding for k, v in self.abstract_batch().items()}
       self._steps[phase] = jax.jit(
           self.train_step_fn(phase),
           in_shardings=(self.state_shardings, batch_sh, self.teacher_shardings),
@@ -184,7 +193,7 @@ class TokenizerTask:
     teacher_tokens = teachers.semantic_target(frozen, images) if teachers.semantic else None
 
     def disc_apply(disc_params, stats, x):
-      disc = nnx.merge(self.disc_graph, disc_params, stats)
+      disc = self.disc.merge(disc_params, stats)
       logits = disc(x, train=True)
       return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
 
@@ -260,7 +269,7 @@ class TokenizerTask:
         lr=self.gen_schedule(state.step),
         codebook_usage=codebook_usage(recent, c.model.codebook_size),
         code_perplexity=code_perplexity(codes, c.model.codebook_size),
-        psnr=psnr(out.reconstruction, images),
+        psnr=psnr_float(out.reconstruction, images),
     )
     new_state = dataclasses.replace(
         state, step=state.step + 1, gen_params=gen_params, gen_opt=gen_opt,
@@ -271,7 +280,75 @@ class TokenizerTask:
   # --- inference helpers ----------------------------------------------------------------------
   def jitted_reconstruct(self):
     """(params, images) -> (reconstructions clipped to [-1, 1], code indices)."""
-    def fn(params, images):
-      out = self.generator(params)(images)
-      return jnp.clip(out.reconstruction, -1.0, 1.0), out.indices
-    return jax.jit(fn)
+    return inference.reconstruct_fn(self.gen)
+
+
+# --- the training loop's hooks (train/loop.py) ---------------------------------------------------
+def grid_data_config(data_cfg):
+  """The data config whose eval split feeds the grids: the train shards when no eval_path is set."""
+  if data_cfg.source == "array_record" and not data_cfg.eval_path:
+    data_cfg = data_cfg.copy_and_resolve_references()
+    data_cfg.eval_path = data_cfg.train_path
+  return data_cfg
+
+
+def first_eval_batch(config) -> np.ndarray:
+  """The fixed images shown in reconstruction grids (deterministic eval-split center crops)."""
+  from gigatok_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  n = config.eval_num_images
+  # Every process reads all n images: the reconstruction runs on the global mesh and takes the
+  # same (replicated) input everywhere.
+  it = pipeline.make_eval_iterator(grid_data_config(config.data), batch_size=n, num_images=n,
+                                   process_index=0, process_count=1)
+  batch = next(iter(it))
+  return batch["image"][batch["mask"]]
+
+
+class TokenizerHooks:
+  """What the loop does for a tokenizer: image batches, teachers, reconstruction grids + PSNR."""
+  log_keys = ("gen_loss", "psnr", "codebook_usage")
+  tokens_per_image = None
+
+  def __init__(self, task: TokenizerTask):
+    self.task = task
+    self.config = task.config
+    self.eval_images = self.reconstruct = self.images_dir = None
+
+  def load_extra_args(self) -> tuple[Any, ...]:
+    frozen = self.task.load_teachers()
+    for name in self.task.teachers.names:
+      console.info(f"frozen {name}: {self.config.teachers[name + '_path']}")
+    return (frozen,)
+
+  def train_iterator(self):
+    from gigatok_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.make_train_iterator(self.config.data,
+                                        global_batch_size=self.config.global_batch_size,
+                                        seed=self.config.seed)
+
+  def start(self, state: TokenizerState, step: int, reporter) -> None:
+    self.images_dir = runs.images_dir(reporter.workdir)
+    self.eval_images = first_eval_batch(self.config)
+    self.reconstruct = distributed.StartTogether(self.task.jitted_reconstruct(), "reconstruct",
+                                                 self.config)
+    if step == 0:
+      self.write_grid(state, step, reporter)   # the untrained baseline, for later grids
+
+  def after_step(self, state: TokenizerState, step: int, end: int, reporter) -> None:
+    del end
+    if step % self.config.image_every_steps == 0 or step == self.config.total_steps:
+      self.write_grid(state, step, reporter)
+
+  def write_grid(self, state: TokenizerState, step: int, reporter) -> float:
+    """Grid of the fixed eval images + their PSNR (dB, uint8 like image tools), logged as eval_psnr."""
+    params = state.ema_params if state.ema_params is not None else state.gen_params
+    recon = distributed.gather(self.reconstruct(params, self.eval_images)[0])
+    reporter.images(step, "reconstruction", image_lib.comparison_grid(self.eval_images, recon))
+    value = float(np.mean(image_metrics.psnr(self.eval_images, recon)))
+    reporter.extra_scalars(step, {"eval_psnr": value})
+    console.info(f"step {step}: eval PSNR {value:.2f} dB on {len(self.eval_images)} fixed images")
+    return value
+
+  def final_line(self, metrics) -> str:
+    return (f"PSNR {float(metrics['psnr']):.2f} dB, codebook usage "
+            f"{float(metrics['codebook_usage']):.4f}; grids in {self.images_dir}")

@@ -16,7 +16,6 @@ reference batch silently swapped for another gives a different FID and nothing e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -24,6 +23,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import linalg, special
+
+from gigatok_jax import fileio
 
 # ---------------------------------------------------------------------------------------------- mean/covariance
 
@@ -248,15 +249,6 @@ def precision_recall(reference_features: np.ndarray, sample_features: np.ndarray
 # ------------------------------------------------------------------------------------ reference batches and sha256
 
 
-def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
-  """Hex sha256 of a file, read in chunks (reference batches with images are ~10 GB)."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(chunk_bytes):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def write_reference(path: str, *, mu: np.ndarray, sigma: np.ndarray, images: np.ndarray | None = None,
                     **extra: np.ndarray) -> str:
   """Writes an ADM-layout reference batch (uncompressed `.npz`) and returns its sha256.
@@ -276,12 +268,9 @@ def write_reference(path: str, *, mu: np.ndarray, sigma: np.ndarray, images: np.
     if images.dtype != np.uint8 or images.ndim != 4:
       raise ValueError(f"{path}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     arrays["arr_0"] = images
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with fileio.atomic_write(path, "wb") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)
-  return file_sha256(path)
+  return fileio.sha256_file(path)
 
 
 def _open_npy_member(archive: zipfile.ZipFile, key: str):
@@ -303,7 +292,7 @@ def read_reference(path: str, *, load_images: bool = False) -> dict:
   ValueError names the file and the missing key when `mu` or `sigma` is absent (e.g. a samples file passed
   where a reference was expected) or when only one of `mu_s` / `sigma_s` is present.
   """
-  result = {"path": os.path.abspath(path), "sha256": file_sha256(path), "num_images": 0}
+  result = {"path": os.path.abspath(path), "sha256": fileio.sha256_file(path), "num_images": 0}
   with np.load(path) as npz:
     keys = set(npz.files)
     for key in ("mu", "sigma"):
@@ -348,7 +337,7 @@ def result_with_references(metrics: dict, references: Sequence[str | dict]) -> d
     if isinstance(ref, dict):
       records.append({"path": ref["path"], "sha256": ref["sha256"]})
     else:
-      records.append({"path": os.path.abspath(ref), "sha256": file_sha256(ref)})
+      records.append({"path": os.path.abspath(ref), "sha256": fileio.sha256_file(ref)})
   return {"metrics": {k: float(v) if isinstance(v, (np.floating, np.integer)) else v for k, v in metrics.items()},
           "references": records}
 

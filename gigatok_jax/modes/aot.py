@@ -19,19 +19,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import math
 import re
 import threading
 import time
 
 import jax
-import numpy as np
 
-from gigatok_jax import parallel
+from gigatok_jax import console, fileio, parallel
 from gigatok_jax.errors import UserError
 from gigatok_jax.flops import jaxpr_flops
-from gigatok_jax.train import reporting
 
 GiB = 2**30
 
@@ -101,37 +98,24 @@ def topology_devices(topology: str):
 def _traced(config, mesh):
   """(traced train step, number of parameters) for the recipe on `mesh`, all abstract.
 
-  The task is built outside `jax.set_mesh` (as the trainers do: under a mesh context, abstract
-  module construction would read the logical names as mesh axes); only tracing runs inside it.
+  The very jitted step training runs (`task.jitted_train_step(phase)`), traced with the task's
+  abstract state, batch and teacher arguments in the steady phase (tokenizer: GAN on, aux losses
+  over). The task is built outside `jax.set_mesh` (as the trainer does: under a mesh context,
+  abstract module construction would read the logical names as mesh axes); only tracing runs
+  inside it. Teachers are random-weight shapes: nothing is read from disk.
   """
   if config.get("task") == "gpt":
-    from gigatok_jax.train.gpt_step import GPTTask  # pylint: disable=import-outside-toplevel
+    from gigatok_jax.train.gpt import GPTTask  # pylint: disable=import-outside-toplevel
     task = GPTTask(config, mesh)
-    n = config.global_batch_size
-    batch = {"tokens": jax.ShapeDtypeStruct((n, config.model.num_tokens), np.int32,
-                                            sharding=task.batch_shardings["tokens"]),
-             "label": jax.ShapeDtypeStruct((n,), np.int32, sharding=task.batch_shardings["label"])}
-    step = jax.jit(task.train_step, in_shardings=(task.state_shardings, task.batch_shardings),
-                   out_shardings=(task.state_shardings, parallel.replicated(mesh)),
-                   donate_argnums=(0,))
-    with jax.set_mesh(mesh):
-      return step.trace(task.abstract_state, batch), task.num_params
-  from gigatok_jax.train.tokenizer_step import TokenizerTask  # pylint: disable=import-outside-toplevel
-  task = TokenizerTask(config, mesh, random_teachers=True)
-  n, s = config.global_batch_size, config.data.image_size
-  batch = {"image": jax.ShapeDtypeStruct((n, s, s, 3), np.float32,
-                                         sharding=parallel.batch_sharding(mesh, task.rules, 4)),
-           "label": jax.ShapeDtypeStruct((n,), np.int32,
-                                         sharding=parallel.batch_sharding(mesh, task.rules, 1))}
-  phase = (config.loss.disc_weight > 0, False)       # the steady state: GAN on, aux losses over
-  step = jax.jit(task.train_step_fn(phase),
-                 in_shardings=(task.state_shardings, task.batch_shardings(batch),
-                               task.teacher_shardings),
-                 out_shardings=(task.state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=(0,))
+    num_params = task.num_params
+  else:
+    from gigatok_jax.train.tokenizer import TokenizerTask  # pylint: disable=import-outside-toplevel
+    task = TokenizerTask(config, mesh, random_teachers=True)
+    num_params = task.num_params + task.num_disc_params
+  step = task.jitted_train_step(task.steady_phase())
   with jax.set_mesh(mesh):
-    traced = step.trace(task.abstract_state, batch, task.teachers.abstract_args(mesh, task.rules))
-  return traced, task.num_params + task.num_disc_params
+    traced = step.trace(task.abstract_state, task.abstract_batch(), *task.abstract_extra_args())
+  return traced, num_params
 
 
 def plan(config, target: str) -> dict:
@@ -149,7 +133,7 @@ def plan(config, target: str) -> dict:
          "mesh": dict(mesh.shape), "global_batch_size": config.global_batch_size,
          "params": int(num_params), "hbm_bytes": int(chip.hbm_bytes * chips // len(devices)),
          "flops_per_step_per_device": flops}
-  reporting.info(f"{target}: {len(devices)} devices, mesh {row['mesh']}, "
+  console.info(f"{target}: {len(devices)} devices, mesh {row['mesh']}, "
                  f"{num_params / 1e6:.0f}M parameters, {flops / 1e12:.2f} TFLOP per device per "
                  f"step, traced in {time.time() - t0:.0f} s; compiling (large recipes: 10-45 min "
                  "on a laptop CPU)")
@@ -187,7 +171,7 @@ def _heartbeat(target: str, t0: float, every_s: float = 300.0):
 
   def beat():
     while not done.wait(every_s):
-      reporting.info(f"{target}: still compiling ({(time.time() - t0) / 60:.0f} min)")
+      console.info(f"{target}: still compiling ({(time.time() - t0) / 60:.0f} min)")
 
   thread = threading.Thread(target=beat, daemon=True)
   thread.start()
@@ -234,13 +218,19 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def run(config, targets: list[str], output: str = "") -> list[dict]:
+def run(config, workdir=None, *, progress: bool = True, options=None) -> list[dict]:
+  """Plans `options['aot_targets']`; writes the rows to `options['aot_output']` when set."""
+  del workdir, progress
+  options = options or {}
+  return plan_targets(config, options.get("aot_targets", ()), options.get("aot_output", ""))
+
+
+def plan_targets(config, targets: list[str], output: str = "") -> list[dict]:
   rows = []
   for target in targets:
     rows.append(plan(config, target))
     table = format_table(rows[-1:])
     print(table.split("\n", 1)[1] if len(rows) > 1 else table, flush=True)  # one header
   if output:
-    with open(output, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=2)
+    fileio.atomic_write_json(output, rows)
   return rows

@@ -14,7 +14,6 @@ fold_in(key(sample.seed), batch index): a rerun with the same settings gives the
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -22,13 +21,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from gigatok_jax import config_base, distributed, extract_codes, parallel, trained
+from gigatok_jax import console, distributed, fileio, images as image_lib, inference, parallel, runs
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.sample import SamplingSettings, generate
-from gigatok_jax.train import reporting
-from gigatok_jax.train.gpt_step import GPTTask
+from gigatok_jax.models.sampler import SamplingSettings, generate
 
 
 def sample_labels(sample_cfg, num_classes: int) -> np.ndarray:
@@ -58,73 +54,71 @@ def class_rows_grid(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     row = images[order][labels[order] == c]
     pad = np.full((per_row - len(row),) + images.shape[1:], 255, np.uint8)
     rows.append(np.concatenate([row, pad]))
-  return reporting.image_grid(np.concatenate(rows), per_row=per_row)
+  return image_lib.image_grid(np.concatenate(rows), per_row=per_row)
 
 
 def check_trained_model(config, workdir: str) -> None:
   """The model group must be the one the GPT in `workdir` was trained with (its config.json)."""
-  if not os.path.isfile(os.path.join(workdir, config_base.RUN_CONFIG_FILE)):
+  if not runs.has_config(workdir):
     return
-  saved = config_base.read_run_config(workdir, key="--workdir").model
+  saved = runs.read_config(workdir, key="--workdir").model
   for key in config.model.keys():
     if key in saved and saved[key] != config.model[key]:
       raise ConfigError(f"model.{key}", f"is {config.model[key]!r} but the GPT in {workdir} was "
                         f"trained with {saved[key]!r}; pass --config.model.{key}={saved[key]}")
 
 
-def run(config, workdir: str, *, progress: bool = True) -> dict:
+def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
+  del options
   s = config.sample
   settings = settings_from_config(s)
   if s.num_samples <= 0 or s.batch_size <= 0:
     raise ConfigError("sample.num_samples", "num_samples and batch_size must be positive")
   labels = sample_labels(s, config.model.num_classes)
   check_trained_model(config, workdir)
-  tok_cfg = extract_codes.tokenizer_config(config)
-  extract_codes.check_compatible(config, tok_cfg)
+  tok_cfg = runs.gpt_tokenizer_config(config)
+  runs.check_tokenizer_fits(config, tok_cfg)
   mesh = parallel.make_mesh(config.mesh)
-  task = GPTTask(config, mesh)
-  dp = parallel.data_parallel_size(mesh, task.rules)
-  if s.batch_size % dp:
-    raise ConfigError("sample.batch_size", f"{s.batch_size} is not divisible by the {dp} "
-                      "data-parallel devices")
-  gpt_params, gpt_step = trained.load_gpt_params(task, workdir)
-  tok = trained.load_tokenizer(tok_cfg, config.tokenizer.workdir, mesh)
+  gpt = inference.load(config, workdir, mesh)
+  parallel.check_batch_divisible(s.batch_size, mesh, gpt.rules, "sample.batch_size")
+  gpt_params, gpt_step = gpt.params, gpt.step
+  tok = inference.load(tok_cfg, config.tokenizer.workdir, mesh)
 
   def fn(gpt_params, tok_params, labels, valid, key):
-    codes = generate(task.model(gpt_params), labels, key, settings)
-    images = tok.task.generator(tok_params).decode_indices(codes)        # (B, H, W, 3)
+    codes = generate(gpt.model(gpt_params), labels, key, settings)
+    images = tok.model(tok_params).decode_indices(codes)        # (B, H, W, 3)
     # labels / valid come back with the outputs so that gathered rows stay paired with them.
     return jnp.round((jnp.clip(images, -1, 1) + 1) * 127.5).astype(jnp.uint8), codes, labels, valid
-  rows_sharding = parallel.batch_sharding(mesh, task.rules, 1)
+  rows_sharding = gpt.batch_sharding(1)
   sample_fn = distributed.StartTogether(
-      jax.jit(fn, in_shardings=(task.state_shardings.params, tok.task.state_shardings.gen_params,
+      jax.jit(fn, in_shardings=(gpt.spec.shardings, tok.spec.shardings,
                                 rows_sharding, rows_sharding, None)), "sampler", config)
 
-  from tqdm import tqdm
   num_batches = math.ceil(len(labels) / s.batch_size)
   images, all_codes, out_labels = [], [], []
   t0 = time.time()
   with jax.set_mesh(mesh):
-    for b in tqdm(range(num_batches), unit="batch", desc="sample",
-                  disable=not progress or jax.process_index() != 0):
+    bar = console.progress_bar(num_batches, "sample", enabled=progress)
+    for b in range(num_batches):
       chunk = labels[b * s.batch_size:(b + 1) * s.batch_size]
       padded = np.resize(chunk, s.batch_size)      # the last batch repeats its labels to fill
       valid = np.arange(s.batch_size) < len(chunk)
       key = jax.random.fold_in(jax.random.key(s.seed), b)
       local = {k: np.split(v, jax.process_count())[jax.process_index()]
                for k, v in (("label", padded), ("valid", valid))}
-      rows = parallel.global_batch(local, mesh, task.rules)
+      rows = parallel.global_batch(local, mesh, gpt.rules)
       out = sample_fn(gpt_params, tok.params, rows["label"], rows["valid"], key)
-      if not out[0].is_fully_addressable:   # multi-process: every process gathers the whole batch
-        out = multihost_utils.process_allgather(out, tiled=True)
-      imgs, codes, rows_labels, rows_valid = (np.asarray(x) for x in jax.device_get(out))
+      # Multi-process: every process gathers the whole batch.
+      imgs, codes, rows_labels, rows_valid = distributed.gather(out)
       images.append(imgs[rows_valid])
       all_codes.append(codes[rows_valid])
       out_labels.append(rows_labels[rows_valid])
+      bar.update(1)
+    bar.close()
   seconds = time.time() - t0
   images = np.concatenate(images)
   labels = np.concatenate(out_labels)
-  out_dir = s.output or os.path.join(workdir, "samples")
+  out_dir = s.output or runs.samples_dir(workdir)
   result = {
       "gpt_workdir": workdir, "gpt_step": gpt_step, "tokenizer_recipe": config.tokenizer.recipe or "(its saved config.json)",
       "tokenizer_workdir": config.tokenizer.workdir, "tokenizer_step": tok.step,
@@ -143,10 +137,9 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
     np.savez(stem + ".npz", arr_0=images, labels=labels)
     n_grid = min(s.grid_images, len(images))
     result["npz"] = stem + ".npz"
-    result["grid"] = reporting.save_png(class_rows_grid(images[:n_grid], labels[:n_grid]),
+    result["grid"] = image_lib.save_png(class_rows_grid(images[:n_grid], labels[:n_grid]),
                                         os.path.join(out_dir, f"grid_{tag}.png"))
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
+    fileio.atomic_write_json(stem + ".json", result)
     print(f"sampled {len(images)} images at GPT step {gpt_step} ({result['images_per_sec']} img/s): "
           f"{result['npz']}; grid: {result['grid']}")
   return result

@@ -1,4 +1,4 @@
-"""Autoregressive sampling of image tokens: KV cache, CFG schedules, temperature, top-k, top-p (spec 4.4).
+"""Autoregressive sampling of image tokens: KV cache, CFG schedules, temperature, top-k, top-p (docs/spec.md §4.4).
 
 `generate` runs the whole decode inside one traced function: a prefill of the class token, then a
 `lax.fori_loop` over the image tokens, each iteration feeding one token through the cached model.

@@ -18,15 +18,16 @@ import time
 
 import numpy as np
 
+from gigatok_jax import console, fileio, runs
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.evaluate import fid, results, sharded
-from gigatok_jax.train import reporting
+from gigatok_jax.metrics import fid, sharded
 
 
 def newest_samples(workdir: str) -> str:
-  found = sorted(glob.glob(os.path.join(workdir, "samples", "samples_*.npz")), key=os.path.getmtime)
+  found = sorted(glob.glob(os.path.join(runs.samples_dir(workdir), "samples_*.npz")),
+                 key=os.path.getmtime)
   if not found:
-    raise ConfigError("eval.samples", f"no samples_*.npz in {workdir}/samples: run --mode=sample "
+    raise ConfigError("eval.samples", f"no samples_*.npz in {runs.samples_dir(workdir)}: run --mode=sample "
                       "first or set eval.samples")
   return found[-1]
 
@@ -61,8 +62,10 @@ def inception_features(path: str, batch_size: int):
   return fn
 
 
-def run(config, workdir: str, *, features_fn=None) -> dict:
-  """`features_fn` replaces the Inception network (tests)."""
+def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
+  """`options['features_fn']` replaces the Inception network (tests)."""
+  del progress
+  features_fn = (options or {}).get("features_fn")
   e = config.eval
   if not e.fid_reference:
     raise ConfigError("eval.fid_reference", "is empty; set it to the reference batch .npz "
@@ -78,7 +81,7 @@ def run(config, workdir: str, *, features_fn=None) -> dict:
   s_stats, s_probs, s_pool = stream_features(features_fn, sample_batches,
                                              keep_pool=e.precision_recall)
   ref = fid.read_reference(e.fid_reference)
-  result = {"samples": {"path": samples, "sha256": fid.file_sha256(samples)},
+  result = {"samples": {"path": samples, "sha256": fileio.sha256_file(samples)},
             "reference": {"path": e.fid_reference, "sha256": ref["sha256"]},
             "num_samples": s_stats.count}
   result["fid"] = fid.frechet_distance(s_stats.mu, s_stats.sigma, ref["mu"], ref["sigma"])
@@ -98,21 +101,19 @@ def run(config, workdir: str, *, features_fn=None) -> dict:
     result.update(validation_loss(config, workdir))
   result["seconds"] = round(time.time() - t0, 2)
   tag = os.path.basename(samples)[len("samples_"):-4]
-  out = result["json"] = results.save(workdir, f"gpt_{tag}", result)
-  reporting.info(f"gFID {result['fid']:.3f}, IS {result['inception_score']:.2f} over "
+  out = result["json"] = runs.save_eval(workdir, f"gpt_{tag}", result)
+  console.info(f"gFID {result['fid']:.3f}, IS {result['inception_score']:.2f} over "
                  f"{result['num_samples']} samples ({os.path.basename(samples)}); {out}")
   return result
 
 
 def validation_loss(config, workdir: str) -> dict:
   """Validation loss / accuracy of the latest GPT checkpoint (the trainer's own evaluation)."""
-  from gigatok_jax import parallel  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.trained import load_gpt_params  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.train import gpt_trainer  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.train.gpt_step import GPTTask  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  task = GPTTask(config, parallel.make_mesh(config.mesh))
-  params, step = load_gpt_params(task, workdir)
-  with jax.set_mesh(task.mesh):
-    values = gpt_trainer.validation(task, params, config) or {}
-  return {"gpt_step": step, **values}
+  from gigatok_jax import inference, parallel  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.train import gpt  # pylint: disable=import-outside-toplevel
+  loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh))
+  step_fn = gpt.jitted_eval_step(loaded.spec, loaded.mesh, loaded.rules)
+  with jax.set_mesh(loaded.mesh):
+    values = gpt.validation(config, loaded.mesh, loaded.params, step_fn) or {}
+  return {"gpt_step": loaded.step, **values}

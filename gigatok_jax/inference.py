@@ -1,0 +1,51 @@
+"""A trained model ready to run: the builder's abstract model + the weights `runs` picks for it.
+
+Inference modes (reconstruct, eval, extract_codes, sample, probe) and the converter's export load
+through here; nothing here builds an optimizer, a discriminator or a teacher.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gigatok_jax import build, parallel, runs
+
+
+class Loaded(NamedTuple):
+  config: Any
+  mesh: jax.sharding.Mesh
+  spec: build.ModelSpec
+  params: Any          # EMA weights when the run kept them, else the trained weights
+  step: int
+  source: str          # "checkpoint step N" or "imported <path>"
+
+  @property
+  def rules(self):
+    return build.axis_rules(self.config)
+
+  def model(self, params=None):
+    """The nnx module around `params` (default: the loaded weights); use it inside a jit."""
+    return self.spec.merge(self.params if params is None else params)
+
+  def batch_sharding(self, ndim: int):
+    return parallel.batch_sharding(self.mesh, self.rules, ndim)
+
+
+def load(config, workdir: str, mesh: jax.sharding.Mesh) -> Loaded:
+  """The recipe's model (tokenizer or GPT, by `config.task`) with the weights of run `workdir`:
+  its latest checkpoint, else its imported weights, restored straight into `mesh`'s shardings."""
+  spec = build.generator(config, mesh)
+  what = "GPT" if config.get("task") == "gpt" else "tokenizer"
+  w = runs.inference_weights(config, workdir, spec.abstract, what)
+  return Loaded(config, mesh, spec, w.params, w.step, w.source)
+
+
+def reconstruct_fn(spec: build.ModelSpec):
+  """jit((params, images) -> (reconstructions clipped to [-1, 1], code indices))."""
+  def fn(params, images):
+    out = spec.merge(params)(images)
+    return jnp.clip(out.reconstruction, -1.0, 1.0), out.indices
+  return jax.jit(fn)

@@ -1,0 +1,98 @@
+"""inference.py + runs.py: loading a trained run for inference builds no training objects and
+reads only the weights; the builder (build.py) gives the same shapes and shardings as training."""
+
+import jax
+import numpy as np
+import pytest
+
+from gigatok_jax import build, checkpointing, inference, parallel, runs
+from gigatok_jax.errors import CheckpointError
+from helpers import load_recipe
+
+ONE_DEVICE = jax.devices()[:1]
+
+
+def _forbid_training_objects(monkeypatch):
+  """Any optimizer, discriminator, teacher or full-state restore built from here on fails."""
+  import optax
+  from gigatok_jax.models import discriminator
+  from gigatok_jax.train import optim, teachers
+
+  def refuse(what):
+    def fail(*args, **kwargs):
+      raise AssertionError(f"inference built {what}")
+    return fail
+  monkeypatch.setattr(optax, "adamw", refuse("an AdamW optimizer"))
+  monkeypatch.setattr(optim, "adamw", refuse("the tokenizer optimizer"))
+  monkeypatch.setattr(optim, "gpt_adamw", refuse("the GPT optimizer"))
+  monkeypatch.setattr(discriminator.PatchGANDiscriminator, "__init__", refuse("a discriminator"))
+  monkeypatch.setattr(teachers.FrozenTeachers, "__init__", refuse("the frozen teachers"))
+  monkeypatch.setattr(checkpointing.Checkpointer, "restore", refuse("a full training-state restore"))
+
+
+def _saved_run(tmp_path, config, task_cls):
+  """A run directory with one checkpoint (step 0) of a freshly initialised training state."""
+  workdir = str(tmp_path / "run")
+  task = task_cls(config, parallel.make_mesh(config.mesh, ONE_DEVICE))
+  state = task.init_state()
+  runs.write_config(config, workdir)
+  ckpt = runs.open_checkpoints(workdir, config)
+  ckpt.save(0, state, force=True)
+  ckpt.close()
+  return workdir, jax.device_get(state)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_tokenizer_loads_without_optimizer_discriminator_or_teachers(tmp_path, monkeypatch, ema):
+  from gigatok_jax.train.tokenizer import TokenizerTask
+  config = load_recipe("demo", "tiny")
+  config.mesh.data = 1
+  config.optim.ema_decay = ema
+  workdir, state = _saved_run(tmp_path, config, TokenizerTask)
+  _forbid_training_objects(monkeypatch)
+  loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, ONE_DEVICE))
+  assert loaded.step == 0 and loaded.source == "checkpoint step 0"
+  want = state.ema_params if ema else state.gen_params   # EMA weights when the run kept them
+  got, expect = jax.tree.leaves(loaded.params), jax.tree.leaves(want)
+  assert len(got) == len(expect)
+  for a, b in zip(got, expect):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  images = np.zeros((2, config.data.image_size, config.data.image_size, 3), np.float32)
+  recon, codes = inference.reconstruct_fn(loaded.spec)(loaded.params, images)
+  assert recon.shape == images.shape and codes.shape[0] == 2
+
+
+def test_gpt_loads_without_optimizer(tmp_path, monkeypatch):
+  from gigatok_jax.train.gpt import GPTTask
+  config = load_recipe("demo_ar", "tiny")
+  config.mesh.data = 1
+  workdir, state = _saved_run(tmp_path, config, GPTTask)
+  _forbid_training_objects(monkeypatch)
+  loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, ONE_DEVICE))
+  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  m = config.model
+  tokens = np.zeros((2, m.num_tokens), np.int32)
+  logits = loaded.model()(tokens, np.zeros((2,), np.int32))
+  assert logits.shape == (2, m.num_tokens, m.vocab_size)
+
+
+def test_builder_matches_the_training_state(monkeypatch):
+  """The task's generator shapes and shardings are the builder's, on a 2-device FSDP mesh."""
+  from gigatok_jax.train.tokenizer import TokenizerTask
+  config = load_recipe("tokenizer_ss", "tiny")
+  config.mesh.fsdp, config.mesh.data = 2, 1
+  mesh = parallel.make_mesh(config.mesh, jax.devices()[:2])
+  spec = build.tokenizer(config, mesh)
+  task = TokenizerTask(config, mesh)
+  assert jax.tree.structure(spec.abstract) == jax.tree.structure(task.abstract_state.gen_params)
+  for a, b in zip(jax.tree.leaves(spec.abstract), jax.tree.leaves(task.abstract_state.gen_params)):
+    assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+  assert spec.num_params == task.num_params
+
+
+def test_inference_without_weights_is_one_clear_error(tmp_path):
+  config = load_recipe("demo", "tiny")
+  config.mesh.data = 1
+  with pytest.raises(CheckpointError, match="no checkpoint in .*checkpoints: train the tokenizer"):
+    inference.load(config, str(tmp_path), parallel.make_mesh(config.mesh, ONE_DEVICE))
