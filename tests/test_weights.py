@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from gigatok_jax import weights
-from gigatok_jax.weights import Artefact, SourceFile, WeightsError
+from gigatok_jax import fileio, weights
+from gigatok_jax.weights import Artefact, SourceFile, WeightsError, download
 
 from helpers import REPO, subprocess_env
 
@@ -113,7 +113,7 @@ def no_real_network(monkeypatch):
               "GIGATOK_OFFLINE", "HF_HUB_OFFLINE", "GIGATOK_CACHE_DIR"):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-  monkeypatch.setattr(weights, "CHUNK", 4096)
+  monkeypatch.setattr(fileio, "CHUNK", 4096)
   CONVERTED.clear()
 
 
@@ -206,7 +206,7 @@ def test_interrupted_download_errors_then_a_retry_succeeds(server, tmp_path, ran
 
 
 def test_stalled_server_times_out_with_a_clear_error(server, tmp_path, monkeypatch):
-  monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 0.1)
+  monkeypatch.setattr(download, "DOWNLOAD_TIMEOUT_S", 0.1)
   server.stall_s = 0.5
   with pytest.raises(WeightsError, match=r"could not download fixture.bin: .*timed out"):
     weights.resolve(_artefact(server), cache_dir=str(tmp_path), progress=False)
@@ -333,13 +333,13 @@ def test_sha256_is_computed_in_chunks(tmp_path, monkeypatch):
       reads.append(n)
       return self.f.read(n)
 
-  monkeypatch.setattr(weights, "open", lambda p, mode="r": Spy(real_open(p, mode)), raising=False)
+  monkeypatch.setattr(fileio, "open", lambda p, mode="r": Spy(real_open(p, mode)), raising=False)
   assert weights.sha256_file(str(path)) == SHA
   assert reads and all(n == weights.CHUNK for n in reads) and len(reads) == len(DATA) // 4096 + 2
 
 
 def test_hf_source_without_huggingface_hub_uses_the_public_url(server, tmp_path, monkeypatch):
-  monkeypatch.setattr(weights, "_hf_hub_available", lambda: False)
+  monkeypatch.setattr(download, "_hf_hub_available", lambda: False)
   monkeypatch.setenv("HF_ENDPOINT", server.base)
   server.files["/owner/repo/resolve/v1/dir/w.bin"] = DATA
   art = Artefact(name="hfurl", files=(SourceFile("w.bin", ("hf://owner/repo@v1/dir/w.bin",),
@@ -360,7 +360,7 @@ def test_hf_source_with_huggingface_hub_is_verified(tmp_path, monkeypatch):
     with open(os.path.join(local_dir, filename), "wb") as f:
       f.write(DATA if filename == "good.bin" else b"not it")
     return os.path.join(local_dir, filename)
-  monkeypatch.setattr(weights, "_hf_hub_available", lambda: True)
+  monkeypatch.setattr(download, "_hf_hub_available", lambda: True)
   monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_hf_hub_download)
 
   def art(filename):

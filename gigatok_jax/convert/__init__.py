@@ -1,1 +1,1 @@
-"""Converters from public PyTorch weight files to gigatok_jax parameter files (see weights.py)."""
+"""Converters from public PyTorch weight files to gigatok_jax parameter files (see weights/)."""
