@@ -28,3 +28,19 @@ flags.FLAGS.mark_as_parsed()
 @pytest.fixture
 def repo_dir() -> str:
   return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The fast tier (`pytest -m "not slow"`, about 5 minutes on 2 cores) leaves out the files that
+# train several tiny runs end to end or launch processes; the full suite runs everything.
+SLOW_FILES = {"test_train.py", "test_ar_pipeline.py", "test_multihost.py", "test_teachers.py",
+              "test_sharding.py"}
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end training runs and multi-process launches")
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if os.path.basename(str(item.fspath)) in SLOW_FILES:
+      item.add_marker(pytest.mark.slow)

@@ -83,3 +83,29 @@ def test_out_of_memory_messages_give_the_bytes_asked_for():
                   "Ran out of memory in memory space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm "
                   "capacity by 9.92M.") == int(15.76 * g)
   assert required("RESOURCE_EXHAUSTED: no numbers") is None
+
+
+@pytest.mark.parametrize("recipe", ["gpt_b", "demo"])
+def test_aot_traces_the_trainers_own_jitted_step(recipe, monkeypatch):
+  """One step signature: `--mode=aot` traces the very jitted function training runs (the task's
+  `jitted_train_step`, in the steady phase), not a re-declaration of it."""
+  import jax
+  from gigatok_jax import parallel
+  from gigatok_jax.train import gpt, tokenizer
+  config = load_recipe(recipe, "tiny")
+  config.mesh.data = 1
+  task_cls = gpt.GPTTask if recipe == "gpt_b" else tokenizer.TokenizerTask
+  handed_out = []
+  original = task_cls.jitted_train_step
+
+  def spy(self, phase=None):
+    fn = original(self, phase) if phase is not None else original(self)
+    handed_out.append((phase, fn))
+    return fn
+  monkeypatch.setattr(task_cls, "jitted_train_step", spy)
+  traced, num_params = aot._traced(config, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  ((phase, fn),) = handed_out
+  assert isinstance(fn, type(jax.jit(lambda x: x)))      # the jitted step itself
+  if recipe == "demo":
+    assert phase == tokenizer.Phase(gan=config.loss.disc_weight > 0, aux=False)
+  assert num_params > 0 and traced.jaxpr is not None
