@@ -1,4 +1,4 @@
-"""Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, runs.py).
+"""Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, convert/release.py).
 
 The PyTorch side is built from the reference layout (checkpoint_layouts.md 1-2): the tokenizer is
 test_torch_parity's reference module (its state-dict names are the reference's), the GPT a small
@@ -24,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gigatok_jax import build, config_base, inference, parallel, runs, tree_names  # noqa: E402
+from gigatok_jax.convert import cli, release  # noqa: E402
 from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from gigatok_jax.models.discriminator import PatchGANDiscriminator  # noqa: E402
@@ -87,7 +88,7 @@ def released(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(released, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("run") / "tok")
-  assert conv.main([f"--src={released['src']}", f"--out={out}",
+  assert cli.main([f"--src={released['src']}", f"--out={out}",
                     f"--recipe={released['recipe']}"]) == 0
   return out
 
@@ -146,7 +147,7 @@ def test_round_trip_is_the_identity(released, imported, tmp_path):
     np.testing.assert_array_equal(v, again[k], err_msg=k)
   # The CLI export of the imported run writes the same state dict (+ the usage buffer).
   path = str(tmp_path / "export.safetensors")
-  assert conv.main(["--export", f"--src={imported}", f"--out={path}"]) == 0
+  assert cli.main(["--export", f"--src={imported}", f"--out={path}"]) == 0
   from safetensors.numpy import load_file
   exported = load_file(path)
   assert set(exported) == set(sd)
@@ -159,8 +160,8 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
   the imported model computes the reference function all the same."""
   recipe = tmp_path / "tiny16_scanned.py"
   recipe.write_text(TINY16.replace("  return c\n", "  c.model.scan_layers = True\n  return c\n"))
-  out = conv.import_checkpoint(released["src"], str(tmp_path / "run"), weights="ema",
-                               recipe=str(recipe), log=lambda *_: None)
+  out = release.import_checkpoint(released["src"], str(tmp_path / "run"), weights="ema",
+                                  recipe=str(recipe), log=lambda *_: None)
   config = runs.read_config(out)
   assert config.model.scan_layers
   tok = inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
@@ -169,7 +170,7 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
   assert flat["s1to2decoder.stack.layers.mlp.fc1.kernel"].shape[0] == config.model.dec_layers
   _assert_reference_function(released, tok, params, "scanned imported tokenizer")
   path = str(tmp_path / "export.safetensors")
-  conv.export_run(out, path, log=lambda *_: None)
+  release.export_run(out, path, log=lambda *_: None)
   from safetensors.numpy import load_file
   exported = load_file(path)
   assert set(exported) == set(released["sd"])
@@ -196,11 +197,11 @@ def test_strict_errors_name_the_tensors(released):
     assert part in text, text
   # A recipe that does not fit is reported with the one the shapes point to.
   with pytest.raises(CheckpointError, match="dec_width checkpoint 32 vs recipe 512"):
-    conv.configure("configs/tokenizer_ss.py", sd)
+    release.configure("configs/tokenizer_ss.py", sd)
   with pytest.raises(CheckpointError, match="neither a GigaTok tokenizer"):
-    conv.kind_of({"foo.weight": np.zeros(1)})
+    release.kind_of({"foo.weight": np.zeros(1)})
   with pytest.raises(CheckpointError, match="no 's1to2decoder.ln_post.weight'"):
-    conv.infer_recipe({k: v for k, v in sd.items() if k != "s1to2decoder.ln_post.weight"})
+    release.infer_recipe({k: v for k, v in sd.items() if k != "s1to2decoder.ln_post.weight"})
 
 
 def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
@@ -209,8 +210,8 @@ def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
   torch.save({"model": released["sd"], "discriminator": {"dino.blocks.0.weight": torch.zeros(2)}},
              src)
   notes = []
-  out = conv.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
-                               log=notes.append)
+  out = release.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
+                                  log=notes.append)
   assert runs.read_imported_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
   assert any("non-PatchGAN discriminator" in n for n in notes), notes
 
@@ -230,7 +231,7 @@ def test_recipes_are_inferred_from_reference_shapes(recipe, keys):
     rules = conv.gpt_rules(tree_names.flat_shapes(conv.abstract_gpt(config)))
     shapes = {r.torch_key: jax.ShapeDtypeStruct(r.torch_shape, jnp.float32) for r in rules}
   assert len(shapes) == keys
-  assert conv.infer_recipe(shapes) == f"configs/{recipe}.py"
+  assert release.infer_recipe(shapes) == f"configs/{recipe}.py"
 
 
 # --------------------------------------------------------------------------------------- GPT
@@ -292,7 +293,7 @@ def test_gpt_import_matches_reference_logits_and_round_trips(tmp_path):
                     "tiny=config_base.gpt_tiny_overrides)\n"
                     "  c.model.heads = 4\n  return c\n")
   out = str(tmp_path / "gpt")
-  conv.import_checkpoint(src, out, recipe=str(recipe), tokenizer_workdir=str(tmp_path / "tok"))
+  release.import_checkpoint(src, out, recipe=str(recipe), tokenizer_workdir=str(tmp_path / "tok"))
   config = runs.read_config(out)
   assert (config.model.vocab_size, config.model.num_tokens, config.model.num_classes) == (96, 16, 10)
   assert config.tokenizer.workdir == str(tmp_path / "tok")
