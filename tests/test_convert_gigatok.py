@@ -29,8 +29,8 @@ from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from gigatok_jax.models.discriminator import PatchGANDiscriminator  # noqa: E402
 from helpers import load_recipe  # noqa: E402
-from test_torch_parity import (SEED_IMAGES, TTokenizer, nhwc, randomize_,  # noqa: E402
-                               assert_close)
+from test_torch_parity import (SEED_IMAGES, TTokenizer, TTokenizer2D, nhwc,  # noqa: E402
+                               randomize_, assert_close)
 
 # A tiny 1D recipe whose grid is 16 x 16 (the torch reference's pooling grids need it): 64 px
 # images, two downsamplings. Written as a recipe file because the converter takes recipe files.
@@ -214,6 +214,72 @@ def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
                                   log=notes.append)
   assert runs.read_imported_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
   assert any("non-PatchGAN discriminator" in n for n in notes), notes
+
+
+# Every recipe kind in the reference naming, built from torch re-creations of the reference modules
+# (test_torch_parity: TTokenizer for 1D, TTokenizer2D for VQVitModel2DPlus), so that a naming gap
+# in any kind (issue 23: the 2D `encoder_embed` / `decoder_embed`) fails here.
+KINDS = {"1d": None, "2d_decoder_layers": "configs/tokenizer_ss_2d.py:tiny",
+         "2d_plain_layers": "configs/tokenizer_sb_2d.py:tiny"}
+
+
+def _reference_state_dict(kind, released):
+  """(recipe, reference-named state dict as numpy) of a random-weight torch tokenizer of `kind`."""
+  if kind == "1d":
+    return released["recipe"], {k: v.numpy() for k, v in released["sd"].items()}
+  recipe = KINDS[kind]
+  config = config_base.load_recipe(recipe)
+  grid = build.tokenizer(config).abstract["s2dencoder"]["positional_embedding"].shape[0]
+  torch.manual_seed(5)
+  tok = randomize_(TTokenizer2D(config.model, int(round(grid ** 0.5))))
+  sd = {k: v.numpy().copy() for k, v in tok.state_dict().items()}
+  sd["quantize.codebook_used"] = np.zeros(65536, np.float32)
+  return recipe, sd
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_imports_runs_and_exports_bit_identically(kind, released, tmp_path):
+  recipe, sd = _reference_state_dict(kind, released)
+  if kind != "1d":
+    assert {"s2dencoder.encoder_embed.weight", "s2ddecoder.decoder_embed.weight"} <= set(sd)
+    assert not any(".embed." in k for k in sd)
+  src, out = str(tmp_path / "VQ_ref.pt"), str(tmp_path / "run")
+  torch.save({"ema": {k: torch.from_numpy(v) for k, v in sd.items()}, "steps": 7}, src)
+  assert cli.main([f"--src={src}", f"--out={out}", f"--recipe={recipe}"]) == 0
+  config = runs.read_config(out)
+  tok = inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  flat = tree_names.flatten(jax.device_get(tok.params))
+  if kind != "1d":   # our `embed` holds the reference's `encoder_embed` / `decoder_embed`
+    for ours, ref in (("s2dencoder", "encoder_embed"), ("s2ddecoder", "decoder_embed")):
+      np.testing.assert_array_equal(flat[f"{ours}.embed.kernel"], sd[f"{ours}.{ref}.weight"].T)
+      np.testing.assert_array_equal(flat[f"{ours}.embed.bias"], sd[f"{ours}.{ref}.bias"])
+  torch.manual_seed(SEED_IMAGES)
+  x = jnp.asarray(nhwc(torch.rand(2, 3, 64, 64) * 2 - 1))
+  result = tok.model(tok.params)(x)
+  assert result.reconstruction.shape == x.shape
+  assert np.isfinite(np.asarray(result.reconstruction)).all()
+  path = str(tmp_path / "export.safetensors")
+  assert cli.main(["--export", f"--src={out}", f"--out={path}"]) == 0
+  from safetensors.numpy import load_file
+  exported = load_file(path)
+  assert set(exported) == set(sd)
+  for k, v in sd.items():
+    np.testing.assert_array_equal(exported[k], v, err_msg=k)
+
+
+def test_2d_exports_of_older_versions_still_import(released):
+  """Files exported before issue 23 named the 2D input layers `s2d*.embed.*`: still accepted."""
+  recipe, sd = _reference_state_dict("2d_plain_layers", released)
+  old = {k.replace(".encoder_embed.", ".embed.").replace(".decoder_embed.", ".embed."): v
+         for k, v in sd.items()}
+  shapes = tree_names.flat_shapes(conv.abstract_tokenizer(config_base.load_recipe(recipe))[0])
+  rules = conv.tokenizer_rules(shapes)
+  want = conv.from_torch(rules, sd, "new", extra=dict([conv.CODEBOOK_USED]))
+  got = conv.from_torch(rules, conv.upgrade_legacy_keys(old), "old",
+                        extra=dict([conv.CODEBOOK_USED]))
+  assert set(got) == set(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
 # Key counts of the reference state dicts (checkpoint_layouts.md 1.2, 1.5, 2; the tokenizer counts
