@@ -1,4 +1,4 @@
-"""Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, runs.py).
+"""Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, convert/release.py).
 
 The PyTorch side is built from the reference layout (checkpoint_layouts.md 1-2): the tokenizer is
 test_torch_parity's reference module (its state-dict names are the reference's), the GPT a small
@@ -24,12 +24,13 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gigatok_jax import build, config_base, inference, parallel, runs, tree_names  # noqa: E402
+from gigatok_jax.convert import cli, release  # noqa: E402
 from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from gigatok_jax.models.discriminator import PatchGANDiscriminator  # noqa: E402
 from helpers import load_recipe  # noqa: E402
-from test_torch_parity import (SEED_IMAGES, TTokenizer, nhwc, randomize_,  # noqa: E402
-                               assert_close)
+from test_torch_parity import (SEED_IMAGES, TTokenizer, TTokenizer2D, nhwc,  # noqa: E402
+                               randomize_, assert_close)
 
 # A tiny 1D recipe whose grid is 16 x 16 (the torch reference's pooling grids need it): 64 px
 # images, two downsamplings. Written as a recipe file because the converter takes recipe files.
@@ -87,7 +88,7 @@ def released(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(released, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("run") / "tok")
-  assert conv.main([f"--src={released['src']}", f"--out={out}",
+  assert cli.main([f"--src={released['src']}", f"--out={out}",
                     f"--recipe={released['recipe']}"]) == 0
   return out
 
@@ -146,7 +147,7 @@ def test_round_trip_is_the_identity(released, imported, tmp_path):
     np.testing.assert_array_equal(v, again[k], err_msg=k)
   # The CLI export of the imported run writes the same state dict (+ the usage buffer).
   path = str(tmp_path / "export.safetensors")
-  assert conv.main(["--export", f"--src={imported}", f"--out={path}"]) == 0
+  assert cli.main(["--export", f"--src={imported}", f"--out={path}"]) == 0
   from safetensors.numpy import load_file
   exported = load_file(path)
   assert set(exported) == set(sd)
@@ -159,8 +160,8 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
   the imported model computes the reference function all the same."""
   recipe = tmp_path / "tiny16_scanned.py"
   recipe.write_text(TINY16.replace("  return c\n", "  c.model.scan_layers = True\n  return c\n"))
-  out = conv.import_checkpoint(released["src"], str(tmp_path / "run"), weights="ema",
-                               recipe=str(recipe), log=lambda *_: None)
+  out = release.import_checkpoint(released["src"], str(tmp_path / "run"), weights="ema",
+                                  recipe=str(recipe), log=lambda *_: None)
   config = runs.read_config(out)
   assert config.model.scan_layers
   tok = inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
@@ -169,7 +170,7 @@ def test_scanned_recipe_imports_and_exports_the_same_weights(released, tmp_path)
   assert flat["s1to2decoder.stack.layers.mlp.fc1.kernel"].shape[0] == config.model.dec_layers
   _assert_reference_function(released, tok, params, "scanned imported tokenizer")
   path = str(tmp_path / "export.safetensors")
-  conv.export_run(out, path, log=lambda *_: None)
+  release.export_run(out, path, log=lambda *_: None)
   from safetensors.numpy import load_file
   exported = load_file(path)
   assert set(exported) == set(released["sd"])
@@ -196,11 +197,11 @@ def test_strict_errors_name_the_tensors(released):
     assert part in text, text
   # A recipe that does not fit is reported with the one the shapes point to.
   with pytest.raises(CheckpointError, match="dec_width checkpoint 32 vs recipe 512"):
-    conv.configure("configs/tokenizer_ss.py", sd)
+    release.configure("configs/tokenizer_ss.py", sd)
   with pytest.raises(CheckpointError, match="neither a GigaTok tokenizer"):
-    conv.kind_of({"foo.weight": np.zeros(1)})
+    release.kind_of({"foo.weight": np.zeros(1)})
   with pytest.raises(CheckpointError, match="no 's1to2decoder.ln_post.weight'"):
-    conv.infer_recipe({k: v for k, v in sd.items() if k != "s1to2decoder.ln_post.weight"})
+    release.infer_recipe({k: v for k, v in sd.items() if k != "s1to2decoder.ln_post.weight"})
 
 
 def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
@@ -209,10 +210,76 @@ def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
   torch.save({"model": released["sd"], "discriminator": {"dino.blocks.0.weight": torch.zeros(2)}},
              src)
   notes = []
-  out = conv.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
-                               log=notes.append)
+  out = release.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
+                                  log=notes.append)
   assert runs.read_imported_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
   assert any("non-PatchGAN discriminator" in n for n in notes), notes
+
+
+# Every recipe kind in the reference naming, built from torch re-creations of the reference modules
+# (test_torch_parity: TTokenizer for 1D, TTokenizer2D for VQVitModel2DPlus), so that a naming gap
+# in any kind (issue 23: the 2D `encoder_embed` / `decoder_embed`) fails here.
+KINDS = {"1d": None, "2d_decoder_layers": "configs/tokenizer_ss_2d.py:tiny",
+         "2d_plain_layers": "configs/tokenizer_sb_2d.py:tiny"}
+
+
+def _reference_state_dict(kind, released):
+  """(recipe, reference-named state dict as numpy) of a random-weight torch tokenizer of `kind`."""
+  if kind == "1d":
+    return released["recipe"], {k: v.numpy() for k, v in released["sd"].items()}
+  recipe = KINDS[kind]
+  config = config_base.load_recipe(recipe)
+  grid = build.tokenizer(config).abstract["s2dencoder"]["positional_embedding"].shape[0]
+  torch.manual_seed(5)
+  tok = randomize_(TTokenizer2D(config.model, int(round(grid ** 0.5))))
+  sd = {k: v.numpy().copy() for k, v in tok.state_dict().items()}
+  sd["quantize.codebook_used"] = np.zeros(65536, np.float32)
+  return recipe, sd
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_imports_runs_and_exports_bit_identically(kind, released, tmp_path):
+  recipe, sd = _reference_state_dict(kind, released)
+  if kind != "1d":
+    assert {"s2dencoder.encoder_embed.weight", "s2ddecoder.decoder_embed.weight"} <= set(sd)
+    assert not any(".embed." in k for k in sd)
+  src, out = str(tmp_path / "VQ_ref.pt"), str(tmp_path / "run")
+  torch.save({"ema": {k: torch.from_numpy(v) for k, v in sd.items()}, "steps": 7}, src)
+  assert cli.main([f"--src={src}", f"--out={out}", f"--recipe={recipe}"]) == 0
+  config = runs.read_config(out)
+  tok = inference.load(config, out, parallel.make_mesh(config.mesh, jax.devices()[:1]))
+  flat = tree_names.flatten(jax.device_get(tok.params))
+  if kind != "1d":   # our `embed` holds the reference's `encoder_embed` / `decoder_embed`
+    for ours, ref in (("s2dencoder", "encoder_embed"), ("s2ddecoder", "decoder_embed")):
+      np.testing.assert_array_equal(flat[f"{ours}.embed.kernel"], sd[f"{ours}.{ref}.weight"].T)
+      np.testing.assert_array_equal(flat[f"{ours}.embed.bias"], sd[f"{ours}.{ref}.bias"])
+  torch.manual_seed(SEED_IMAGES)
+  x = jnp.asarray(nhwc(torch.rand(2, 3, 64, 64) * 2 - 1))
+  result = tok.model(tok.params)(x)
+  assert result.reconstruction.shape == x.shape
+  assert np.isfinite(np.asarray(result.reconstruction)).all()
+  path = str(tmp_path / "export.safetensors")
+  assert cli.main(["--export", f"--src={out}", f"--out={path}"]) == 0
+  from safetensors.numpy import load_file
+  exported = load_file(path)
+  assert set(exported) == set(sd)
+  for k, v in sd.items():
+    np.testing.assert_array_equal(exported[k], v, err_msg=k)
+
+
+def test_2d_exports_of_older_versions_still_import(released):
+  """Files exported before issue 23 named the 2D input layers `s2d*.embed.*`: still accepted."""
+  recipe, sd = _reference_state_dict("2d_plain_layers", released)
+  old = {k.replace(".encoder_embed.", ".embed.").replace(".decoder_embed.", ".embed."): v
+         for k, v in sd.items()}
+  shapes = tree_names.flat_shapes(conv.abstract_tokenizer(config_base.load_recipe(recipe))[0])
+  rules = conv.tokenizer_rules(shapes)
+  want = conv.from_torch(rules, sd, "new", extra=dict([conv.CODEBOOK_USED]))
+  got = conv.from_torch(rules, conv.upgrade_legacy_keys(old), "old",
+                        extra=dict([conv.CODEBOOK_USED]))
+  assert set(got) == set(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
 # Key counts of the reference state dicts (checkpoint_layouts.md 1.2, 1.5, 2; the tokenizer counts
@@ -230,7 +297,7 @@ def test_recipes_are_inferred_from_reference_shapes(recipe, keys):
     rules = conv.gpt_rules(tree_names.flat_shapes(conv.abstract_gpt(config)))
     shapes = {r.torch_key: jax.ShapeDtypeStruct(r.torch_shape, jnp.float32) for r in rules}
   assert len(shapes) == keys
-  assert conv.infer_recipe(shapes) == f"configs/{recipe}.py"
+  assert release.infer_recipe(shapes) == f"configs/{recipe}.py"
 
 
 # --------------------------------------------------------------------------------------- GPT
@@ -292,7 +359,7 @@ def test_gpt_import_matches_reference_logits_and_round_trips(tmp_path):
                     "tiny=config_base.gpt_tiny_overrides)\n"
                     "  c.model.heads = 4\n  return c\n")
   out = str(tmp_path / "gpt")
-  conv.import_checkpoint(src, out, recipe=str(recipe), tokenizer_workdir=str(tmp_path / "tok"))
+  release.import_checkpoint(src, out, recipe=str(recipe), tokenizer_workdir=str(tmp_path / "tok"))
   config = runs.read_config(out)
   assert (config.model.vocab_size, config.model.num_tokens, config.model.num_classes) == (96, 16, 10)
   assert config.tokenizer.workdir == str(tmp_path / "tok")

@@ -8,7 +8,7 @@ from flax import nnx
 
 from gigatok_jax import build, parallel
 from gigatok_jax.modes import summary
-from gigatok_jax.convert.gigatok import flatten
+from gigatok_jax.tree_names import flatten
 from gigatok_jax.models import layer_layout, qformer, quantizer
 from gigatok_jax.models.tokenizer import Tokenizer
 from helpers import load_recipe

@@ -726,6 +726,57 @@ class TTokenizer(nn.Module):
     return self.decoder(grid_map), idx, vq, commit, ent, distill, d
 
 
+class TTransformerLayer(nn.Module):
+  """The 2D tokenizer's plain layer (`TransformerLayer`, layouts 1.5): 12 keys, no cross-attention."""
+
+  def __init__(self, w, heads):
+    super().__init__()
+    self.self_attn = nn.MultiheadAttention(w, heads)
+    self.linear1 = nn.Linear(w, 4 * w)
+    self.linear2 = nn.Linear(4 * w, w)
+    self.norm1, self.norm2 = nn.LayerNorm(w), nn.LayerNorm(w)
+
+
+class TViT2D(nn.Module):
+  """`s2dencoder` / `s2ddecoder` of `VQVitModel2DPlus` (layouts 1.5), state-dict layout only.
+
+  The input layer is `encoder_embed` / `decoder_embed` as in the 1D Q-Formers (layouts 1.3); one
+  `positional_embedding` (g*g, 1, W); layers `TQFormerLayer` (layer_type 'decoder', 18 keys) or
+  `TTransformerLayer` ('plain', 12 keys); the decoder has a 3x3 `conv_out` and `distill_mlp`.
+  """
+
+  def __init__(self, side, g, z, w, n_layers, heads, layer_type, distill_dim=0):
+    super().__init__()
+    self.positional_embedding = nn.Parameter(w ** -0.5 * torch.randn(g * g, 1, w))
+    self.ln_pre = nn.LayerNorm(z)
+    setattr(self, f"{side}_embed", nn.Linear(z, w))
+    layer = TQFormerLayer if layer_type == "decoder" else TTransformerLayer
+    self.transformer = nn.ModuleList([layer(w, heads) for _ in range(n_layers)])
+    self.ln_post = nn.LayerNorm(w)
+    self.conv_out = nn.Conv2d(w, z, 1 if side == "encoder" else 3,
+                              padding=0 if side == "encoder" else 1)
+    if distill_dim:
+      self.distill_mlp = nn.Sequential(nn.Linear(w, 4 * w), nn.SiLU(), nn.Linear(4 * w, 4 * w),
+                                       nn.SiLU(), nn.Linear(4 * w, distill_dim))
+
+
+class TTokenizer2D(nn.Module):
+  """`VQVitModel2DPlus` (layouts 1.5) as a state-dict layout: CNN, quantizer, 1x1 convs as in 1.3."""
+
+  def __init__(self, m, grid):
+    super().__init__()
+    layer_type = m.vit_layer_type
+    self.encoder = TCNNEncoder(m.cnn_ch, m.cnn_ch_mult, m.cnn_num_res_blocks, m.z_channels)
+    self.decoder = TCNNDecoder(m.cnn_ch, m.cnn_ch_mult, m.cnn_num_res_blocks, m.z_channels)
+    self.s2dencoder = TViT2D("encoder", grid, m.z_channels, m.enc_width, m.enc_layers, m.enc_heads,
+                             layer_type)
+    self.s2ddecoder = TViT2D("decoder", grid, m.z_channels, m.dec_width, m.dec_layers, m.dec_heads,
+                             layer_type, m.distill_dim)
+    self.quant_conv = nn.Conv2d(m.z_channels, m.code_dim, 1)
+    self.quantize = TQuantizer(m.codebook_size, m.code_dim)
+    self.post_quant_conv = nn.Conv2d(m.code_dim, m.z_channels, 1)
+
+
 SEED_IMAGES = 105
 
 

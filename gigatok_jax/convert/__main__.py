@@ -1,10 +1,10 @@
 """`python -m gigatok_jax.convert`: import an official GigaTok tokenizer / GPT checkpoint (or export
-a run to the reference layout). Same flags as `python -m gigatok_jax.convert.gigatok`; the teacher
-converters keep their own modules (`convert.dinov2`, `convert.lpips`, `convert.inception`)."""
+a run to the reference layout); the command line is convert/cli.py. The teacher converters keep
+their own modules (`convert.dinov2`, `convert.lpips`, `convert.inception`)."""
 
 import sys
 
-from gigatok_jax.convert.gigatok import main
+from gigatok_jax.convert.cli import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -1,4 +1,4 @@
-"""Official GigaTok checkpoints (tokenizers and GPTs) <-> our parameter trees, and the CLI.
+"""The name rules between official GigaTok checkpoints (tokenizers, PatchGAN, GPTs) and our trees.
 
 One mapping per model kind, built from our own parameter names and shapes (abstract, nothing is
 allocated), serves both directions: import (PyTorch state dict -> our flat params) and export
@@ -12,6 +12,8 @@ Tokenizer (`VQVitModelPlus` / `VQVitModel2DPlus`), ours -> reference:
   Dense *.kernel (I, O)            -> *.weight (O, I)              (nn.Linear)
   quant_conv, post_quant_conv, s2to1encoder.conv_out kernel (I, O) -> weight (O, I, 1, 1) (1x1 conv)
   *.stack.transformer.{i}.         -> *.transformer.{i}.
+  s2dencoder.embed / s2ddecoder.embed -> s2dencoder.encoder_embed / s2ddecoder.decoder_embed (2D;
+                                     the 1D Q-Formers' names already match)
   *.stack.layers.* (model.scan_layers: (L, ...) stacks) -> unrolled first (models/layer_layout.py)
   ...mlp.fc1 / mlp.fc2             -> ...linear1 / linear2
   ...{self_attn,multihead_attn}.{query,key,value} (W, H, D) x3 -> in_proj_weight (3W, W), rows q|k|v
@@ -34,35 +36,32 @@ GPT (`gpt_1d.py`), ours -> reference:
   .wo (H, D, W) -> .wo.weight (W, W); feed_forward.w{1,2,3}.kernel -> .weight (transposed);
   *norm.scale -> *norm.weight; output (W, V) -> output.weight (V, W).
 
-  python -m gigatok_jax.convert --src=VQ_BL256_e200.pt --out=runs/bl_official
-  python -m gigatok_jax.convert --src=GPT_B_for_SS.pt --out=runs/gpt_b_official \
-      --tokenizer_workdir=runs/ss_official
-  python -m gigatok_jax.convert --export --src=runs/bl_official --out=bl.safetensors
+Recipes, files and run directories (import / export) are convert/release.py's job; the CLI is
+convert/cli.py (`python -m gigatok_jax.convert`). This module imports neither runs nor inference.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import re
-import sys
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from gigatok_jax import fileio
 from gigatok_jax.convert import weight_files
-from gigatok_jax.errors import CheckpointError, UserError
+from gigatok_jax.errors import CheckpointError
 from gigatok_jax.models import layer_layout
-from gigatok_jax.tree_names import flat_shapes, flatten, unflatten
 
-TOKENIZER_RECIPES = ("tokenizer_ss", "tokenizer_sb", "tokenizer_bl", "tokenizer_xlxxl",
-                     "tokenizer_ss_2d", "tokenizer_sb_2d", "tokenizer_bl_2d")
-GPT_RECIPES = ("gpt_b", "gpt_l", "gpt_xl", "gpt_xxl")
 CODEBOOK_USED = ("quantize.codebook_used", (65536,))
 # Source tensors that carry no weights of ours, dropped on import on purpose.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Our 2D ViT input layer is `embed`; the reference's (VQVitModel2DPlus) `encoder_embed` /
+# `decoder_embed`, as in the 1D Q-Formers (docs/checkpoint_layouts.md 1.3, 1.5).
+EMBED_2D = {"s2dencoder.embed": "s2dencoder.encoder_embed",
+            "s2ddecoder.embed": "s2ddecoder.decoder_embed"}
+# Keys written by exports before the 2D embedding names were mapped (issue 23) -> today's keys.
+LEGACY_KEYS = {f"{ours}.{leaf}": f"{ref}.{leaf}" for ours, ref in EMBED_2D.items()
+               for leaf in ("weight", "bias")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +86,7 @@ _MHA = re.compile(r"^(.*\.(?:self_attn|multihead_attn))\.(query|key|value|out)(_
 
 def _tokenizer_torch_prefix(name: str, plain_layers: set[str]) -> str:
   """Our module path -> the reference's (without the last tensor name)."""
+  name = EMBED_2D.get(name, name)
   name = name.replace(".stack.transformer.", ".transformer.")
   name = name.replace(".mlp.fc1", ".linear1").replace(".mlp.fc2", ".linear2")
   name = re.sub(r"distill_mlp\.fc([123])", lambda m: f"distill_mlp.{2 * int(m.group(1)) - 2}", name)
@@ -230,6 +230,12 @@ def gpt_rules(shapes: Mapping[str, tuple[int, ...]]) -> list[Rule]:
 
 
 # ---------------------------------------------------------------------------- apply a mapping
+def upgrade_legacy_keys(sd: Mapping[str, Any]) -> dict[str, Any]:
+  """`sd` with the keys of older exports of ours renamed to the reference's (LEGACY_KEYS)."""
+  return {(LEGACY_KEYS[k] if k in LEGACY_KEYS and LEGACY_KEYS[k] not in sd else k): v
+          for k, v in sd.items()}
+
+
 def from_torch(rules: list[Rule], sd: Mapping[str, np.ndarray], what: str,
                extra: Mapping[str, tuple[int, ...]] = {}) -> dict[str, np.ndarray]:  # noqa: B006
   """Our flat params from a reference state dict; strict (lists every problem at once).
@@ -255,7 +261,7 @@ def to_torch(rules: list[Rule], flat: Mapping[str, np.ndarray]) -> dict[str, np.
           for r in rules}
 
 
-# ------------------------------------------------------------------------------ recipes & models
+# -------------------------------------------------------------------------------- our models
 def abstract_tokenizer(config) -> tuple[Any, Any, Any]:
   """(generator params, discriminator params, discriminator stats) as abstract pure dicts."""
   from gigatok_jax import build  # pylint: disable=import-outside-toplevel
@@ -268,249 +274,11 @@ def abstract_gpt(config) -> Any:
   return build.gpt(config).abstract
 
 
-def _layer_count(sd: Mapping[str, Any], prefix: str) -> int:
-  pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-  return len({m.group(1) for k in sd if (m := pattern.match(k))})
-
-
-def kind_of(sd: Mapping[str, Any]) -> str:
-  if "tok_embeddings.weight" in sd:
-    return "gpt"
-  if any(k.startswith(("s2to1encoder.", "s2dencoder.")) for k in sd):
-    return "tokenizer"
-  raise CheckpointError("the weights are neither a GigaTok tokenizer (no s2to1encoder.* / "
-                        "s2dencoder.* keys) nor a GigaTok GPT (no tok_embeddings.weight); first "
-                        f"keys: {sorted(sd)[:8]}")
-
-
-def tokenizer_dims(sd: Mapping[str, Any]) -> dict[str, Any]:
-  """The recipe-relevant sizes read off a tokenizer state dict."""
-  enc, dec = ("s2to1encoder", "s1to2decoder") if "s2to1encoder.ln_post.weight" in sd else \
-      ("s2dencoder", "s2ddecoder")
-  return dict(kind="1d" if enc == "s2to1encoder" else "2d",
-              enc_width=int(np.shape(sd[f"{enc}.ln_post.weight"])[0]),
-              enc_layers=_layer_count(sd, f"{enc}.transformer."),
-              dec_width=int(np.shape(sd[f"{dec}.ln_post.weight"])[0]),
-              dec_layers=_layer_count(sd, f"{dec}.transformer."))
-
-
-def gpt_dims(sd: Mapping[str, Any]) -> dict[str, Any]:
-  vocab, width = np.shape(sd["tok_embeddings.weight"])
-  out = dict(width=int(width), layers=_layer_count(sd, "layers."), vocab_size=int(vocab),
-             num_classes=int(np.shape(sd["cls_embedding.embedding_table.weight"])[0]) - 1)
-  if "positional_embedding" in sd:
-    out.update(position="learned_1d", num_tokens=int(np.shape(sd["positional_embedding"])[0]) - 1)
-  else:
-    out["position"] = "rope_2d"
-  return out
-
-
-def dims_of(sd: Mapping[str, Any], kind: str) -> dict[str, Any]:
-  try:
-    return tokenizer_dims(sd) if kind == "tokenizer" else gpt_dims(sd)
-  except KeyError as e:
-    raise CheckpointError(f"not a complete GigaTok {kind} state dict: no {e}") from None
-
-
-def infer_recipe(sd: Mapping[str, Any]) -> str:
-  """The recipe (configs/<name>.py) whose sizes the checkpoint has; a clear error if none."""
-  from gigatok_jax import config_base
-  kind = kind_of(sd)
-  dims = dims_of(sd, kind)
-  for name in (TOKENIZER_RECIPES if kind == "tokenizer" else GPT_RECIPES):
-    m = config_base.load_recipe(f"configs/{name}.py", key="--recipe").model
-    keys = ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers") if kind == "tokenizer" \
-        else ("width", "layers")
-    if all(m[k] == dims[k] for k in keys):
-      return f"configs/{name}.py"
-  raise CheckpointError(f"no recipe has the sizes of this {kind} checkpoint ({dims}); pass "
-                        "--recipe=configs/<recipe>.py[:variant] with matching sizes")
-
-
-def configure(recipe: str, sd: Mapping[str, Any]):
-  """The recipe's config with the data-dependent sizes of a GPT (vocabulary, tokens, classes)."""
-  from gigatok_jax import config_base
-  config = config_base.load_recipe(recipe, key="--recipe")
-  kind = kind_of(sd)
-  if config.task != kind:
-    raise CheckpointError(f"--recipe={recipe} is a {config.task} recipe but the weights are a "
-                          f"{kind}")
-  dims = dims_of(sd, kind)
-  if kind == "gpt":
-    for key in ("vocab_size", "num_classes", "position", "num_tokens"):
-      if key in dims:
-        config.model[key] = dims[key]
-  mismatch = {k: (v, config.model[k]) for k, v in dims.items() if config.model[k] != v}
-  if mismatch:
-    inferred = ""
-    try:
-      inferred = f" (the checkpoint matches {infer_recipe(sd)})"
-    except CheckpointError:
-      pass
-    raise CheckpointError(f"--recipe={recipe} does not match the checkpoint{inferred}: "
-                          + ", ".join(f"{k} checkpoint {a} vs recipe {b}"
-                                      for k, (a, b) in mismatch.items()))
-  return config
-
-
-# ------------------------------------------------------------------------------------- files
-def pick_weights(raw: Mapping[str, Any], which: str, path: str) -> tuple[Mapping[str, Any], str]:
-  """The state dict in a training checkpoint: `which` = 'ema', 'model' or 'auto' (the reference's
-  own order: ema, else model, else state_dict; a bare state dict is taken as is)."""
-  if any(not isinstance(v, Mapping) for k, v in raw.items() if k in ("model", "ema")):
-    raise CheckpointError(f"{path}: its 'model'/'ema' entries are not state dicts")
-  if which == "auto":
-    for key in ("ema", "model", "state_dict", "module"):
-      if isinstance(raw.get(key), Mapping):
-        return raw[key], key
-    return raw, "(whole file)"
-  if not isinstance(raw.get(which), Mapping):
-    raise CheckpointError(f"{path}: has no '{which}' weights (top-level entries: {sorted(raw)})")
-  return raw[which], which
-
-
-def read_checkpoint(path: str) -> dict[str, Any]:
-  """A GigaTok `.pt`/`.pth` (torch.load weights_only, with the `args` Namespace allowed) or a
-  `.safetensors` file, as nested dicts of float32 numpy arrays (ints kept, e.g. `steps`)."""
-  if not os.path.isfile(path):
-    raise CheckpointError(f"checkpoint file not found: {path}")
-  if path.endswith(".safetensors"):
-    return weight_files.read_torch_state_dict(path)
-  try:
-    import torch
-  except ImportError as e:  # pragma: no cover - torch is a test dependency here
-    raise CheckpointError(f"{path}: reading a PyTorch checkpoint needs `pip install torch` (CPU "
-                          "build is enough)") from e
-  import argparse as _argparse
-  try:
-    with torch.serialization.safe_globals([_argparse.Namespace]):
-      raw = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-
-  def numpy(x):
-    if hasattr(x, "detach"):
-      x = x.detach().cpu()
-      return x.float().numpy() if x.is_floating_point() else x.numpy()
-    if isinstance(x, Mapping):
-      return {k: numpy(v) for k, v in x.items()}
-    return x
-  if not isinstance(raw, Mapping):
-    raise CheckpointError(f"{path}: expected a dict, found {type(raw).__name__}")
-  return {k: numpy(v) for k, v in raw.items()}
-
-
-def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str = "",
-                      tokenizer_workdir: str = "", log=print) -> str:
-  """Converts a released tokenizer or GPT file into run directory `out`; returns `out`."""
-  from gigatok_jax import runs  # pylint: disable=import-outside-toplevel
-  raw = read_checkpoint(src)
-  sd, picked = pick_weights(raw, weights, src)
-  kind = kind_of(sd)
-  recipe = recipe or infer_recipe(sd)
-  config = configure(recipe, sd)
-  steps = raw.get("steps", 0)
-  info = dict(source=os.path.abspath(src), source_sha256=fileio.sha256_file(src), weights=picked,
-              recipe=recipe, kind=kind,
-              source_steps=int(steps) if isinstance(steps, (int, np.integer)) else 0)
-  if kind == "tokenizer":
-    gen, disc, stats = abstract_tokenizer(config)
-    gen_flat = from_torch(tokenizer_rules(flat_shapes(gen)), sd, f"{src} [{picked}]",
-                          extra=dict([CODEBOOK_USED]))
-    if layer_layout.is_scanned(flat_shapes(gen)):                 # model.scan_layers
-      gen_flat = layer_layout.to_scanned(gen_flat)
-    trees = {"gen_params": unflatten(gen_flat, gen)}
-    disc_sd = raw.get("discriminator")
-    if isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd:     # the PatchGAN layout
-      rules = discriminator_rules(flat_shapes(disc), flat_shapes(stats))
-      flat = from_torch(rules, raw["discriminator"], f"{src} [discriminator]")
-      trees["disc_params"] = unflatten({k: v for k, v in flat.items()
-                                        if not k.startswith("stats:")}, disc)
-      trees["disc_stats"] = unflatten({k[len("stats:"):]: v for k, v in flat.items()
-                                       if k.startswith("stats:")}, stats)
-    elif disc_sd is not None:
-      log(f"note: {src} has a non-PatchGAN discriminator (e.g. the B-L DINO discriminator); it is "
-          "not imported, and training from these weights starts a fresh PatchGAN")
-  else:
-    if tokenizer_workdir:
-      config.tokenizer.workdir = os.path.abspath(tokenizer_workdir)
-    params = abstract_gpt(config)
-    trees = {"params": unflatten(from_torch(gpt_rules(flat_shapes(params)), sd,
-                                            f"{src} [{picked}]"), params)}
-  os.makedirs(out, exist_ok=True)
-  runs.write_config(config, out)
-  runs.save_imported(out, trees, info)
-  n = sum(int(np.size(x)) for x in flatten(trees[next(iter(trees))]).values())
-  log(f"converted {kind} {src} ({picked} weights, {n:,} parameters, recipe {recipe}) -> {out}")
-  return out
-
-
-def export_run(workdir: str, out: str, log=print) -> str:
-  """Writes a run's weights (latest checkpoint, else its imported weights) in the reference layout:
-  `.safetensors` (flat state dict) or `.pt` ({'model': state dict, 'steps': step})."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from gigatok_jax import inference, parallel, runs  # pylint: disable=import-outside-toplevel
-  config = runs.read_config(workdir, key="--src")
-  loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, jax.devices()[:1]))
-  flat = flatten(jax.device_get(loaded.params))
-  step = loaded.step
-  if config.task == "tokenizer":
-    flat = layer_layout.to_unrolled(flat)
-    sd = to_torch(tokenizer_rules({k: v.shape for k, v in flat.items()}), flat)
-    sd[CODEBOOK_USED[0]] = np.zeros(CODEBOOK_USED[1], np.float32)
-  else:
-    sd = to_torch(gpt_rules({k: v.shape for k, v in flat.items()}), flat)
-  sd = {k: np.asarray(v, np.float32) for k, v in sd.items()}
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = f"{out}.tmp-{os.getpid()}"
-  if out.endswith(".safetensors"):
-    from safetensors.numpy import save_file
-    save_file(sd, tmp, metadata={"steps": str(step)})
-  else:
-    import torch
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}, "steps": int(step)}, tmp)
-  os.replace(tmp, out)
-  log(f"exported {config.task} of {workdir} (step {step}, {len(sd)} tensors) -> {out}")
-  return out
-
-
-# Adapters for gigatok_jax.weights (converter signature: (source paths, output path)).
+# The converter names of the gigatok_* weights artefacts: the name is part of every weights-cache
+# record and of its hit check (weights/cache.py), so these stay, as aliases of the one adapter.
 def convert_tokenizer_file(src_paths: list[str], out_path: str) -> None:
-  import_checkpoint(src_paths[0], out_path)
+  from gigatok_jax.convert import release  # pylint: disable=import-outside-toplevel
+  release.convert_release_file(src_paths, out_path)
 
 
-def convert_gpt_file(src_paths: list[str], out_path: str) -> None:
-  import_checkpoint(src_paths[0], out_path)
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m gigatok_jax.convert",
-      description="Import an official GigaTok tokenizer / GPT checkpoint as a gigatok_jax run "
-                  "directory, or export a run to the reference layout.")
-  parser.add_argument("--src", required=True,
-                      help="import: the .pt/.pth/.safetensors file; export: a run directory")
-  parser.add_argument("--out", required=True,
-                      help="import: the run directory to create; export: a .safetensors/.pt file")
-  parser.add_argument("--export", action="store_true", help="ours -> reference layout")
-  parser.add_argument("--weights", default="auto", choices=("auto", "ema", "model"),
-                      help="which weights of a training checkpoint (auto: ema, else model)")
-  parser.add_argument("--recipe", default="",
-                      help="configs/<recipe>.py[:variant]; default: inferred from the shapes")
-  parser.add_argument("--tokenizer_workdir", default="",
-                      help="GPT import: the (converted) tokenizer run whose codes it models")
-  args = parser.parse_args(argv)
-  try:
-    if args.export:
-      export_run(args.src, args.out)
-    else:
-      import_checkpoint(args.src, args.out, weights=args.weights, recipe=args.recipe,
-                        tokenizer_workdir=args.tokenizer_workdir)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+convert_gpt_file = convert_tokenizer_file

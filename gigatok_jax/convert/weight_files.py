@@ -6,11 +6,13 @@ load into an nnx module only if every parameter is present with the right shape 
 over; otherwise a CheckpointError lists the names (and shapes) at fault.
 
 PyTorch `.pt/.pth/.bin` files are read with `torch.load(weights_only=True)`, which never unpickles
-code; `.safetensors` files need no torch at all.
+code (one loader, `torch_load`, for bare state dicts and training checkpoints alike);
+`.safetensors` files need no torch at all.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any, Mapping
@@ -22,6 +24,32 @@ from flax import nnx
 from gigatok_jax.errors import CheckpointError
 
 FORMAT = "gigatok_jax.flat.v1"
+
+
+def torch_load(path: str, *, no_torch: str, unreadable: str, allowed_globals: tuple = ()) -> Any:
+  """`torch.load(path, weights_only=True)` on the CPU: the one loader of PyTorch pickles.
+
+  `no_torch` / `unreadable` are the CheckpointError messages (formatted with `path`, and `e` for
+  the torch error) of each caller; `allowed_globals` are classes the pickle may hold besides
+  tensors (e.g. the `argparse.Namespace` of a training checkpoint's `args`).
+  """
+  try:
+    import torch
+  except ImportError as e:  # pragma: no cover - torch is a test dependency here
+    raise CheckpointError(no_torch.format(path=path)) from e
+  try:
+    with torch.serialization.safe_globals(list(allowed_globals)):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+    raise CheckpointError(unreadable.format(path=path, e=e)) from e
+
+
+def tensor_to_numpy(value: Any) -> Any:
+  """A torch tensor as numpy (floating tensors as float32); anything else unchanged."""
+  if hasattr(value, "detach"):  # torch.Tensor
+    value = value.detach().to("cpu")
+    return value.float().numpy() if value.is_floating_point() else value.numpy()
+  return value
 
 
 def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
@@ -36,15 +64,9 @@ def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.nda
     from safetensors.numpy import load_file
     raw: Mapping[str, Any] = load_file(path)
   else:
-    try:
-      import torch
-    except ImportError as e:  # pragma: no cover - torch is a test dependency here
-      raise CheckpointError(f"{path}: reading a PyTorch pickle needs `pip install torch`; or "
-                            "convert it to .safetensors elsewhere") from e
-    try:
-      raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-      raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from e
+    raw = torch_load(path, no_torch="{path}: reading a PyTorch pickle needs `pip install torch`; "
+                     "or convert it to .safetensors elsewhere",
+                     unreadable="{path}: not a readable PyTorch weights file ({e})")
   if key is not None:
     if not isinstance(raw, Mapping) or key not in raw:
       have = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
@@ -54,14 +76,31 @@ def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.nda
     raise CheckpointError(f"{path}: expected a state dict, found {type(raw).__name__}")
   out = {}
   for name, value in raw.items():
-    if hasattr(value, "detach"):  # torch.Tensor
-      value = value.detach().to("cpu").float().numpy() if value.is_floating_point() else \
-          value.detach().to("cpu").numpy()
+    value = tensor_to_numpy(value)
     if not isinstance(value, np.ndarray):
       raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, not a tensor "
                             f"(is this a training checkpoint? pick its weights with key='model')")
     out[name] = value
   return out
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+  """A training checkpoint `.pt`/`.pth` (the `args` Namespace allowed) or a `.safetensors` file,
+  as nested dicts of float32 numpy arrays (ints kept, e.g. `steps`)."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"checkpoint file not found: {path}")
+  if path.endswith(".safetensors"):
+    return read_torch_state_dict(path)
+  raw = torch_load(path, no_torch="{path}: reading a PyTorch checkpoint needs `pip install torch` "
+                   "(CPU build is enough)",
+                   unreadable="{path}: not a readable PyTorch checkpoint ({e})",
+                   allowed_globals=(argparse.Namespace,))
+
+  def nested(x):
+    return {k: nested(v) for k, v in x.items()} if isinstance(x, Mapping) else tensor_to_numpy(x)
+  if not isinstance(raw, Mapping):
+    raise CheckpointError(f"{path}: expected a dict, found {type(raw).__name__}")
+  return {k: nested(v) for k, v in raw.items()}
 
 
 def fit_problems(have: Mapping[str, tuple[int, ...]], want: Mapping[str, tuple[int, ...]],

@@ -3,7 +3,7 @@
 Unrolled (the reference's naming, one entry per layer):  <stack>.transformer.<i>.<rest>
 Scanned (one entry per parameter, depth first):           <stack>.layers.<rest>    (L, ...)
 
-Works on flat dicts keyed by dotted names (`convert.gigatok.flatten`), whose values are arrays or
+Works on flat dicts keyed by dotted names (`tree_names.flatten`), whose values are arrays or
 shape tuples. The converters speak the unrolled layout (it is the reference's); a scanned model's
 parameters pass through `to_scanned` on import and `to_unrolled` on export.
 """

@@ -139,6 +139,8 @@ _GIGATOK_HINT = ("also linked (Google Drive) from the GigaTok README at "
                  "unverified and no sha256 is known")
 
 
+# convert.gigatok:convert_{kind}_file are aliases of convert.release.convert_release_file (one
+# adapter); the old names stay because they are stored in (and checked against) cache records.
 def _gigatok(name: str, filename: str, kind: str, description: str) -> None:
   register(Artefact(
       name=name, files=(SourceFile(filename, (f"hf://{_GIGATOK_REPO}/{filename}",)),),
