@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, inference, parallel, validate
+from gigatok_jax import checkpointing, inference, parallel
+from gigatok_jax.config import validate
 from gigatok_jax.modes import extract_codes
 from gigatok_jax.modes import sample as sample_images
 from gigatok_jax.data import codes as codes_lib

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gigatok_jax import parallel, validate
+from gigatok_jax import parallel
+from gigatok_jax.config import validate
 from gigatok_jax.convert import lpips as lpips_convert
 from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError, ConfigError

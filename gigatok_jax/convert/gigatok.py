@@ -314,11 +314,11 @@ def dims_of(sd: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 def infer_recipe(sd: Mapping[str, Any]) -> str:
   """The recipe (configs/<name>.py) whose sizes the checkpoint has; a clear error if none."""
-  from gigatok_jax import config_base
+  from gigatok_jax import config as config_lib
   kind = kind_of(sd)
   dims = dims_of(sd, kind)
   for name in (TOKENIZER_RECIPES if kind == "tokenizer" else GPT_RECIPES):
-    m = config_base.load_recipe(f"configs/{name}.py", key="--recipe").model
+    m = config_lib.load_recipe(f"configs/{name}.py", key="--recipe").model
     keys = ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers") if kind == "tokenizer" \
         else ("width", "layers")
     if all(m[k] == dims[k] for k in keys):
@@ -329,8 +329,8 @@ def infer_recipe(sd: Mapping[str, Any]) -> str:
 
 def configure(recipe: str, sd: Mapping[str, Any]):
   """The recipe's config with the data-dependent sizes of a GPT (vocabulary, tokens, classes)."""
-  from gigatok_jax import config_base
-  config = config_base.load_recipe(recipe, key="--recipe")
+  from gigatok_jax import config as config_lib
+  config = config_lib.load_recipe(recipe, key="--recipe")
   kind = kind_of(sd)
   if config.task != kind:
     raise CheckpointError(f"--recipe={recipe} is a {config.task} recipe but the weights are a "

@@ -75,7 +75,7 @@ def run_mode(name: str, config, workdir: str | None, *, progress: bool = True,
   if mode.needs_workdir and not workdir:
     raise UserError(f"--workdir is required for --mode={name}")
   if validate and name not in ("aot", "prepare_data"):   # aot checks per target; prepare: its keys
-    from gigatok_jax import validate as config_checks  # pylint: disable=import-outside-toplevel
+    from gigatok_jax.config import validate as config_checks  # pylint: disable=import-outside-toplevel
     config_checks.validate(config, **mode.checks(config))
   module = importlib.import_module(f"gigatok_jax.modes.{mode.module}")
   return module.run(config, workdir, progress=progress, options=options or {})

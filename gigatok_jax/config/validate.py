@@ -1,8 +1,8 @@
 """Config validation, run before anything is compiled.
 
 Every problem raises `ConfigError` naming the dotted key; `main.py` prints it as one line and exits
-non-zero. The schema is `config_base.tokenizer_config()`: a recipe (or a user's own config file)
-may only use its keys, with values of compatible types.
+non-zero. The schemas are `config.tokenizer_config()` and `config.gpt_config()`: a recipe (or a
+user's own config file) may only use their keys, with values of compatible types.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import math
 import jax
 import ml_collections
 
-from gigatok_jax import config_base, parallel
+from gigatok_jax import parallel
+from gigatok_jax.config import gpt as gpt_schema
+from gigatok_jax.config import tokenizer as tokenizer_schema
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.models.layers import REMAT_POLICIES
 
@@ -51,7 +53,7 @@ def check_schema(config, schema, prefix: str = "") -> None:
   missing = [k for k in schema.keys() if k not in config]
   if missing:
     raise ConfigError(f"{prefix}{missing[0]}", "missing (every recipe starts from "
-                      "config_base.tokenizer_config(), which sets it)")
+                      "config.tokenizer_config() or config.gpt_config(), which sets it)")
 
 
 def _positive(config, key: str) -> None:
@@ -178,7 +180,7 @@ def check_init_from(config) -> None:
 
 def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = True) -> None:
   """Checks of a GPT recipe; `check_data` opens the training codes (and validation codes if set)."""
-  check_schema(config, config_base.gpt_config())
+  check_schema(config, gpt_schema.gpt_config())
   for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
               "eval_every_steps", "eval_num_batches", "max_checkpoints_to_keep"):
     _positive(config, key)
@@ -221,7 +223,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
   unless `check_teachers` says otherwise, the frozen teachers' weight files."""
   if config.get("task") == "gpt":
     return validate_gpt(config, num_devices=num_devices, check_data=check_data)
-  check_schema(config, config_base.tokenizer_config())
+  check_schema(config, tokenizer_schema.tokenizer_config())
   for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
               "image_every_steps", "eval_num_images", "max_checkpoints_to_keep"):
     _positive(config, key)
