@@ -17,6 +17,9 @@ GPT_SIZES = {
     "XXL": (1536, 48, 24),
 }
 
+# --mode=extract_codes: code sequences per image of each `extract.augment`.
+EXTRACT_VIEWS = {"none": 1, "flip": 2, "ten_crop": 10}
+
 GPT_AXIS_RULES = common.DEFAULT_AXIS_RULES + (
     ("vocab", "tensor"),
     ("classes", None),
