@@ -145,7 +145,8 @@ def cost_split(task, state, batch, frozen, steps: int) -> dict:
 
 
 def run(config) -> dict:
-  from gigatok_jax import parallel, validate
+  from gigatok_jax import parallel
+  from gigatok_jax.config import validate
   from gigatok_jax.train.tokenizer import TokenizerTask
 
   load_start = common.load_average()

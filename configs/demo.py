@@ -5,11 +5,12 @@ a 2-core CPU with a reconstruction grid in <workdir>/images/.
 python -m gigatok_jax.main --config=configs/demo.py --workdir=/tmp/gigatok_demo
 """
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.tokenizer_config(enc="S", dec="S", kind="1d")
+  v = config.parse_variant(variant, names=("tiny", "teachers"))
+  c = config.tokenizer_config(enc="S", dec="S", kind="1d")
   c.model.update(dict(
       cnn_ch=32, cnn_ch_mult=(1, 1, 2, 2), cnn_num_res_blocks=1, z_channels=64,
       enc_width=128, enc_layers=2, enc_heads=4,
@@ -47,9 +48,9 @@ def get_config(variant: str = ""):
   # sees 14 x 8 = 112 px images so its 64 patch tokens match the 8 x 8 decoder queries.
   c.loss.perceptual_weight = 0.0
   c.loss.semantic_weight = 0.0
-  if variant == "teachers":
+  if v.name == "teachers":
     c.loss.perceptual_weight = 1.0
     c.loss.semantic_weight = 0.5
     c.model.distill_dim = 768
     return c
-  return config_base.with_variant(c, variant)
+  return config.with_variant(c, v.name)

@@ -14,12 +14,12 @@ which runs, with DIR=/tmp/gigatok_demo_ar:
       --config.tokenizer.workdir=DIR/tokenizer
 """
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def tokenizer(variant: str = ""):
   """32 px digits -> 4 x 4 grid -> 16 tokens from a 256-code codebook."""
-  c = config_base.tokenizer_config(enc="S", dec="S", kind="1d")
+  c = config.tokenizer_config(enc="S", dec="S", kind="1d")
   c.model.update(dict(
       cnn_ch=32, cnn_ch_mult=(1, 1, 2, 2), cnn_num_res_blocks=1, z_channels=64,
       enc_width=128, enc_layers=2, enc_heads=4,
@@ -44,13 +44,14 @@ def tokenizer(variant: str = ""):
   c.optim.lr = 3e-4
   c.optim.final_lr = 3e-5
   c.optim.warmup_steps = 50
-  return config_base.with_variant(c, variant)
+  return config.with_variant(c, variant)
 
 
 def get_config(variant: str = ""):
-  if variant.startswith("tokenizer"):
-    return tokenizer(variant.partition("_")[2])
-  c = config_base.gpt_config("B")
+  v = config.parse_variant(variant, parts=("tokenizer",))
+  if v.part == "tokenizer":
+    return tokenizer(v.name)
+  c = config.gpt_config("B")
   c.model.update(dict(width=128, layers=4, heads=4, vocab_size=256, num_tokens=16, num_classes=10,
                       dtype="float32"))
   c.global_batch_size = 64
@@ -69,4 +70,4 @@ def get_config(variant: str = ""):
   c.sample.grid_images = 100
   c.sample.cfg_scale = 2.0
   c.sample.cfg_schedule = "constant"
-  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)
+  return config.with_variant(c, v.name, tiny=config.gpt_tiny_overrides)

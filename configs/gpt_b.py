@@ -5,11 +5,11 @@ python -m gigatok_jax.main --config=configs/gpt_b.py --workdir=DIR --mode=extrac
 python -m gigatok_jax.main --config=configs/gpt_b.py --workdir=DIR --config.data.codes_path=DIR/codes/train
 """
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.gpt_config("B")
+  c = config.gpt_config("B")
   c.optim.warmup_steps = 5000         # README of the reference for GPT-B
   c.sample.cfg_scale = 2.5            # step schedule starting value for GPT-B (docs/spec.md §4.4)
-  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)
+  return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

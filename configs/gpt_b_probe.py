@@ -8,15 +8,15 @@ python -m gigatok_jax.main --config=configs/gpt_b_probe.py --workdir=DIR --mode=
     --config.eval.inception_path=fid_inception.safetensors
 """
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.gpt_config("B")
+  c = config.gpt_config("B")
   c.total_steps = 250_000
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   # The probing script uses a constant CFG schedule; the scale is searched (steps of 0.25).
   c.sample.cfg_schedule = "constant"
   c.sample.cfg_scale = 2.0
-  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)
+  return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

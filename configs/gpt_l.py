@@ -1,9 +1,9 @@
 """GPT-L (343M), class-conditional on the codes of a 1D tokenizer (docs/spec.md §4.1 / 4.2). See gpt_b.py."""
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.gpt_config("L")
+  c = config.gpt_config("L")
   c.sample.cfg_scale = 1.75           # step schedule starting value for GPT-L (docs/spec.md §4.4)
-  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)
+  return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

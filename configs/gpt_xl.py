@@ -1,10 +1,10 @@
 """GPT-XL (775M), class-conditional on tokenizer codes (docs/spec.md §4.1; its recipe is unverified in the
 reference, so this keeps the GPT-B/L training settings). See gpt_b.py."""
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.gpt_config("XL")
+  c = config.gpt_config("XL")
   c.sample.cfg_scale = 1.25
-  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)
+  return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

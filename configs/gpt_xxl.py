@@ -1,14 +1,14 @@
 """GPT-XXL (1.4B): batch 512, 750k iterations, warm-up 200, FSDP (docs/spec.md §4.2). See gpt_b.py."""
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.gpt_config("XXL")
+  c = config.gpt_config("XXL")
   c.global_batch_size = 512
   c.total_steps = 750_000
   c.optim.warmup_steps = 200
   c.mesh.fsdp = -1                    # parameters and optimizer state sharded over all devices
   c.mesh.data = 1
   c.sample.cfg_scale = 1.25
-  return config_base.with_variant(c, variant, tiny=config_base.gpt_tiny_overrides)
+  return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

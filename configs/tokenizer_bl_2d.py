@@ -3,12 +3,12 @@
 python -m gigatok_jax.main --config=configs/tokenizer_bl_2d.py --workdir=DIR --config.data.train_path=...
 """
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.tokenizer_config(enc="B", dec="L", kind="2d")
+  c = config.tokenizer_config(enc="B", dec="L", kind="2d")
   c.global_batch_size = 256
   c.total_steps = 1_000_000
   c.loss.entropy_weight = 0.005
-  return config_base.with_variant(c, variant)
+  return config.with_variant(c, variant)

@@ -3,11 +3,11 @@
 python -m gigatok_jax.main --config=configs/tokenizer_sb_2d.py --workdir=DIR --config.data.train_path=...
 """
 
-from gigatok_jax import config_base
+from gigatok_jax import config
 
 
 def get_config(variant: str = ""):
-  c = config_base.tokenizer_config(enc="S", dec="B", kind="2d")
+  c = config.tokenizer_config(enc="S", dec="B", kind="2d")
   c.global_batch_size = 128
   c.total_steps = 2_000_000
-  return config_base.with_variant(c, variant)
+  return config.with_variant(c, variant)

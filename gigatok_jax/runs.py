@@ -102,8 +102,8 @@ def gpt_tokenizer_config(config) -> ml_collections.ConfigDict:
   if not config.tokenizer.workdir:
     raise ConfigError("tokenizer.workdir", "is empty; set it to the tokenizer's training run directory")
   if config.tokenizer.recipe:
-    from gigatok_jax import config_base  # pylint: disable=import-outside-toplevel
-    tok = config_base.load_recipe(config.tokenizer.recipe)
+    from gigatok_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    tok = config_lib.load_recipe(config.tokenizer.recipe)
   else:
     tok = read_config(config.tokenizer.workdir)
   for split in ("train", "eval"):

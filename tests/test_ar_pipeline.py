@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, inference, parallel, validate
+from gigatok_jax import checkpointing, inference, parallel
+from gigatok_jax.config import validate
 from gigatok_jax.modes import extract_codes
 from gigatok_jax.modes import sample as sample_images
 from gigatok_jax.data import codes as codes_lib
@@ -248,7 +249,7 @@ def test_ar_probing_chain_scores_samples_and_probes(tok_dir, codes_dirs, tmp_pat
   cfg = gpt_config(tok_dir, out["output"], os.path.join(root, "codes", "eval"), total_steps=2)
   cfg.probe.update(epochs=1, warmup_epochs=0, batch_size=64, feature_batch_size=64)
   with pytest.raises(ConfigError, match="eval.fid_reference"):
-    ar_probe.check_inputs(cfg)
+    validate.check_ar_probe_inputs(cfg)
   projection = np.random.default_rng(0).normal(size=(32 * 32 * 3, 24)).astype(np.float32)
   head = np.random.default_rng(1).normal(size=(24, 1008)).astype(np.float32)
 

@@ -5,7 +5,8 @@ import textwrap
 
 import pytest
 
-from gigatok_jax import config_base, validate
+from gigatok_jax import config as config_lib
+from gigatok_jax.config import validate
 from gigatok_jax.errors import ConfigError
 from helpers import load_recipe, run_cli
 
@@ -48,9 +49,9 @@ def test_paper_recipe_without_teacher_files_says_what_to_convert(tmp_path):
 def test_bad_config_file_names_the_key(tmp_path):
   path = tmp_path / "my_recipe.py"
   path.write_text(textwrap.dedent("""
-      from gigatok_jax import config_base
+      from gigatok_jax import config
       def get_config():
-        c = config_base.tokenizer_config()
+        c = config.tokenizer_config()
         c.data.source = "demo"
         c.model.enc_widht = 512
         return c
@@ -92,7 +93,7 @@ def test_wrong_type_names_the_key():
   del config.optim["b1"]
   config.optim.b1 = "high"
   with pytest.raises(ConfigError) as e:
-    validate.check_schema(config, config_base.tokenizer_config())
+    validate.check_schema(config, config_lib.tokenizer_config())
   assert e.value.key == "optim.b1"
 
 

@@ -23,7 +23,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from gigatok_jax import build, config_base, inference, parallel, runs, tree_names  # noqa: E402
+from gigatok_jax import build, inference, parallel, runs, tree_names  # noqa: E402
+from gigatok_jax import config as config_lib  # noqa: E402
 from gigatok_jax.convert import cli, release  # noqa: E402
 from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
@@ -35,9 +36,9 @@ from test_torch_parity import (SEED_IMAGES, TTokenizer, TTokenizer2D, nhwc,  # n
 # A tiny 1D recipe whose grid is 16 x 16 (the torch reference's pooling grids need it): 64 px
 # images, two downsamplings. Written as a recipe file because the converter takes recipe files.
 TINY16 = '''
-from gigatok_jax import config_base
+from gigatok_jax import config
 def get_config(variant=""):
-  c = config_base.with_variant(config_base.tokenizer_config(), "tiny")
+  c = config.with_variant(config.tokenizer_config(), "tiny")
   c.model.update(dict(cnn_ch=32, cnn_ch_mult=(1, 2, 2), cnn_num_res_blocks=1, z_channels=32,
                       enc_width=32, enc_layers=2, enc_heads=2, dec_width=32, dec_layers=3,
                       dec_heads=2, codebook_size=256, distill_dim=16))
@@ -72,7 +73,7 @@ def released(tmp_path_factory):
   root = tmp_path_factory.mktemp("released")
   recipe = root / "tiny16.py"
   recipe.write_text(TINY16)
-  config = config_base.load_recipe(str(recipe))
+  config = config_lib.load_recipe(str(recipe))
   torch.manual_seed(3)
   tok = randomize_(TTokenizer(config.model))
   disc = _patchgan(config.discriminator.ndf)
@@ -228,7 +229,7 @@ def _reference_state_dict(kind, released):
   if kind == "1d":
     return released["recipe"], {k: v.numpy() for k, v in released["sd"].items()}
   recipe = KINDS[kind]
-  config = config_base.load_recipe(recipe)
+  config = config_lib.load_recipe(recipe)
   grid = build.tokenizer(config).abstract["s2dencoder"]["positional_embedding"].shape[0]
   torch.manual_seed(5)
   tok = randomize_(TTokenizer2D(config.model, int(round(grid ** 0.5))))
@@ -272,7 +273,7 @@ def test_2d_exports_of_older_versions_still_import(released):
   recipe, sd = _reference_state_dict("2d_plain_layers", released)
   old = {k.replace(".encoder_embed.", ".embed.").replace(".decoder_embed.", ".embed."): v
          for k, v in sd.items()}
-  shapes = tree_names.flat_shapes(conv.abstract_tokenizer(config_base.load_recipe(recipe))[0])
+  shapes = tree_names.flat_shapes(conv.abstract_tokenizer(config_lib.load_recipe(recipe))[0])
   rules = conv.tokenizer_rules(shapes)
   want = conv.from_torch(rules, sd, "new", extra=dict([conv.CODEBOOK_USED]))
   got = conv.from_torch(rules, conv.upgrade_legacy_keys(old), "old",
@@ -353,10 +354,10 @@ def test_gpt_import_matches_reference_logits_and_round_trips(tmp_path):
   src = str(tmp_path / "GPT_tiny.pt")
   torch.save({"model": sd, "steps": 77}, src)
   recipe = tmp_path / "gpt_tiny.py"
-  recipe.write_text("from gigatok_jax import config_base\n"
+  recipe.write_text("from gigatok_jax import config\n"
                     "def get_config(variant=''):\n"
-                    "  c = config_base.with_variant(config_base.gpt_config('B'), 'tiny', "
-                    "tiny=config_base.gpt_tiny_overrides)\n"
+                    "  c = config.with_variant(config.gpt_config('B'), 'tiny', "
+                    "tiny=config.gpt_tiny_overrides)\n"
                     "  c.model.heads = 4\n  return c\n")
   out = str(tmp_path / "gpt")
   release.import_checkpoint(src, out, recipe=str(recipe), tokenizer_workdir=str(tmp_path / "tok"))
@@ -382,7 +383,7 @@ def test_gpt_import_matches_reference_logits_and_round_trips(tmp_path):
 def test_converted_run_reconstructs_and_starts_training(released, imported, tmp_path):
   """The converted directory works as a run: reconstruct; a fresh training state takes its weights
   (init_from, or the converted workdir itself), at step 0 with fresh optimizer states."""
-  from gigatok_jax import validate
+  from gigatok_jax.config import validate
   from gigatok_jax.modes import reconstruct
   from gigatok_jax.train.tokenizer import TokenizerTask
   config = runs.read_config(imported)
@@ -390,7 +391,7 @@ def test_converted_run_reconstructs_and_starts_training(released, imported, tmp_
   assert result["step"] == 1234
   assert os.path.isfile(os.path.join(imported, "reconstruct", "grid_00001234.png"))
 
-  config = config_base.load_recipe(released["recipe"])
+  config = config_lib.load_recipe(released["recipe"])
   config.init_from = imported
   config.optim.ema_decay = 0.999
   config.mesh.data = 1

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gigatok_jax.config import validate
 from gigatok_jax.data import demo
 from gigatok_jax.data import pipeline
 from gigatok_jax.data import prepare
@@ -101,7 +102,7 @@ def test_corrupt_record_raises_data_error(tmp_path):
   with pytest.raises(DataError, match='record 0'):
     src[0]
   with pytest.raises(ConfigError) as e:
-    pipeline.validate_data_config(_cfg(source='array_record', train_path=path), 4,
+    validate.check_data_config(_cfg(source='array_record', train_path=path), 4,
                                   splits=('train',), process_count=1)
   assert e.value.key == 'data.train_path'
 
@@ -378,7 +379,7 @@ def test_eval_iterator_process_sharding(id_dataset):
 # ------------------------------------------------------------------------------------ validation
 
 def test_validate_data_config_names_the_key(id_dataset, tmp_path):
-  assert pipeline.validate_data_config(_cfg(), 8, process_count=1) == {
+  assert validate.check_data_config(_cfg(), 8, process_count=1) == {
       'train': 10000, 'eval': 2 * len(demo.demo_photo_names())}
   cases = [
       (dict(source='webdataset'), 'data.source'),
@@ -395,13 +396,13 @@ def test_validate_data_config_names_the_key(id_dataset, tmp_path):
   ]
   for overrides, key in cases:
     with pytest.raises(ConfigError) as e:
-      pipeline.validate_data_config(_cfg(**overrides), 8, process_count=1)
+      validate.check_data_config(_cfg(**overrides), 8, process_count=1)
     assert e.value.key == key, overrides
   with pytest.raises(ConfigError, match='no ArrayRecord files match'):
-    pipeline.validate_data_config(_cfg(source='array_record', train_path=str(tmp_path)), 8,
+    validate.check_data_config(_cfg(source='array_record', train_path=str(tmp_path)), 8,
                                   splits=('train',), process_count=1)
   with pytest.raises(ConfigError) as e:
-    pipeline.validate_data_config(_cfg(), 6, process_count=4, batch_size_key='train.batch')
+    validate.check_data_config(_cfg(), 6, process_count=4, batch_size_key='train.batch')
   assert e.value.key == 'train.batch'
 
 
@@ -451,7 +452,7 @@ def test_tfds_source_from_a_prepared_array_record_dataset(tmp_path):
   builder = _tiny_tfds_builder_class(tfds)(data_dir=str(tmp_path), file_format='array_record')
   builder.download_and_prepare()
   cfg = _cfg(source='tfds', tfds_name='gigatok_test_tiny_images', tfds_data_dir=str(tmp_path))
-  assert pipeline.validate_data_config(cfg, 2, process_count=1) == {'train': 4, 'eval': 3}
+  assert validate.check_data_config(cfg, 2, process_count=1) == {'train': 4, 'eval': 3}
   batch = next(pipeline.make_train_iterator(cfg, global_batch_size=4, seed=0, process_index=0,
                                             process_count=1))
   np.testing.assert_allclose(batch['image'].mean(axis=(1, 2, 3)),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gigatok_jax import config_base
+from gigatok_jax import config as config_lib
 from gigatok_jax.models import gpt as gpt_lib
 from gigatok_jax.models.sampler import SamplingSettings, filter_logits, generate, guidance_scale
 from helpers import load_recipe
@@ -41,7 +41,7 @@ def test_gpt_b_matches_reference_layout_exactly():
 
 
 def _tiny(position="learned_1d", **overrides):
-  c = config_base.gpt_tiny_overrides(config_base.gpt_config("B", position))
+  c = config_lib.gpt_tiny_overrides(config_lib.gpt_config("B", position))
   c.model.update(overrides)
   return c.model
 

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, distributed, parallel, validate
+from gigatok_jax import checkpointing, distributed, parallel
+from gigatok_jax.config import validate
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.train.tokenizer import TokenizerTask
 from helpers import REPO, load_recipe, subprocess_env

@@ -118,9 +118,9 @@ def test_remat_policies_wrap_every_block_and_keep_the_math():
 
 
 def test_ici_dcn_mesh_shapes_and_errors():
-  from gigatok_jax import config_base
+  from gigatok_jax import config as config_lib
   from gigatok_jax.errors import ConfigError
-  m = config_base.tokenizer_config().mesh
+  m = config_lib.tokenizer_config().mesh
   assert parallel.mesh_shape(m, 8) == (8, 1, 1)
   m.update(fsdp=2, dcn_data=2)                 # 2 slices of 4: data 2 x fsdp 2 inside, x2 across
   assert parallel.ici_shape(m, 4) == (2, 2, 1)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gigatok_jax import parallel, validate
+from gigatok_jax import parallel
+from gigatok_jax.config import validate
 from gigatok_jax.convert import lpips as lpips_convert
 from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError, ConfigError
@@ -79,7 +80,7 @@ def test_teacher_files_are_checked_before_compilation(teacher_files, edit, culpr
 def test_missing_lpips_file_names_its_key(teacher_files):
   config = _config(semantic=0.0)
   with pytest.raises(ConfigError) as e:
-    teachers.check_config(config)
+    validate.check_teachers_config(config)
   assert e.value.key == "teachers.lpips_path" and "convert.lpips" in str(e.value)
 
 
@@ -172,7 +173,7 @@ def test_wrong_shape_in_teacher_file_names_the_parameter(teacher_files, tmp_path
   path = str(tmp_path / "bad.safetensors")
   weight_files.save_flat(path, flat, {k: v for k, v in meta.items() if k != "format"})
   config = _config(dict(teacher_files, dinov2=path))
-  teachers.check_config(config)       # the header is fine ...
+  validate.check_teachers_config(config)       # the header is fine ...
   task = TokenizerTask(config, parallel.make_mesh(config.mesh, ONE_DEVICE))
   with pytest.raises(CheckpointError) as e:  # ... the tensor is not: named, with both shapes
     task.load_teachers()

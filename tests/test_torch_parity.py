@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import gigatok_jax.parallel  # noqa: E402,F401  (turns off Flax eager sharding for model construction)
-from gigatok_jax import config_base  # noqa: E402
+from gigatok_jax import config as config_lib  # noqa: E402
 from gigatok_jax.models import cnn, layers, qformer, quantizer  # noqa: E402
 from gigatok_jax.models.tokenizer import Tokenizer  # noqa: E402
 
@@ -781,8 +781,8 @@ SEED_IMAGES = 105
 
 
 def test_tokenizer_end_to_end_matches_torch():
-  cfg = config_base.tokenizer_config()
-  config_base.tiny_model_overrides(cfg)
+  cfg = config_lib.tokenizer_config()
+  config_lib.tiny_model_overrides(cfg)
   m = cfg.model
   m.update(dict(kind="1d", cnn_ch=32, cnn_ch_mult=(1, 2, 2), cnn_num_res_blocks=2, z_channels=Z,
                 enc_width=W, enc_layers=2, enc_heads=HEADS, dec_width=W, dec_layers=3, dec_heads=HEADS,

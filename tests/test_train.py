@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, parallel, validate
+from gigatok_jax import checkpointing, parallel
+from gigatok_jax.config import validate
 from gigatok_jax.data import pipeline
 from gigatok_jax.modes import reconstruct
 from gigatok_jax.train import loop

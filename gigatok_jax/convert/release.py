@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gigatok_jax import config_base, fileio, runs
+from gigatok_jax import config as config_lib
+from gigatok_jax import fileio, runs
 from gigatok_jax.convert import gigatok
 from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError
@@ -82,7 +83,7 @@ def infer_recipe(sd: Mapping[str, Any]) -> str:
   kind = kind_of(sd)
   dims = dims_of(sd, kind)
   for name in (TOKENIZER_RECIPES if kind == "tokenizer" else GPT_RECIPES):
-    m = config_base.load_recipe(f"configs/{name}.py", key="--recipe").model
+    m = config_lib.load_recipe(f"configs/{name}.py", key="--recipe").model
     keys = ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers") if kind == "tokenizer" \
         else ("width", "layers")
     if all(m[k] == dims[k] for k in keys):
@@ -93,7 +94,7 @@ def infer_recipe(sd: Mapping[str, Any]) -> str:
 
 def configure(recipe: str, sd: Mapping[str, Any]):
   """The recipe's config with the data-dependent sizes of a GPT (vocabulary, tokens, classes)."""
-  config = config_base.load_recipe(recipe, key="--recipe")
+  config = config_lib.load_recipe(recipe, key="--recipe")
   kind = kind_of(sd)
   if config.task != kind:
     raise CheckpointError(f"--recipe={recipe} is a {config.task} recipe but the weights are a "

@@ -78,12 +78,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(DEFAULTS))
 
 
-def _get(data_cfg, key: str):
+def data_value(data_cfg, key: str):
   value = data_cfg.get(key, None) if hasattr(data_cfg, 'get') else getattr(data_cfg, key, None)
   return DEFAULTS[key] if value is None else value
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -107,7 +107,7 @@ def process_info(process_index, process_count) -> tuple[int, int]:
 
 def _array_record_source(data_cfg, split: str) -> records.ImageRecordSource:
   key = 'train_path' if split == 'train' else 'eval_path'
-  path = _get(data_cfg, key)
+  path = data_value(data_cfg, key)
   if not path:
     raise ConfigError(f'data.{key}', 'is empty; set it to a directory written by prepare or a '
                       'glob of .array_record shard files')
@@ -125,10 +125,10 @@ def _array_record_source(data_cfg, split: str) -> records.ImageRecordSource:
 
 def _tfds_source(data_cfg, split: str):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  name = _get(data_cfg, 'tfds_name')
+  name = data_value(data_cfg, 'tfds_name')
   split_key = 'tfds_train_split' if split == 'train' else 'tfds_eval_split'
-  split_name = _get(data_cfg, split_key)
-  data_dir = _get(data_cfg, 'tfds_data_dir') or None
+  split_name = data_value(data_cfg, split_key)
+  data_dir = data_value(data_cfg, 'tfds_data_dir') or None
   if not name:
     raise ConfigError('data.tfds_name', 'is empty; set it to a tfds dataset name')
   try:
@@ -164,11 +164,12 @@ def make_source(data_cfg, split: str):
   """The random-access source of `split` ('train' | 'eval') for `data_cfg.source`."""
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-  source = _get(data_cfg, 'source')
+  source = data_value(data_cfg, 'source')
   if source == 'demo':
-    return demo.DemoSource(split, _get(data_cfg, 'image_size'), _get(data_cfg, 'demo_num_samples'))
+    return demo.DemoSource(split, data_value(data_cfg, 'image_size'),
+                           data_value(data_cfg, 'demo_num_samples'))
   if source == 'digits':
-    return demo.DigitsSource(split, _get(data_cfg, 'image_size'))
+    return demo.DigitsSource(split, data_value(data_cfg, 'image_size'))
   if source == 'array_record':
     return _array_record_source(data_cfg, split)
   if source == 'tfds':
@@ -177,52 +178,6 @@ def make_source(data_cfg, split: str):
 
 
 # -------------------------------------------------------------------------------------- validation
-
-def validate_data_config(data_cfg, global_batch_size: int, *, splits=SPLITS,
-                         process_count: int | None = None,
-                         batch_size_key: str = 'global_batch_size') -> dict[str, int]:
-  """Checks the data config before anything is compiled; returns {split: number of records}.
-
-  Opens each split in `splits` (cheap: shard footers / tfds metadata, plus one decoded record) so that
-  a wrong path fails now with a `ConfigError` naming the key. `batch_size_key` names the config key
-  that holds `global_batch_size`, for the error message.
-  """
-  source = _get(data_cfg, 'source')
-  if source not in SOURCES:
-    raise ConfigError('data.source', f'must be one of {SOURCES}, got {source!r}')
-  size = _get(data_cfg, 'image_size')
-  if not _is_int(size) or size <= 0 or size % 16:
-    raise ConfigError('data.image_size', f'must be a positive multiple of 16, got {size!r}')
-  scale = _get(data_cfg, 'crop_max_scale')
-  if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 1.0 <= scale <= 4.0:
-    raise ConfigError('data.crop_max_scale', f'must be a number in [1, 4], got {scale!r}')
-  if not isinstance(_get(data_cfg, 'random_flip'), (bool, np.bool_)):
-    raise ConfigError('data.random_flip', f'must be a bool, got {_get(data_cfg, "random_flip")!r}')
-  for key, low in (('worker_count', 0), ('read_threads', 1), ('demo_num_samples', 1)):
-    value = _get(data_cfg, key)
-    if not _is_int(value) or value < low:
-      raise ConfigError(f'data.{key}', f'must be an int >= {low}, got {value!r}')
-  if process_count is None:
-    _, process_count = process_info(None, None)
-  if not _is_int(global_batch_size) or global_batch_size <= 0:
-    raise ConfigError(batch_size_key, f'must be a positive int, got {global_batch_size!r}')
-  if global_batch_size % process_count:
-    raise ConfigError(batch_size_key, f'{global_batch_size} is not divisible by the number of '
-                      f'processes ({process_count})')
-  sizes = {}
-  for split in splits:
-    src = make_source(data_cfg, split)
-    key = {'array_record': f'data.{split}_path',
-           'tfds': f'data.tfds_{split}_split'}.get(source, 'data.source')
-    if len(src) == 0:
-      raise ConfigError(key, f'the {split} split is empty')
-    try:
-      _ = src[0]
-    except DataError as e:
-      raise ConfigError(key, f'the first {split} record cannot be read: {e}') from None
-    sizes[split] = len(src)
-  return sizes
-
 
 # ------------------------------------------------------------------------------------------- maps
 
@@ -276,11 +231,11 @@ def finish_batches(ds: grain.MapDataset, data_cfg, local_batch: int, drop_remain
   # Batch in the MapDataset domain: a batch is then one unit of work for a reader thread or a
   # grain worker process, so its contents do not depend on read_threads / worker_count.
   ds = ds.batch(local_batch, drop_remainder=drop_remainder)
-  threads = _get(data_cfg, 'read_threads')
+  threads = data_value(data_cfg, 'read_threads')
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
   # uint8 -> float32 after the prefetch buffer (4x smaller buffer); in the workers when there are.
   ds = ds.map(to_batch)
-  workers = _get(data_cfg, 'worker_count')
+  workers = data_value(data_cfg, 'worker_count')
   if workers > 0:
     from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():
@@ -307,12 +262,12 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
   local_batch = global_batch_size // process_count
   source = make_source(data_cfg, 'train')
   if len(source) == 0:
-    raise DataError(f'the train split of data.source={_get(data_cfg, "source")!r} is empty')
+    raise DataError(f'the train split of data.source={data_value(data_cfg, "source")!r} is empty')
   augment = functools.partial(
-      _train_map, size=_get(data_cfg, 'image_size'),
-      max_scale=float(_get(data_cfg, 'crop_max_scale')),
-      flip=bool(_get(data_cfg, 'random_flip')),
-      crop=_get(data_cfg, 'source') not in ('demo', 'digits'))
+      _train_map, size=data_value(data_cfg, 'image_size'),
+      max_scale=float(data_value(data_cfg, 'crop_max_scale')),
+      flip=bool(data_value(data_cfg, 'random_flip')),
+      crop=data_value(data_cfg, 'source') not in ('demo', 'digits'))
   ds = grain.MapDataset.source(source).shuffle(seed=derive_seed(seed, 1)).repeat()
   ds = ds.random_map(augment, seed=derive_seed(seed, 2))
   ds = ds[process_index::process_count]
@@ -343,7 +298,7 @@ def make_eval_iterator(data_cfg, *, batch_size: int, num_images: int | None = No
                     f'{num_images})')
   order = np.random.default_rng(_EVAL_ORDER_SEED).permutation(available)[:n]
   total = math.ceil(n / batch_size) * batch_size
-  size = _get(data_cfg, 'image_size')
+  size = data_value(data_cfg, 'image_size')
   padded = _PaddedEvalSource(source, order, total, size)
   ds = grain.MapDataset.source(padded).map(functools.partial(_eval_map, size=size))
   ds = ds[process_index::process_count]
@@ -357,5 +312,5 @@ def num_eval_batches(num_images: int, batch_size: int) -> int:
 
 __all__ = [
     'DEFAULTS', 'SOURCES', 'default_data_config', 'image_folder_source', 'make_eval_iterator',
-    'make_source', 'make_train_iterator', 'num_eval_batches', 'validate_data_config',
+    'make_source', 'make_train_iterator', 'num_eval_batches',
 ]

@@ -115,7 +115,7 @@ class Block(nnx.Module):
 
 
 class GPT(nnx.Module):
-  """Class-conditional decoder-only transformer; `cfg` is a recipe's `model` group (config_base)."""
+  """Class-conditional decoder-only transformer; `cfg` is a recipe's `model` group (config/gpt.py)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     rngs = KeyGen(rngs)

@@ -3,8 +3,8 @@
 Each mode module has `run(config, workdir, *, progress=True, options={}) -> dict | str | None`;
 `options` carries the few command-line flags that are not config keys (`--aot_targets`,
 `--aot_output`). `TABLE` says, per (mode, recipe kind), which module runs it and what the config
-check before it must cover (`validate.validate` keyword arguments), so `main.py` only looks up and
-calls. Modes do not import each other: `ar_probe`, the one mode that chains others, runs them
+check before it must cover (`config.validate.validate` keyword arguments; `run_mode` adds
+`mode=<name>`, which selects that mode's own checks there), so `main.py` only looks up and calls. Modes do not import each other: `ar_probe`, the one mode that chains others, runs them
 through `run_mode` here.
 """
 
@@ -23,7 +23,7 @@ KINDS = ("tokenizer", "gpt")
 class Mode:
   module: str                          # gigatok_jax.modes.<module>
   help: str
-  checks: Callable[[Any], dict] = lambda config: {}   # validate.validate keyword arguments
+  checks: Callable[[Any], dict] = lambda config: {}   # config.validate.validate keyword arguments
   needs_workdir: bool = True
 
 
@@ -75,7 +75,7 @@ def run_mode(name: str, config, workdir: str | None, *, progress: bool = True,
   if mode.needs_workdir and not workdir:
     raise UserError(f"--workdir is required for --mode={name}")
   if validate and name not in ("aot", "prepare_data"):   # aot checks per target; prepare: its keys
-    from gigatok_jax import validate as config_checks  # pylint: disable=import-outside-toplevel
-    config_checks.validate(config, **mode.checks(config))
+    from gigatok_jax.config import validate as config_checks  # pylint: disable=import-outside-toplevel
+    config_checks.validate(config, mode=name, **mode.checks(config))
   module = importlib.import_module(f"gigatok_jax.modes.{mode.module}")
   return module.run(config, workdir, progress=progress, options=options or {})

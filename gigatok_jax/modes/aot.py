@@ -123,7 +123,7 @@ def plan(config, target: str) -> dict:
   chip_name, topology, chips = topology_name(target)
   chip = CHIPS[chip_name]
   devices = topology_devices(topology)
-  from gigatok_jax import validate  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.config import validate  # pylint: disable=import-outside-toplevel
   validate.validate(config, num_devices=len(devices), check_data=False, check_teachers=False)
   mesh = parallel.make_mesh(config.mesh, devices)
   t0 = time.time()

@@ -9,30 +9,14 @@ validation codes, reference batch, Inception weights) is checked before training
 
 from __future__ import annotations
 
-import os
-
 from gigatok_jax import console, modes, runs
-from gigatok_jax.errors import ConfigError
-
-
-def check_inputs(config) -> None:
-  for key in ("eval_codes_path",):
-    if not config.data[key]:
-      raise ConfigError(f"data.{key}", "AR probing needs validation codes (validation loss and "
-                        "the linear probe's top-1)")
-  for key in ("fid_reference", "inception_path"):
-    if not config.eval[key]:
-      raise ConfigError(f"eval.{key}", "AR probing computes gFID: set it (README, Evaluation)")
-    if not os.path.isfile(config.eval[key]):
-      raise ConfigError(f"eval.{key}", f"{config.eval[key]} not found")
 
 
 def run(config, workdir: str, *, progress: bool = True, options=None, features_fn=None) -> dict:
   """`features_fn` replaces the Inception network (tests). The stages run through the mode table
-  (the config was checked once, for all of them, before training)."""
+  (the config was checked once, for all of them, before training: config/validate.py,
+  check_ar_probe_inputs + the sample and probe checks)."""
   del options
-  if features_fn is None:
-    check_inputs(config)
 
   def stage(name, cfg=config, **opts):
     return modes.run_mode(name, cfg, workdir, progress=progress, options=opts, validate=False)

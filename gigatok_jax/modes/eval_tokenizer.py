@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import build, console, distributed, images as image_lib, inference, parallel, runs
+from gigatok_jax import console, distributed, images as image_lib, inference, parallel, runs
 from gigatok_jax.data import pipeline
 from gigatok_jax.metrics import fid, sharded
 from gigatok_jax.metrics import image as image_metrics
@@ -57,7 +57,6 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   del options
   e = config.eval
   mesh = parallel.make_mesh(config.mesh, devices)
-  parallel.check_batch_divisible(e.batch_size, mesh, build.axis_rules(config), "eval.batch_size")
   tok = inference.load(config, workdir, mesh)
   params, step = tok.params, tok.step
   reconstruct = distributed.StartTogether(inference.reconstruct_fn(tok.spec), "reconstruct",

@@ -20,11 +20,12 @@ import ml_collections
 import numpy as np
 
 from gigatok_jax import build, console, fileio, inference, parallel, runs
+from gigatok_jax.config import gpt as gpt_schema
 from gigatok_jax.data import codes as codes_lib
 from gigatok_jax.data import pipeline, records, transforms
 from gigatok_jax.errors import ConfigError, DataError
 
-AUGMENTS = {"none": 1, "flip": 2, "ten_crop": 10}
+AUGMENTS = gpt_schema.EXTRACT_VIEWS
 
 
 def image_views(image: np.ndarray, size: int, augment: str, ten_crop_scale: float) -> np.ndarray:
@@ -44,14 +45,7 @@ def image_views(image: np.ndarray, size: int, augment: str, ten_crop_scale: floa
 
 def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   del options
-  e = config.extract
-  if e.augment not in AUGMENTS:
-    raise ConfigError("extract.augment", f"must be one of {tuple(AUGMENTS)}, got {e.augment!r}")
-  if e.batch_size < AUGMENTS[e.augment]:
-    raise ConfigError("extract.batch_size", f"{e.batch_size} is smaller than the "
-                      f"{AUGMENTS[e.augment]} views per image of augment={e.augment!r}")
-  if e.split not in pipeline.SPLITS:
-    raise ConfigError("extract.split", f"must be one of {pipeline.SPLITS}, got {e.split!r}")
+  e = config.extract                     # checked by config/validate.py (check_extract)
   tok = runs.gpt_tokenizer_config(config)
   runs.check_tokenizer_fits(config, tok)
   source = pipeline.make_source(tok.data, e.split)

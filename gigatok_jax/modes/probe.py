@@ -20,7 +20,6 @@ import optax
 
 from gigatok_jax import console, inference, parallel, runs
 from gigatok_jax.data import codes as codes_lib
-from gigatok_jax.errors import ConfigError
 
 BN_EPS = 1e-6
 BN_MOMENTUM = 0.1          # torch's: running = 0.9 running + 0.1 batch
@@ -98,13 +97,8 @@ def train_probe(train_x, train_y, eval_x, eval_y, *, num_classes: int, epochs: i
 def run(config, workdir: str, *, progress: bool = True, options=None, devices=None) -> dict:
   """Loads the latest GPT checkpoint, probes it on data.codes_path / data.eval_codes_path."""
   del progress, options
-  p = config.probe
-  if not config.data.eval_codes_path:
-    raise ConfigError("data.eval_codes_path", "linear probing needs validation codes "
-                      "(--mode=extract_codes --config.extract.split=eval)")
+  p = config.probe                       # checked by config/validate.py (check_probe)
   layer = p.layer or config.model.layers // 2
-  if not 1 <= layer <= config.model.layers:
-    raise ConfigError("probe.layer", f"must be in [1, {config.model.layers}] (0 = half), got {layer}")
   gpt = inference.load(config, workdir, parallel.make_mesh(config.mesh, devices))
   params, step = gpt.params, gpt.step
   t0 = time.time()

@@ -28,21 +28,10 @@ from gigatok_jax.models.sampler import SamplingSettings, generate
 
 
 def sample_labels(sample_cfg, num_classes: int) -> np.ndarray:
+  """The class of every sample (ids checked by config/validate.py: check_sample)."""
   n = sample_cfg.num_samples
   classes = np.asarray(sample_cfg.classes or range(num_classes), np.int32)
-  if classes.min() < 0 or classes.max() >= num_classes:
-    raise ConfigError("sample.classes", f"class ids must be in [0, {num_classes}), got "
-                      f"{list(sample_cfg.classes)}")
   return classes[np.arange(n) % len(classes)]
-
-
-def settings_from_config(sample_cfg) -> SamplingSettings:
-  settings = SamplingSettings.from_config(sample_cfg)
-  try:
-    settings.check()
-  except ValueError as e:
-    raise ConfigError("sample", str(e)) from None
-  return settings
 
 
 def class_rows_grid(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -70,17 +59,14 @@ def check_trained_model(config, workdir: str) -> None:
 
 def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   del options
-  s = config.sample
-  settings = settings_from_config(s)
-  if s.num_samples <= 0 or s.batch_size <= 0:
-    raise ConfigError("sample.num_samples", "num_samples and batch_size must be positive")
+  s = config.sample                      # checked by config/validate.py (check_sample)
+  settings = SamplingSettings.from_config(s)
   labels = sample_labels(s, config.model.num_classes)
   check_trained_model(config, workdir)
   tok_cfg = runs.gpt_tokenizer_config(config)
   runs.check_tokenizer_fits(config, tok_cfg)
   mesh = parallel.make_mesh(config.mesh)
   gpt = inference.load(config, workdir, mesh)
-  parallel.check_batch_divisible(s.batch_size, mesh, gpt.rules, "sample.batch_size")
   gpt_params, gpt_step = gpt.params, gpt.step
   tok = inference.load(tok_cfg, config.tokenizer.workdir, mesh)
 

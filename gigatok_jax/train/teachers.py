@@ -7,9 +7,9 @@ gradients, no optimizer state and no checkpoint space. They compute in the token
 dtype (bf16 when the model runs in bf16).
 
 A loss weight > 0 is the switch: `loss.semantic_weight > 0` needs `teachers.dinov2_path`,
-`loss.perceptual_weight > 0` needs `teachers.lpips_path`. `check_config` verifies the files (exist,
-right model, DINOv2 width == model.distill_dim) before anything compiles; there is no fallback to
-random weights in training (`init_random` exists for benchmarks and AOT planning only).
+`loss.perceptual_weight > 0` needs `teachers.lpips_path`. `config/validate.py` (check_teachers)
+verifies the files (exist, right model, DINOv2 width == model.distill_dim) before anything
+compiles; there is no fallback to random weights in training (`init_random` exists for benchmarks and AOT planning only).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from flax import nnx
 from gigatok_jax import parallel
 from gigatok_jax.convert import lpips as lpips_convert
 from gigatok_jax.convert import weight_files
-from gigatok_jax.errors import ConfigError, UserError
 from gigatok_jax.models import dinov2, lpips
 from gigatok_jax.models.tokenizer import DTYPES, grid_size
 
@@ -37,9 +36,9 @@ CONVERT_HINT = {
     "lpips": ("python -m gigatok_jax.convert.lpips --vgg=vgg16-397923af.pth "
               "--out=lpips_vgg16.safetensors"),
 }
-_WEIGHT_KEY = {"dinov2": "loss.semantic_weight", "lpips": "loss.perceptual_weight"}
-_PATH_KEY = {"dinov2": "teachers.dinov2_path", "lpips": "teachers.lpips_path"}
-_MODEL_NAME = {"dinov2": dinov2.MODEL_NAME, "lpips": lpips_convert.MODEL_NAME}
+WEIGHT_KEY = {"dinov2": "loss.semantic_weight", "lpips": "loss.perceptual_weight"}
+PATH_KEY = {"dinov2": "teachers.dinov2_path", "lpips": "teachers.lpips_path"}
+MODEL_NAME = {"dinov2": dinov2.MODEL_NAME, "lpips": lpips_convert.MODEL_NAME}
 
 
 def active(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -50,29 +49,6 @@ def active(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if config.loss.perceptual_weight > 0:
     out.append("lpips")
   return tuple(out)
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Before compilation: every active teacher has a readable converted file that fits."""
-  for name in active(config):
-    path = config.teachers[name + "_path"]
-    key = _PATH_KEY[name]
-    if not path:
-      raise ConfigError(key, f"{_WEIGHT_KEY[name]}={config.loss[_WEIGHT_KEY[name].split('.')[1]]} "
-                        f"needs converted {name} weights: run `{CONVERT_HINT[name]}` and set "
-                        f"--config.{key}=<file>, or set --config.{_WEIGHT_KEY[name]}=0")
-    try:
-      meta = weight_files.read_metadata(path)
-    except UserError as e:
-      raise ConfigError(key, f"{e}. Convert the original weights with `{CONVERT_HINT[name]}`") from e
-    if meta.get("model") != _MODEL_NAME[name]:
-      raise ConfigError(key, f"{path} holds '{meta.get('model')}' weights, expected "
-                        f"'{_MODEL_NAME[name]}' (convert with `{CONVERT_HINT[name]}`)")
-    if name == "dinov2":
-      width = dinov2.DinoV2Config(**json.loads(meta["config"])).width
-      if width != config.model.distill_dim:
-        raise ConfigError("model.distill_dim", f"is {config.model.distill_dim} but the DINOv2 "
-                          f"teacher in {path} has width {width}; they must be equal")
 
 
 class FrozenTeachers:
@@ -132,7 +108,7 @@ class FrozenTeachers:
     out = {}
     for name in self.names:
       path = self.config.teachers[name + "_path"]
-      flat, _ = weight_files.load_flat(path, expect_model=_MODEL_NAME[name])
+      flat, _ = weight_files.load_flat(path, expect_model=MODEL_NAME[name])
       module = nnx.merge(self._graphs[name], jax.tree.map(
           lambda a: jnp.zeros(a.shape, a.dtype), self.abstract[name]))
       weight_files.assign_flat(module, flat, path)

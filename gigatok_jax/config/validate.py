@@ -1,20 +1,25 @@
 """Config validation, run before anything is compiled.
 
 Every problem raises `ConfigError` naming the dotted key; `main.py` prints it as one line and exits
-non-zero. The schema is `config_base.tokenizer_config()`: a recipe (or a user's own config file)
-may only use its keys, with values of compatible types.
+non-zero. The schemas are `config.tokenizer_config()` and `config.gpt_config()`: a recipe (or a
+user's own config file) may only use their keys, with values of compatible types.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import os
 
 import jax
 import ml_collections
+import numpy as np
 
-from gigatok_jax import config_base, parallel
-from gigatok_jax.errors import ConfigError
+from gigatok_jax import parallel
+from gigatok_jax.config import gpt as gpt_schema
+from gigatok_jax.config import tokenizer as tokenizer_schema
+from gigatok_jax.data import pipeline
+from gigatok_jax.errors import ConfigError, DataError, UserError
 from gigatok_jax.models.layers import REMAT_POLICIES
 
 
@@ -51,7 +56,7 @@ def check_schema(config, schema, prefix: str = "") -> None:
   missing = [k for k in schema.keys() if k not in config]
   if missing:
     raise ConfigError(f"{prefix}{missing[0]}", "missing (every recipe starts from "
-                      "config_base.tokenizer_config(), which sets it)")
+                      "config.tokenizer_config() or config.gpt_config(), which sets it)")
 
 
 def _positive(config, key: str) -> None:
@@ -121,6 +126,82 @@ def check_distributed(d) -> None:
       raise ConfigError(f"distributed.{key}", f"must be >= 1 second, got {d[key]}")
 
 
+# ------------------------------------------------------------------------- data and teachers
+
+def check_data_config(data_cfg, global_batch_size: int, *, splits=pipeline.SPLITS,
+                      process_count: int | None = None,
+                      batch_size_key: str = "global_batch_size") -> dict[str, int]:
+  """Checks the data config before anything is compiled; returns {split: number of records}.
+
+  Opens each split in `splits` (cheap: shard footers / tfds metadata, plus one decoded record) so
+  that a wrong path fails now with a `ConfigError` naming the key. `batch_size_key` names the config key
+  that holds `global_batch_size`, for the error message.
+  """
+  source = pipeline.data_value(data_cfg, "source")
+  if source not in pipeline.SOURCES:
+    raise ConfigError("data.source", f"must be one of {pipeline.SOURCES}, got {source!r}")
+  size = pipeline.data_value(data_cfg, "image_size")
+  if not pipeline.is_int(size) or size <= 0 or size % 16:
+    raise ConfigError("data.image_size", f"must be a positive multiple of 16, got {size!r}")
+  scale = pipeline.data_value(data_cfg, "crop_max_scale")
+  if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 1.0 <= scale <= 4.0:
+    raise ConfigError("data.crop_max_scale", f"must be a number in [1, 4], got {scale!r}")
+  flip = pipeline.data_value(data_cfg, "random_flip")
+  if not isinstance(flip, (bool, np.bool_)):
+    raise ConfigError("data.random_flip", f"must be a bool, got {flip!r}")
+  for key, low in (("worker_count", 0), ("read_threads", 1), ("demo_num_samples", 1)):
+    value = pipeline.data_value(data_cfg, key)
+    if not pipeline.is_int(value) or value < low:
+      raise ConfigError(f"data.{key}", f"must be an int >= {low}, got {value!r}")
+  if process_count is None:
+    _, process_count = pipeline.process_info(None, None)
+  if not pipeline.is_int(global_batch_size) or global_batch_size <= 0:
+    raise ConfigError(batch_size_key, f"must be a positive int, got {global_batch_size!r}")
+  if global_batch_size % process_count:
+    raise ConfigError(batch_size_key, f"{global_batch_size} is not divisible by the number of "
+                      f"processes ({process_count})")
+  sizes = {}
+  for split in splits:
+    src = pipeline.make_source(data_cfg, split)
+    key = {"array_record": f"data.{split}_path",
+           "tfds": f"data.tfds_{split}_split"}.get(source, "data.source")
+    if len(src) == 0:
+      raise ConfigError(key, f"the {split} split is empty")
+    try:
+      _ = src[0]
+    except DataError as e:
+      raise ConfigError(key, f"the first {split} record cannot be read: {e}") from None
+    sizes[split] = len(src)
+  return sizes
+
+
+def check_teachers_config(config) -> None:
+  """Before compilation: every active teacher has a readable converted file that fits."""
+  import json  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.convert import weight_files  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.models import dinov2  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.train import teachers  # pylint: disable=import-outside-toplevel
+  for name in teachers.active(config):
+    path = config.teachers[name + "_path"]
+    key, weight, hint = teachers.PATH_KEY[name], teachers.WEIGHT_KEY[name], teachers.CONVERT_HINT[name]
+    if not path:
+      raise ConfigError(key, f"{weight}={config.loss[weight.split('.')[1]]} "
+                        f"needs converted {name} weights: run `{hint}` and set "
+                        f"--config.{key}=<file>, or set --config.{weight}=0")
+    try:
+      meta = weight_files.read_metadata(path)
+    except UserError as e:
+      raise ConfigError(key, f"{e}. Convert the original weights with `{hint}`") from e
+    if meta.get("model") != teachers.MODEL_NAME[name]:
+      raise ConfigError(key, f"{path} holds '{meta.get('model')}' weights, expected "
+                        f"'{teachers.MODEL_NAME[name]}' (convert with `{hint}`)")
+    if name == "dinov2":
+      width = dinov2.DinoV2Config(**json.loads(meta["config"])).width
+      if width != config.model.distill_dim:
+        raise ConfigError("model.distill_dim", f"is {config.model.distill_dim} but the DINOv2 "
+                          f"teacher in {path} has width {width}; they must be equal")
+
+
 def check_batch_divisible(config, n: int | None, key: str = "global_batch_size") -> None:
   """`key`'s batch size must split evenly over the data-parallel devices of the configured mesh."""
   n = n if n is not None else jax.device_count()
@@ -176,9 +257,93 @@ def check_init_from(config) -> None:
                       "recipe")
 
 
-def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = True) -> None:
-  """Checks of a GPT recipe; `check_data` opens the training codes (and validation codes if set)."""
-  check_schema(config, config_base.gpt_config())
+def check_sampling(config) -> None:
+  """The sampling settings every GPT recipe carries (also written into samples_*.json)."""
+  sc = config.sample
+  if not 0 <= sc.top_k <= config.model.vocab_size:
+    raise ConfigError("sample.top_k", f"must be in [0, vocab_size={config.model.vocab_size}]")
+  if not 0.0 <= sc.cfg_step_fraction <= 1.0:
+    raise ConfigError("sample.cfg_step_fraction", f"must be in [0, 1], got {sc.cfg_step_fraction}")
+  if sc.cfg_scale < 0 or sc.temperature < 0 or not 0.0 < sc.top_p <= 1.0:
+    raise ConfigError("sample", "cfg_scale and temperature must be >= 0 and top_p in (0, 1]")
+
+
+def check_sample(config, num_devices: int | None = None) -> None:
+  """--mode=sample: the sampler's own argument check, sample counts, classes, batch over the mesh."""
+  from gigatok_jax.models.sampler import SamplingSettings  # pylint: disable=import-outside-toplevel
+  s = config.sample
+  try:
+    SamplingSettings.from_config(s).check()
+  except ValueError as e:
+    raise ConfigError("sample", str(e)) from None
+  if s.num_samples <= 0 or s.batch_size <= 0:
+    raise ConfigError("sample.num_samples", "num_samples and batch_size must be positive")
+  num_classes = config.model.num_classes
+  classes = list(s.classes)
+  if classes and (min(classes) < 0 or max(classes) >= num_classes):
+    raise ConfigError("sample.classes", f"class ids must be in [0, {num_classes}), got "
+                      f"{list(s.classes)}")
+  check_batch_divisible(config, num_devices, "sample.batch_size")
+
+
+def check_extract(config) -> None:
+  """--mode=extract_codes: views per image, batch, split."""
+  e = config.extract
+  augments = gpt_schema.EXTRACT_VIEWS
+  if e.augment not in augments:
+    raise ConfigError("extract.augment", f"must be one of {tuple(augments)}, got {e.augment!r}")
+  if e.batch_size < augments[e.augment]:
+    raise ConfigError("extract.batch_size", f"{e.batch_size} is smaller than the "
+                      f"{augments[e.augment]} views per image of augment={e.augment!r}")
+  if e.split not in pipeline.SPLITS:
+    raise ConfigError("extract.split", f"must be one of {pipeline.SPLITS}, got {e.split!r}")
+
+
+def check_probe(config) -> None:
+  """--mode=probe: validation codes and the probed layer."""
+  if not config.data.eval_codes_path:
+    raise ConfigError("data.eval_codes_path", "linear probing needs validation codes "
+                      "(--mode=extract_codes --config.extract.split=eval)")
+  layer = config.probe.layer or config.model.layers // 2
+  if not 1 <= layer <= config.model.layers:
+    raise ConfigError("probe.layer", f"must be in [1, {config.model.layers}] (0 = half), got {layer}")
+
+
+def check_ar_probe_inputs(config) -> None:
+  """--mode=ar_probe: everything its later stages need, before training starts."""
+  for key in ("eval_codes_path",):
+    if not config.data[key]:
+      raise ConfigError(f"data.{key}", "AR probing needs validation codes (validation loss and "
+                        "the linear probe's top-1)")
+  for key in ("fid_reference", "inception_path"):
+    if not config.eval[key]:
+      raise ConfigError(f"eval.{key}", "AR probing computes gFID: set it (README, Evaluation)")
+    if not os.path.isfile(config.eval[key]):
+      raise ConfigError(f"eval.{key}", f"{config.eval[key]} not found")
+
+
+def check_eval(config, num_devices: int | None = None) -> None:
+  """--mode=eval of a tokenizer recipe: its batch splits over the data-parallel devices."""
+  check_batch_divisible(config, num_devices, "eval.batch_size")
+
+
+GPT_MODE_CHECKS = {
+    "sample": lambda config, n: check_sample(config, n),
+    "extract_codes": lambda config, n: check_extract(config),
+    "probe": lambda config, n: check_probe(config),
+    "ar_probe": lambda config, n: (check_ar_probe_inputs(config), check_sample(config, n),
+                                   check_probe(config)),
+}
+TOKENIZER_MODE_CHECKS = {
+    "eval": lambda config, n: check_eval(config, n),
+}
+
+
+def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = True,
+                 mode: str = "") -> None:
+  """Checks of a GPT recipe; `check_data` opens the training codes (and validation codes if set);
+  `mode` adds that mode's own checks."""
+  check_schema(config, gpt_schema.gpt_config())
   for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
               "eval_every_steps", "eval_num_batches", "max_checkpoints_to_keep"):
     _positive(config, key)
@@ -194,13 +359,7 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
   check_distributed(config.distributed)
   check_batch_divisible(config, num_devices)
   check_init_from(config)
-  sc = config.sample
-  if not 0 <= sc.top_k <= config.model.vocab_size:
-    raise ConfigError("sample.top_k", f"must be in [0, vocab_size={config.model.vocab_size}]")
-  if not 0.0 <= sc.cfg_step_fraction <= 1.0:
-    raise ConfigError("sample.cfg_step_fraction", f"must be in [0, 1], got {sc.cfg_step_fraction}")
-  if sc.cfg_scale < 0 or sc.temperature < 0 or not 0.0 < sc.top_p <= 1.0:
-    raise ConfigError("sample", "cfg_scale and temperature must be >= 0 and top_p in (0, 1]")
+  check_sampling(config)
   for key in ("batch_size", "images_per_shard"):
     _positive(config, f"extract.{key}")
   if check_data:
@@ -213,15 +372,18 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
       if config.data[key]:
         codes.check_codes_dir(config.data[key], f"data.{key}", vocab_size=m.vocab_size,
                               num_tokens=m.num_tokens, num_classes=m.num_classes)
+  if mode in GPT_MODE_CHECKS:
+    GPT_MODE_CHECKS[mode](config, num_devices)
 
 
 def validate(config, *, num_devices: int | None = None, check_data: bool = True,
-             check_teachers: bool | None = None) -> None:
-  """All checks; `check_data` opens the dataset (skip it for modes that do not read data) and,
-  unless `check_teachers` says otherwise, the frozen teachers' weight files."""
+             check_teachers: bool | None = None, mode: str = "") -> None:
+  """All checks, the one entry point; `check_data` opens the dataset (skip it for modes that do not
+  read data) and, unless `check_teachers` says otherwise, the frozen teachers' weight files; `mode`
+  (a --mode name, as modes/__init__.py passes it) adds that mode's own checks."""
   if config.get("task") == "gpt":
-    return validate_gpt(config, num_devices=num_devices, check_data=check_data)
-  check_schema(config, config_base.tokenizer_config())
+    return validate_gpt(config, num_devices=num_devices, check_data=check_data, mode=mode)
+  check_schema(config, tokenizer_schema.tokenizer_config())
   for key in ("total_steps", "global_batch_size", "checkpoint_every_steps", "log_every_steps",
               "image_every_steps", "eval_num_images", "max_checkpoints_to_keep"):
     _positive(config, key)
@@ -240,11 +402,12 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
   check_batch_divisible(config, num_devices)
   check_init_from(config)
   if check_data if check_teachers is None else check_teachers:
-    from gigatok_jax.train import teachers
-    teachers.check_config(config)
+    check_teachers_config(config)
   if check_data:
-    from gigatok_jax.data import pipeline
     d = config.data
     splits = ("train",) if d.source == "array_record" and not d.eval_path else ("train", "eval")
-    pipeline.validate_data_config(d, config.global_batch_size, splits=splits,
-                                  batch_size_key="global_batch_size")
+    check_data_config(d, config.global_batch_size, splits=splits,
+                      batch_size_key="global_batch_size")
+  if mode in TOKENIZER_MODE_CHECKS:
+    TOKENIZER_MODE_CHECKS[mode](config, num_devices)
+  return None
