@@ -139,10 +139,12 @@ _GIGATOK_HINT = ("also linked (Google Drive) from the GigaTok README at "
                  "unverified and no sha256 is known")
 
 
-def _gigatok(name: str, filename: str, description: str) -> None:
+# convert.gigatok:convert_{kind}_file are aliases of convert.release.convert_release_file (one
+# adapter); the old names stay because they are stored in (and checked against) cache records.
+def _gigatok(name: str, filename: str, kind: str, description: str) -> None:
   register(Artefact(
       name=name, files=(SourceFile(filename, (f"hf://{_GIGATOK_REPO}/{filename}",)),),
-      converter="gigatok_jax.convert.release:convert_release_file", output="run",
+      converter=f"gigatok_jax.convert.gigatok:convert_{kind}_file", output="run",
       description=description, how_to_get=_GIGATOK_HINT))
 
 
@@ -152,7 +154,7 @@ for _name, _file, _desc in (
     ("gigatok_bl", "VQ_BL256_e200.pt", "GigaTok B-L tokenizer (622M)"),
     ("gigatok_bl_dino_disc", "VQ_BL256_dino_disc.pt", "GigaTok B-L tokenizer, DINO discriminator"),
     ("gigatok_xlxxl", "VQ_XLXXL256_e300.pt", "GigaTok XL-XXL tokenizer (2.9B)")):
-  _gigatok(_name, _file, _desc)
+  _gigatok(_name, _file, "tokenizer", _desc)
 for _name, _file, _desc in (
     ("gigatok_gpt_b_ss", "GPT_B256_e300_VQ_SS.pt", "GPT-B on the S-S tokenizer's codes"),
     ("gigatok_gpt_b_sb", "GPT_B256_e300_VQ_SB.pt", "GPT-B on the S-B tokenizer's codes"),
@@ -161,5 +163,5 @@ for _name, _file, _desc in (
     ("gigatok_gpt_xxl_bl", "GPT_XXL256_e300_VQ_BL.pt", "GPT-XXL on the B-L tokenizer's codes"),
     ("gigatok_gpt_xxl_xlxxl", "GPT_XXL256_e300_VQ_XLXXL.pt",
      "GPT-XXL on the XL-XXL tokenizer's codes")):
-  _gigatok(_name, _file, _desc)
+  _gigatok(_name, _file, "gpt", _desc)
 del _name, _file, _desc
