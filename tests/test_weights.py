@@ -5,6 +5,7 @@ request, or restarted when the server ignores it), the pin policy, offline error
 the Hugging Face paths and the CLI. An autouse fixture refuses every non-loopback connection.
 """
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -35,6 +36,9 @@ def _reverse_converter(src_paths, out_path):
     for p in src_paths:
       with open(p, "rb") as g:
         f.write(g.read()[::-1])
+
+
+_reverse_converter_renamed = _reverse_converter     # the same conversion under a new name
 
 
 def _dir_converter(src_paths, out_path):
@@ -166,6 +170,21 @@ def test_good_download_converts_and_second_resolve_is_a_cache_hit(server, tmp_pa
 
   assert weights.resolve(art, cache_dir=str(tmp_path)) == path
   assert len(server.requests) == 1 and len(CONVERTED) == 1     # no second request, no reconversion
+
+
+def test_record_under_a_former_converter_name_is_still_a_hit(server, tmp_path):
+  """A renamed converter keeps old cache records valid through `former_converters`; any other
+  converter name in a record is a miss (the conversion runs again)."""
+  old = _artefact(server)
+  path = weights.resolve(old, cache_dir=str(tmp_path), progress=False)
+  assert len(CONVERTED) == 1
+  renamed = dataclasses.replace(old, converter=f"{__name__}:_reverse_converter_renamed",
+                                former_converters=(old.converter,))
+  assert weights.resolve(renamed, cache_dir=str(tmp_path)) == path
+  assert len(server.requests) == 1 and len(CONVERTED) == 1     # a hit: nothing converted again
+  other = dataclasses.replace(old, converter=f"{__name__}:_reverse_converter_renamed")
+  assert weights.resolve(other, cache_dir=str(tmp_path)) == path
+  assert len(CONVERTED) == 2                                    # a miss: converted again
 
 
 def test_corrupted_download_is_refused_and_nothing_is_cached(server, tmp_path):
@@ -421,7 +440,8 @@ def test_builtin_artefacts_and_their_pins():
   for name, art in arts.items():
     if name.startswith("gigatok_"):
       kind = "gpt" if "_gpt_" in name else "tokenizer"
-      assert art.converter == f"gigatok_jax.convert.gigatok:convert_{kind}_file"
+      assert art.converter == "gigatok_jax.convert.release:convert_release_file"
+      assert art.former_converters == (f"gigatok_jax.convert.gigatok:convert_{kind}_file",)
       assert art.files[0].sources[0].startswith("hf://YuuTennYi/GigaTok/")
       assert not art.files[0].pinned and "Google Drive" in art.how_to_get
   with pytest.raises(WeightsError, match="unknown pretrained artefact 'nope'"):

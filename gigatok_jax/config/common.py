@@ -29,6 +29,20 @@ DEFAULT_AXIS_RULES = (
 )
 
 
+def run_keys(c: ml_collections.ConfigDict, total_steps: int) -> None:
+  """The top-level keys of every training recipe (launch scripts rely on them), set on `c`."""
+  c.total_steps = total_steps
+  c.global_batch_size = 256
+  c.checkpoint_every_steps = 5000
+  c.max_checkpoints_to_keep = 3
+  c.seed = 0
+  # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
+  # `python -m gigatok_jax.convert` (or its pretrained/ dir). '' = random init, or the
+  # workdir's own pretrained/ when a converter made the workdir.
+  c.init_from = ""
+  c.log_every_steps = 50
+
+
 def mesh_config(axis_rules) -> ml_collections.ConfigDict:
   """Mesh axes (parallel.py). data/fsdp/tensor: sizes within a slice (ICI), -1 = fill the slice;
   dcn_*: how many slices (TPU multi-slice, or hosts of a GPU cluster) each axis spans, usually

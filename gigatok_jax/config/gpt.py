@@ -51,16 +51,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
   """A class-conditional GPT recipe on the codes of a trained tokenizer (docs/spec.md §4)."""
   c = ml_collections.ConfigDict()
   c.task = "gpt"
-  c.total_steps = 1_500_000          # 300 epochs at batch 256
-  c.global_batch_size = 256
-  c.checkpoint_every_steps = 5000
-  c.max_checkpoints_to_keep = 3
-  c.seed = 0
-  # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
-  # `python -m gigatok_jax.convert` (or its pretrained/ dir). '' = random init, or the
-  # workdir's own pretrained/ when a converter made the workdir.
-  c.init_from = ""
-  c.log_every_steps = 50
+  common.run_keys(c, total_steps=1_500_000)   # 300 epochs at batch 256
   c.eval_every_steps = 5000          # validation loss on data.eval_codes_path ('' = no eval split)
   c.eval_num_batches = 10
   c.model = gpt_model_config(size, position)

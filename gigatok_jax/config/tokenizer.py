@@ -53,17 +53,7 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
 def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "tokenizer"
-  # Keys launch scripts rely on (top level in every training recipe).
-  c.total_steps = 1_000_000
-  c.global_batch_size = 256
-  c.checkpoint_every_steps = 5000
-  c.max_checkpoints_to_keep = 3
-  c.seed = 0
-  # A fresh run (no checkpoint yet) starts from these weights: a run directory made by
-  # `python -m gigatok_jax.convert` (or its pretrained/ dir). '' = random init, or the
-  # workdir's own pretrained/ when a converter made the workdir.
-  c.init_from = ""
-  c.log_every_steps = 50
+  common.run_keys(c, total_steps=1_000_000)
   c.image_every_steps = 5000
   c.eval_num_images = 16            # images in the reconstruction grid / reconstruct mode
   # --mode=eval: reconstruction metrics over the eval split (evaluate/tokenizer_eval.py).

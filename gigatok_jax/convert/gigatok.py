@@ -272,13 +272,3 @@ def abstract_tokenizer(config) -> tuple[Any, Any, Any]:
 def abstract_gpt(config) -> Any:
   from gigatok_jax import build  # pylint: disable=import-outside-toplevel
   return build.gpt(config).abstract
-
-
-# The converter names of the gigatok_* weights artefacts: the name is part of every weights-cache
-# record and of its hit check (weights/cache.py), so these stay, as aliases of the one adapter.
-def convert_tokenizer_file(src_paths: list[str], out_path: str) -> None:
-  from gigatok_jax.convert import release  # pylint: disable=import-outside-toplevel
-  release.convert_release_file(src_paths, out_path)
-
-
-convert_gpt_file = convert_tokenizer_file

@@ -62,8 +62,8 @@ def _record_matches(art: Artefact, record: dict, expected: Mapping[str, str],
                     local_digests: Mapping[str, str]) -> bool:
   """A hit: same artefact, output and converter, and recorded sources that satisfy today's pins,
   the user's expected sha256s and the local files the user points at."""
-  if (record.get("artefact"), record.get("output"), record.get("converter")) != \
-      (art.name, art.output, art.converter):
+  if (record.get("artefact"), record.get("output")) != (art.name, art.output) or \
+      record.get("converter") not in (art.converter, *art.former_converters):
     return False
   recorded = {s.get("filename"): s.get("sha256") for s in record.get("sources", [])
               if isinstance(s, dict)}

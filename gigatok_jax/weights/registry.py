@@ -56,6 +56,8 @@ class Artefact:
 
   `converter` is "module:function" with signature `fn(src_paths: list[str], out_path: str)`, which
   must create `out_path` (a file or a directory); it is imported only when a conversion runs.
+  `former_converters` are names the same conversion was recorded under before a rename: cache
+  records that carry one of them still count as hits (weights/cache.py).
   """
   name: str
   files: tuple[SourceFile, ...]
@@ -63,9 +65,11 @@ class Artefact:
   output: str
   description: str = ""
   how_to_get: str = ""
+  former_converters: tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "files", tuple(self.files))
+    object.__setattr__(self, "former_converters", tuple(self.former_converters))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) or self.name == "downloads":
       raise ValueError(f"bad artefact name {self.name!r}")
     if not self.files:
@@ -139,13 +143,14 @@ _GIGATOK_HINT = ("also linked (Google Drive) from the GigaTok README at "
                  "unverified and no sha256 is known")
 
 
-# convert.gigatok:convert_{kind}_file are aliases of convert.release.convert_release_file (one
-# adapter); the old names stay because they are stored in (and checked against) cache records.
+# One adapter converts every gigatok_* file (tokenizer or GPT: the file says which). Cache records
+# written before the converters were split name it convert.gigatok:convert_{kind}_file.
 def _gigatok(name: str, filename: str, kind: str, description: str) -> None:
   register(Artefact(
       name=name, files=(SourceFile(filename, (f"hf://{_GIGATOK_REPO}/{filename}",)),),
-      converter=f"gigatok_jax.convert.gigatok:convert_{kind}_file", output="run",
-      description=description, how_to_get=_GIGATOK_HINT))
+      converter="gigatok_jax.convert.release:convert_release_file", output="run",
+      description=description, how_to_get=_GIGATOK_HINT,
+      former_converters=(f"gigatok_jax.convert.gigatok:convert_{kind}_file",)))
 
 
 for _name, _file, _desc in (
