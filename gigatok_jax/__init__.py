@@ -1,4 +1,12 @@
-"""gigatok_jax: GigaTok-style visual tokenizers and LlamaGen-style AR generators in JAX/Flax."""
+"""gigatok_jax: GigaTok-style visual tokenizers and LlamaGen-style AR generators in JAX/Flax.
+
+  import gigatok_jax
+  tok = gigatok_jax.Tokenizer.load("/tmp/gigatok_demo")
+  codes = tok.encode("photo.jpg"); images = tok.decode(codes)
+
+`Tokenizer`, `Generator` and `InputError` (gigatok_jax/api/) are imported on first use, so that
+`import gigatok_jax` stays light (the command line and the converters do not need them).
+"""
 
 from gigatok_jax import xla_cpu_flags as _xla_cpu_flags
 
@@ -6,3 +14,16 @@ from gigatok_jax import xla_cpu_flags as _xla_cpu_flags
 _xla_cpu_flags.configure()
 
 __version__ = "0.1.0"
+
+_API = ("Tokenizer", "Generator", "InputError")
+
+
+def __getattr__(name: str):
+  if name in _API:
+    from gigatok_jax import api  # pylint: disable=import-outside-toplevel
+    return getattr(api, name)
+  raise AttributeError(f"module 'gigatok_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_API))

@@ -107,6 +107,18 @@ def test_every_recipe_is_valid_and_has_launch_keys(name):
     validate.validate(config, num_devices=1, check_data=False)
 
 
+def test_reconstruct_needs_no_teacher_files(tmp_path):
+  """Inference never reads the frozen teachers: with S-S's LPIPS and DINOv2 loss weights and no
+  teacher files, reconstruct gets as far as looking for the weights."""
+  config = load_recipe("tokenizer_ss")
+  assert config.loss.perceptual_weight > 0 and not config.teachers.lpips_path
+  proc = run_cli("--config=configs/tokenizer_ss.py:tiny", f"--workdir={tmp_path}",
+                 "--mode=reconstruct", "--config.data.source=demo",
+                 f"--config.loss.perceptual_weight={config.loss.perceptual_weight}",
+                 f"--config.loss.semantic_weight={config.loss.semantic_weight}")
+  assert_user_error(proc, "no checkpoint")
+
+
 def test_reconstruct_without_checkpoint_is_a_clear_error(tmp_path):
   proc = run_cli("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--mode=reconstruct")
   assert_user_error(proc, "no checkpoint")

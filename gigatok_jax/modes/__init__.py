@@ -40,7 +40,7 @@ TABLE: dict[tuple[str, str], Mode] = {
                                         needs_workdir=False),
     ("reconstruct", "tokenizer"): Mode(
         "reconstruct", "encode + decode images with the latest checkpoint",
-        lambda config: {"check_data": not config.data.reconstruct_input}),
+        lambda config: {"check_data": not config.data.reconstruct_input, "check_teachers": False}),
     ("eval", "tokenizer"): Mode("eval_tokenizer", "rFID, PSNR, SSIM, codebook usage",
                                 lambda config: {"check_teachers": False}),
     ("eval", "gpt"): Mode("eval_gpt", "gFID, IS, precision/recall, validation loss", _NO_DATA),

@@ -1,0 +1,75 @@
+"""Where a model named in `Tokenizer.load(src)` / `Generator.load(src)` lives on disk.
+
+`src` may be:
+  - a run directory: a training run (config.json + checkpoints/) or one that
+    `python -m gigatok_jax.convert` made from a released file (config.json + pretrained/);
+  - an official PyTorch file (.pt / .pth / .bin / .safetensors): converted once into the weights
+    cache (`$GIGATOK_CACHE_DIR`, else ~/.cache/gigatok_jax) under converted/<name>-<key>/, where the
+    key is a hash of the file's absolute path, size and modification time, so an edited or replaced
+    file is converted again and an unchanged one is read straight from the cache;
+  - the name of a registered artefact (`python -m gigatok_jax.weights list`, e.g. gigatok_ss):
+    fetched and converted by the weights cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+from gigatok_jax import runs
+from gigatok_jax.errors import UserError
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def _converted_dir(path: str, cache_dir: str | None) -> str:
+  from gigatok_jax.weights import env  # pylint: disable=import-outside-toplevel
+  st = os.stat(path)
+  key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join(env.cache_root(cache_dir), "converted", f"{stem}-{key[:16]}")
+
+
+def _is_run(path: str) -> bool:
+  return runs.has_config(path)
+
+
+def convert_file(path: str, *, recipe: str = "", cache_dir: str | None = None,
+                 log=print) -> str:
+  """The converted run directory of the official file `path` (converted now unless cached)."""
+  from gigatok_jax.convert import release  # pylint: disable=import-outside-toplevel
+  out = _converted_dir(path, cache_dir)
+  if _is_run(out) and os.path.isfile(os.path.join(out, runs.PRETRAINED, runs.INFO_FILE)):
+    return out
+  tmp = f"{out}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    release.import_checkpoint(path, tmp, recipe=recipe, log=log)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
+def run_directory(src, *, recipe: str = "", cache_dir: str | None = None, log=print) -> str:
+  """The run directory that `src` (see the module docstring) names; a UserError when none."""
+  src = os.fspath(src)
+  path = os.path.expanduser(src)
+  if os.path.isdir(path):
+    if not _is_run(path):
+      raise UserError(f"{src}: not a gigatok_jax run directory (no {runs.CONFIG_FILE}); pass a "
+                      "training run, a directory made by `python -m gigatok_jax.convert`, or an "
+                      "official .pt file")
+    return path
+  if os.path.isfile(path):
+    if not path.endswith(WEIGHT_FILE_SUFFIXES):
+      raise UserError(f"{src}: not a weight file (expected one of {', '.join(WEIGHT_FILE_SUFFIXES)})")
+    return convert_file(path, recipe=recipe, cache_dir=cache_dir, log=log)
+  from gigatok_jax import weights  # pylint: disable=import-outside-toplevel
+  names = [a.name for a in weights.list_artefacts() if a.output == "run"]
+  if src in names:
+    return weights.resolve(src, cache_dir=cache_dir)
+  raise UserError(f"{src}: no such run directory or weight file, and not a known model name "
+                  f"({', '.join(names)})")
