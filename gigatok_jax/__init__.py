@@ -4,7 +4,7 @@
   tok = gigatok_jax.Tokenizer.load("/tmp/gigatok_demo")
   codes = tok.encode("photo.jpg"); images = tok.decode(codes)
 
-`Tokenizer`, `Generator` and `InputError` (gigatok_jax/api/) are imported on first use, so that
+`Tokenizer`, `Generator`, `run` and `InputError` (gigatok_jax/api/) are imported on first use, so that
 `import gigatok_jax` stays light (the command line and the converters do not need them).
 """
 
@@ -15,7 +15,7 @@ _xla_cpu_flags.configure()
 
 __version__ = "0.1.0"
 
-_API = ("Tokenizer", "Generator", "InputError")
+_API = ("Tokenizer", "Generator", "InputError", "run")
 
 
 def __getattr__(name: str):
