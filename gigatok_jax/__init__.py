@@ -13,7 +13,7 @@ from gigatok_jax import xla_cpu_flags as _xla_cpu_flags
 # Before any backend starts: XLA reads XLA_FLAGS once (see xla_cpu_flags.py for why and how to opt out).
 _xla_cpu_flags.configure()
 
-__version__ = "0.1.0"
+from gigatok_jax.version import VERSION as __version__  # noqa: E402
 
 _API = ("Tokenizer", "Generator", "InputError", "run")
 

@@ -29,9 +29,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-import gigatok_jax
 from gigatok_jax.errors import CheckpointError
 from gigatok_jax.models import layer_layout
+from gigatok_jax.version import VERSION
 
 try:  # grain registers its Orbax handler and args only when both are importable.
   import grain.checkpoint as grain_checkpoint
@@ -63,12 +63,15 @@ def _register_array_handler() -> None:
   reads type handlers from its global registry; otherwise the default handler's arguments)."""
   # The metadata store the default handler gets; orbax-checkpoint 0.12.8 has no public path to it.
   from orbax.checkpoint._src.metadata import array_metadata_store
-  ocp.type_handlers.register_type_handler(
+  # The registry itself (not register_type_handler): replacing the default handler is intended, so
+  # no "overriding jax.Array" warning line on every run.
+  from orbax.checkpoint._src.serialization import type_handler_registry
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
       jax.Array,
       ocp.type_handlers.ArrayHandler(
           array_metadata_store=array_metadata_store.Store(),
           min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES),
-      override=True)
+      override=True, ignore_warnings=True)
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -237,7 +240,7 @@ class Checkpointer:
         'step': step,
         'process_count': jax.process_count(),
         'has_data_iter': data_iterator is not None,
-        'gigatok_jax_version': gigatok_jax.__version__,
+        'gigatok_jax_version': VERSION,
         'saved_at': datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     items = {

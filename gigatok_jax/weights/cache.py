@@ -109,14 +109,14 @@ def _convert(art: Artefact, fetched: Sequence[Fetched], out: str, record_path: s
     os.replace(tmp, out)
   finally:
     remove_path(tmp)
-  from gigatok_jax import __version__
+  from gigatok_jax.version import VERSION  # pylint: disable=import-outside-toplevel
   record = {
       "format": RECORD_FORMAT, "artefact": art.name, "output": art.output,
       "converter": art.converter,
       "sources": [{"filename": sf.filename, "sha256": f.sha256, "origin": f.origin,
                    "verified": f.verified} for sf, f in zip(art.files, fetched)],
       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-      "gigatok_jax_version": __version__,
+      "gigatok_jax_version": VERSION,
   }
   with atomic_write(record_path) as f:   # a temporary sibling renamed into place
     json.dump(record, f, indent=2)
