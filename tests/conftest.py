@@ -32,7 +32,7 @@ def repo_dir() -> str:
 
 # The fast tier (`pytest -m "not slow"`, about 5 minutes on 2 cores) leaves out the files that
 # train several tiny runs end to end or launch processes; the full suite runs everything.
-SLOW_FILES = {"test_train.py", "test_ar_pipeline.py", "test_multihost.py", "test_teachers.py",
+SLOW_FILES = {"test_train_loop.py", "test_ar_pipeline.py", "test_multihost.py", "test_teachers.py",
               "test_sharding.py"}
 
 

@@ -1,7 +1,7 @@
 """Importing official GigaTok tokenizer / GPT checkpoints (convert/gigatok.py, convert/release.py).
 
 The PyTorch side is built from the reference layout (checkpoint_layouts.md 1-2): the tokenizer is
-test_torch_parity's reference module (its state-dict names are the reference's), the GPT a small
+torch_reference's reference module (its state-dict names are the reference's), the GPT a small
 torch module written here from the layout's description; both get random weights. Checks: the
 state dicts convert with nothing left over, the converted models compute what the torch modules
 compute, ours -> reference -> ours is the identity, strict errors name the tensors, the recipe is
@@ -30,8 +30,8 @@ from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from gigatok_jax.models.discriminator import PatchGANDiscriminator  # noqa: E402
 from helpers import load_recipe  # noqa: E402
-from test_torch_parity import (SEED_IMAGES, TTokenizer, TTokenizer2D, nhwc,  # noqa: E402
-                               randomize_, assert_close)
+from torch_reference import (SEED_IMAGES, TTokenizer, TTokenizer2D, nhwc,  # noqa: E402
+                             randomize_, assert_close)
 
 # A tiny 1D recipe whose grid is 16 x 16 (the torch reference's pooling grids need it): 64 px
 # images, two downsamplings. Written as a recipe file because the converter takes recipe files.
@@ -218,7 +218,7 @@ def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
 
 
 # Every recipe kind in the reference naming, built from torch re-creations of the reference modules
-# (test_torch_parity: TTokenizer for 1D, TTokenizer2D for VQVitModel2DPlus), so that a naming gap
+# (torch_reference: TTokenizer for 1D, TTokenizer2D for VQVitModel2DPlus), so that a naming gap
 # in any kind (issue 23: the 2D `encoder_embed` / `decoder_embed`) fails here.
 KINDS = {"1d": None, "2d_decoder_layers": "configs/tokenizer_ss_2d.py:tiny",
          "2d_plain_layers": "configs/tokenizer_sb_2d.py:tiny"}

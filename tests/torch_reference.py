@@ -1,4 +1,9 @@
-"""Numerical parity with small PyTorch reference modules (checkpoint_layouts.md 1.3-1.4, docs/spec.md §2.1-2.5).
+"""PyTorch reference modules for the parity tests (a helper module: pytest collects no tests here).
+
+Used by test_qformer.py, test_cnn.py, test_quantizer.py and test_tokenizer.py (numerical parity of
+our Flax modules with small PyTorch references, checkpoint_layouts.md 1.3-1.5, docs/spec.md §2.1-2.5)
+and by test_convert_gigatok.py (reference-named state dicts for the converter). It holds the torch
+reference modules, the torch -> Flax weight copies, and the small comparison helpers.
 
 The torch modules below are written from the documented reference semantics and key layout (NCHW
 images, sequence-first (L, B, W) `nn.MultiheadAttention`, fake-2D (B, C, 1, N) token maps), with
@@ -9,7 +14,7 @@ compared by max abs error against a tolerance stated at each comparison.
 
 Several tests also run a "negative control": a plausible wrong variant of the reference (torch
 pixel_shuffle instead of DCR, biased std, symmetric padding, ...) must differ from our output by far
-more than the tolerance, so each comparison can actually fail.
+more than the tolerance (`assert_differs`), so each comparison can actually fail.
 """
 
 import numpy as np
@@ -19,14 +24,10 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 import gigatok_jax.parallel  # noqa: E402,F401  (turns off Flax eager sharding for model construction)
-from gigatok_jax import config as config_lib  # noqa: E402
-from gigatok_jax.models import cnn, layers, qformer, quantizer  # noqa: E402
-from gigatok_jax.models.tokenizer import Tokenizer  # noqa: E402
+from gigatok_jax.models import layers  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -458,253 +459,7 @@ def copy_cnn_decoder(dst, src):
 
 
 # ------------------------------------------------------------------------------------------------
-# 1-2. Q-Former
-# ------------------------------------------------------------------------------------------------
-def test_qformer_layer_matches_torch():
-  torch.manual_seed(0)
-  ref = randomize_(TQFormerLayer(W, HEADS))
-  ours = qformer.QFormerLayer(W, HEADS, 4.0, rngs=keys(), **F32)
-  copy_qformer_layer(ours, ref)
-  lq, lm, b = 20, 33, 2        # different query / memory lengths catch q-vs-kv mix-ups
-  t, m = torch.randn(lq, b, W), torch.randn(lm, b, W)
-  qp, mp = 0.5 * torch.randn(lq, 1, W), 0.5 * torch.randn(lm, 1, W)
-  with torch.no_grad():
-    want = ref(t, m, pos=mp, query_pos=qp).permute(1, 0, 2)
-  got = ours(jnp.asarray(_np(t.permute(1, 0, 2))), jnp.asarray(_np(qp[:, 0])),
-             jnp.asarray(_np(m.permute(1, 0, 2))), jnp.asarray(_np(mp[:, 0])))
-  assert_close(got, want, 2e-5, "QFormerLayer")   # one layer, |ref| ~ 5: 2e-5 abs
-  # Negative control: positional embedding also added to the self-attention values.
-  with torch.no_grad():
-    h = ref.norm1(t)
-    wrong = t + ref.self_attn(h + qp, h + qp, h + qp, need_weights=False)[0]
-    h = ref.norm2(wrong)
-    wrong = wrong + ref.multihead_attn(h + qp, m + mp, m, need_weights=False)[0]
-    wrong = wrong + ref.linear2(F.gelu(ref.linear1(ref.norm3(wrong))))
-  assert_differs(got, wrong.permute(1, 0, 2), 1e-2, "pos-emb on values")
-
-
-def test_qformer_encoder_matches_torch():
-  torch.manual_seed(1)
-  ref = randomize_(TQFormerEncoder(GRID, Z, W, depth=2, heads=HEADS))
-  ours = qformer.QFormerEncoder(grid=GRID, z_channels=Z, width=W, layers=2, heads=HEADS,
-                                mlp_ratio=4.0, rngs=keys(1), **F32)
-  copy_qformer_encoder(ours, ref)
-  x = torch.randn(2, Z, GRID, GRID)
-  with torch.no_grad():
-    want = ref(x)                                           # (B, z, 1, 256)
-  got = ours(jnp.asarray(nhwc(x)))                          # (B, 256, z)
-  assert_close(got, _np(want)[:, :, 0].transpose(0, 2, 1), 5e-5, "QFormerEncoder")  # 2 layers: 5e-5
-  # Negative control: pooling grids with the row count growing first (1x1,1x1,2x1,2x2,4x2,...).
-  wrong_grids = [(c, r) for r, c in POOL_GRIDS_16]
-  with torch.no_grad():
-    memory = ref.encoder_embed(ref.ln_pre(x.flatten(2).permute(2, 0, 1)))
-    gm = memory.permute(1, 2, 0).reshape(2, -1, GRID, GRID)
-    tq = ref.global_proj(torch.cat([F.adaptive_avg_pool2d(gm, rc).flatten(2) for rc in wrong_grids],
-                                   2).permute(2, 0, 1))
-    for layer in ref.transformer:
-      tq = layer(tq, memory, ref.positional_embedding, ref.latent_token_positional_embedding)
-    wrong = ref.conv_out(ref.ln_post(tq).permute(1, 2, 0).unsqueeze(2))
-  assert_differs(got, _np(wrong)[:, :, 0].transpose(0, 2, 1), 1e-3, "rows-first pooling order")
-
-
-def test_qformer_decoder_matches_torch():
-  torch.manual_seed(2)
-  depth, distill_depth, distill_dim = 4, 3, 32   # 4 layers so the layer-3 tap is not the last layer
-  ref = randomize_(TQFormerDecoder(GRID, Z, W, depth, HEADS, distill_depth, distill_dim))
-  ours = qformer.QFormerDecoder(grid=GRID, num_tokens=GRID * GRID, z_channels=Z, width=W, layers=depth,
-                                heads=HEADS, mlp_ratio=4.0, distill_depth=distill_depth,
-                                distill_dim=distill_dim, rngs=keys(2), **F32)
-  copy_qformer_decoder(ours, ref)
-  x = torch.randn(2, Z, 1, GRID * GRID)                     # fake-2D token map
-  with torch.no_grad():
-    want, want_distill = ref(x)
-  got, got_distill = ours(jnp.asarray(_np(x)[:, :, 0].transpose(0, 2, 1)), with_distill=True)
-  assert_close(got, nhwc(want), 1e-4, "QFormerDecoder map")              # 4 layers + 3x3 conv: 1e-4
-  assert_close(got_distill, want_distill, 1e-4, "QFormerDecoder distill (layer 3)")
-  _, no_distill = ours(jnp.asarray(_np(x)[:, :, 0].transpose(0, 2, 1)))
-  assert no_distill is None
-
-
-# ------------------------------------------------------------------------------------------------
-# 3. CNN pieces
-# ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cin,cout", [(64, 64), (32, 64)])
-def test_resnet_block_matches_torch(cin, cout):
-  torch.manual_seed(3)
-  ref = randomize_(TResnetBlock(cin, cout))
-  ours = cnn.ResnetBlock(cin, cout, rngs=keys(3), **F32)
-  copy_resblock(ours, ref)
-  x = torch.randn(2, cin, 12, 10)
-  with torch.no_grad():
-    want = ref(x)
-  assert_close(ours(jnp.asarray(nhwc(x))), nhwc(want), 1e-5, f"ResnetBlock {cin}->{cout}")  # 1e-5
-
-
-def test_downsample_pads_bottom_right():
-  torch.manual_seed(4)
-  ref = TDownsample(64).eval()
-  level = cnn.EncoderLevel(64, 64, 0, downsample=True, rngs=keys(4), **F32)
-  copy_conv(level.downsample, ref.conv)
-  for h, w in ((16, 16), (15, 13)):                         # even and odd sizes
-    x = torch.randn(2, 64, h, w)
-    with torch.no_grad():
-      want = ref(x)
-    got = level(jnp.asarray(nhwc(x)))
-    assert_close(got, nhwc(want), 1e-5, f"stride-2 downsample {h}x{w}")
-  with torch.no_grad():                                     # negative control: top-left padding
-    wrong = ref.conv(F.pad(x, (1, 0, 1, 0)))
-  assert_differs(got, nhwc(wrong), 1e-2, "padding (1,0,1,0)")
-
-
-def test_depth_to_space_is_dcr():
-  x = torch.randn(2, 4 * 8, 5, 6)
-  want = t_depth_to_space(x)
-  got = cnn.depth_to_space(jnp.asarray(nhwc(x)))
-  assert_close(got, nhwc(want), 0.0, "depth_to_space (pure permutation: exact)")
-  # Documented element formula, checked directly on one element pattern.
-  c, b_, h_, w_ = 8, 1, 3, 4
-  for i in (0, 1):
-    for j in (0, 1):
-      np.testing.assert_array_equal(np.asarray(got)[b_, 2 * h_ + i, 2 * w_ + j, :],
-                                    _np(x)[b_, (2 * i + j) * c:(2 * i + j + 1) * c, h_, w_])
-  assert_differs(got, nhwc(F.pixel_shuffle(x, 2)), 1e-1, "torch.pixel_shuffle (CRD order)")
-  # And the conv + D2S module.
-  torch.manual_seed(5)
-  ref = TUpsample(16).eval()
-  up = cnn.DepthToSpaceUpsample(16, rngs=keys(5), **F32)
-  copy_conv(up.conv1, ref.conv1)
-  x = torch.randn(2, 16, 6, 7)
-  with torch.no_grad():
-    want = ref(x)
-  assert_close(up(jnp.asarray(nhwc(x))), nhwc(want), 1e-5, "DepthToSpaceUpsample")
-
-
-def test_adaptive_group_norm_unbiased_std():
-  torch.manual_seed(6)
-  ref = randomize_(TAdaptiveGroupNorm(Z, 64))
-  ours = cnn.AdaptiveGroupNorm(Z, 64, rngs=keys(6), **F32)
-  copy_agn(ours, ref)
-  x = torch.randn(2, 64, 8, 8) * 3 + 1
-  cond = torch.randn(2, Z, 4, 4) * torch.rand(1, Z, 1, 1) * 4   # 16 positions: N/(N-1) = 1.07
-  with torch.no_grad():
-    want = ref(x, cond)
-    ref.unbiased = False
-    wrong = ref(x, cond)
-  got = ours(jnp.asarray(nhwc(x)), jnp.asarray(nhwc(cond)))
-  assert_close(got, nhwc(want), 1e-5, "AdaptiveGroupNorm")
-  assert_differs(got, nhwc(wrong), 1e-3, "biased std")
-
-
-def _cnn_cfg():
-  return dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=Z)
-
-
-def test_cnn_encoder_matches_torch():
-  torch.manual_seed(7)
-  c = _cnn_cfg()
-  ref = randomize_(TCNNEncoder(c["ch"], c["ch_mult"], c["num_res_blocks"], Z))
-  ours = cnn.CNNEncoder(rngs=keys(7), **c, **F32)
-  copy_cnn_encoder(ours, ref)
-  x = torch.rand(2, 3, 64, 64) * 2 - 1
-  with torch.no_grad():
-    want = ref(x)
-  assert_close(ours(jnp.asarray(nhwc(x))), nhwc(want), 1e-4, "CNNEncoder")  # ~16 convs deep: 1e-4
-
-
-def test_cnn_decoder_matches_torch():
-  torch.manual_seed(8)
-  c = _cnn_cfg()
-  ref = randomize_(TCNNDecoder(c["ch"], c["ch_mult"], c["num_res_blocks"], Z))
-  ours = cnn.CNNDecoder(rngs=keys(8), **c, **F32)
-  copy_cnn_decoder(ours, ref)
-  z = torch.randn(2, Z, 16, 16)
-  with torch.no_grad():
-    want = ref(z)
-  got = ours(jnp.asarray(nhwc(z)))
-  assert got.shape == (2, 64, 64, 3)
-  assert_close(got, nhwc(want), 1e-4, "CNNDecoder")  # ~24 convs deep: 1e-4
-
-
-# ------------------------------------------------------------------------------------------------
-# 4. Quantizer
-# ------------------------------------------------------------------------------------------------
-def _quantizer_pair(seed):
-  torch.manual_seed(seed)
-  ref = TQuantizer(CODEBOOK, CODE_DIM)
-  ours = quantizer.VectorQuantizer(CODEBOOK, CODE_DIM, rngs=keys(seed))
-  _set(ours.embedding, ref.embedding.weight)
-  return ref, ours
-
-
-def test_quantizer_forward_and_losses():
-  ref, ours = _quantizer_pair(9)
-  z = torch.randn(2, CODE_DIM, 1, 64) * 3                    # fake-2D token map, not normalised
-  with torch.no_grad():
-    out, idx, vq, commit, ent, d = ref(z)
-  res = ours(jnp.asarray(_np(z)[:, :, 0].transpose(0, 2, 1)), with_entropy=True)
-  srt = np.sort(_np(d), axis=1)
-  assert (srt[:, 1] - srt[:, 0]).min() > 1e-4, "near-tie in the reference argmin: pick another seed"
-  np.testing.assert_array_equal(np.asarray(res.indices).reshape(-1), _np(idx), "indices")
-  e = F.normalize(ref.embedding.weight, dim=-1)[idx].view(2, 64, CODE_DIM)
-  assert_close(res.quantized, e, 1e-5, "VQ forward value == normalised codeword")
-  assert_close(res.quantized, _np(out)[:, :, 0].transpose(0, 2, 1), 1e-5, "VQ output vs torch")
-  assert_close(res.vq_loss, vq, 1e-6, "vq loss")
-  assert_close(res.commit_loss, commit, 1e-6, "commitment loss")
-  assert_close(res.entropy_loss, ent, 1e-4, "entropy loss")  # logits are -d/0.01: 1e-4 abs
-  assert abs(float(ent)) > 1e-2                              # not trivially zero
-  assert_close(ours.lookup(res.indices), e, 1e-6, "lookup == normalised codeword")
-  # Negative control for the entropy: p with temperature 1 instead of 0.01.
-  assert_differs(res.entropy_loss, t_entropy(d, 1.0), 1e-2, "entropy temperature 1")
-
-
-def test_rotate_to_value_and_gradient():
-  torch.manual_seed(10)
-  z = F.normalize(torch.randn(40, CODE_DIM), dim=-1)
-  zq = F.normalize(torch.randn(40, CODE_DIM), dim=-1)
-  g = torch.randn(40, CODE_DIM)
-  zt = z.clone().requires_grad_(True)
-  out = t_rotate_to(zt, zq)
-  (out * g).sum().backward()
-
-  def f(zj):
-    return jnp.sum(quantizer.rotate_to(zj, jnp.asarray(_np(zq))) * jnp.asarray(_np(g)))
-  zj = jnp.asarray(_np(z))
-  got_out = quantizer.rotate_to(zj, jnp.asarray(_np(zq)))
-  assert_close(got_out, zq, 1e-5, "rotate_to value == target")
-  assert_close(got_out, out, 1e-5, "rotate_to value vs torch")
-  grad = jax.grad(f)(zj)
-  assert_close(grad, zt.grad, 1e-5, "rotate_to gradient")
-  # Negative control: straight-through estimator gradient (identity) differs.
-  assert_differs(grad, g, 1e-2, "straight-through gradient")
-
-
-def test_quantizer_gradients_end_to_end():
-  """Gradient of a random functional of the output + losses w.r.t. the pre-normalisation z and codebook."""
-  ref, ours = _quantizer_pair(11)
-  torch.manual_seed(11)
-  z = torch.randn(2, CODE_DIM, 1, 32) * 2
-  g = torch.randn(2, CODE_DIM, 1, 32)
-  zt = z.clone().requires_grad_(True)
-  out, _, vq, commit, ent, _ = ref(zt)
-  ((out * g).sum() + vq + commit + 0.5 * ent).backward()
-
-  z_j = jnp.asarray(_np(z)[:, :, 0].transpose(0, 2, 1))
-  g_j = jnp.asarray(_np(g)[:, :, 0].transpose(0, 2, 1))
-  graphdef, params = nnx.split(ours, nnx.Param)
-
-  def loss(params, zz):
-    res = nnx.merge(graphdef, params)(zz, with_entropy=True)
-    return jnp.sum(res.quantized * g_j) + res.vq_loss + res.commit_loss + 0.5 * res.entropy_loss
-
-  gp, gz = jax.grad(loss, argnums=(0, 1))(params, z_j)
-  assert_close(gz, _np(zt.grad)[:, :, 0].transpose(0, 2, 1), 1e-5, "VQ grad w.r.t. pre-norm z")
-  # The entropy term (logits -d/0.01) makes codebook gradients up to ~40: 1e-3 abs (~2e-5 relative).
-  assert_close(gp["embedding"][...], ref.embedding.weight.grad, 1e-3, "VQ grad w.r.t. codebook")
-  assert float(np.abs(_np(ref.embedding.weight.grad)).max()) > 1e-3
-
-
-# ------------------------------------------------------------------------------------------------
-# 5. Whole tokenizer
+# whole-tokenizer references: 1D `TTokenizer` (layouts 1.3), 2D `TTokenizer2D` (layouts 1.5)
 # ------------------------------------------------------------------------------------------------
 class TTokenizer(nn.Module):
   def __init__(self, m):
@@ -778,88 +533,3 @@ class TTokenizer2D(nn.Module):
 
 
 SEED_IMAGES = 105
-
-
-def test_tokenizer_end_to_end_matches_torch():
-  cfg = config_lib.tokenizer_config()
-  config_lib.tiny_model_overrides(cfg)
-  m = cfg.model
-  m.update(dict(kind="1d", cnn_ch=32, cnn_ch_mult=(1, 2, 2), cnn_num_res_blocks=2, z_channels=Z,
-                enc_width=W, enc_layers=2, enc_heads=HEADS, dec_width=W, dec_layers=3, dec_heads=HEADS,
-                codebook_size=CODEBOOK, code_dim=CODE_DIM, distill_depth=3, distill_dim=32,
-                rotation_trick=True, dtype="float32", param_dtype="float32"))
-  torch.manual_seed(12)
-  ref = randomize_(TTokenizer(m))
-  ours = Tokenizer(m, 64, rngs=nnx.Rngs(0))
-  assert ours.grid == 16
-  copy_cnn_encoder(ours.encoder, ref.encoder)
-  copy_qformer_encoder(ours.s2to1encoder, ref.s2to1encoder)
-  _set(ours.quantize.embedding, ref.quantize.embedding.weight)
-  copy_conv1x1_to_dense(ours.post_quant_conv, ref.post_quant_conv)
-  copy_qformer_decoder(ours.s1to2decoder, ref.s1to2decoder)
-  copy_cnn_decoder(ours.decoder, ref.decoder)
-  # Every parameter of ours was overwritten: counts agree.
-  n_ours = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
-  assert n_ours == sum(p.numel() for p in ref.parameters())
-
-  torch.manual_seed(SEED_IMAGES)
-  x = torch.rand(2, 3, 64, 64) * 2 - 1
-  with torch.no_grad():
-    # With random weights the encoder's 256 output tokens share a large common component, which
-    # would map almost every token to the same code. Project that component out of quant_conv's
-    # weight (any weight is a valid test weight) so that the tokens spread over the codebook.
-    t = ref.s2to1encoder(ref.encoder(x))
-    c = t.mean((0, 2, 3))
-    wq = ref.quant_conv.weight[:, :, 0, 0]
-    wq -= torch.outer(wq @ c, c) / c.dot(c)
-    ref.quant_conv.bias.zero_()
-    latents = ref.quant_conv(t)                               # (B, 8, 1, 256)
-    recon, idx, vq, commit, ent, distill, d = ref(x)
-  copy_conv1x1_to_dense(ours.quant_conv, ref.quant_conv)
-  srt = np.sort(_np(d), axis=1)
-  assert (srt[:, 1] - srt[:, 0]).min() > 5e-5, "near-tie in the reference argmin: pick another seed"
-  x_j = jnp.asarray(nhwc(x))
-  assert_close(ours.encode_latents(x_j), _np(latents)[:, :, 0].transpose(0, 2, 1), 1e-5,
-               "Tokenizer pre-quantization latents")              # 1e-5 (|ref| ~ 1)
-  out = ours(x_j, with_distill=True, with_entropy=True)
-  np.testing.assert_array_equal(np.asarray(out.indices).reshape(-1), _np(idx), "token indices")
-  assert len(np.unique(_np(idx))) > 100                      # tokens actually spread
-  assert_close(out.reconstruction, nhwc(recon), 2e-4, "Tokenizer reconstruction")  # ~50 layers: 2e-4
-  assert_close(out.distill, distill, 1e-4, "Tokenizer distill features")
-  assert_close(out.vq_loss, vq, 1e-6, "Tokenizer vq loss")
-  assert_close(out.commit_loss, commit, 1e-6, "Tokenizer commitment loss")
-  assert_close(out.entropy_loss, ent, 1e-4, "Tokenizer entropy loss")
-  # encode / decode_indices agree with the full pass.
-  np.testing.assert_array_equal(np.asarray(ours.encode(x_j)), np.asarray(out.indices))
-  assert_close(ours.decode_indices(out.indices), nhwc(recon), 2e-4, "Tokenizer decode_indices")
-
-
-@pytest.mark.parametrize("swish", [False, True])
-def test_group_norm_forward_and_gradients(swish):
-  """The fused GroupNorm(+swish) has a hand-written VJP (models/group_norm.py): its input, scale
-  and bias gradients must match torch autograd through nn.GroupNorm (+ SiLU)."""
-  torch.manual_seed(7)
-  ref = randomize_(nn.GroupNorm(32, 64, eps=1e-6))
-  ours = layers.GroupNorm(64, rngs=keys(7), **F32)
-  _set(ours.scale, ref.weight)
-  _set(ours.bias, ref.bias)
-  x = (torch.randn(2, 64, 6, 5) * 3 + 1.5).requires_grad_(True)
-  cot = torch.randn(2, 64, 6, 5)
-  out = ref(x)
-  if swish:
-    out = F.silu(out)
-  (out * cot).sum().backward()
-
-  graphdef, params = nnx.split(ours)
-
-  def loss(x_nhwc, params):
-    return jnp.sum(nnx.merge(graphdef, params)(x_nhwc, swish=swish) * jnp.asarray(nhwc(cot)))
-
-  x_j = jnp.asarray(nhwc(x))
-  got_out = ours(x_j, swish=swish)
-  dx, dparams = jax.grad(loss, (0, 1))(x_j, params)
-  dscale, dbias = dparams["scale"][...], dparams["bias"][...]
-  assert_close(got_out, nhwc(out), 1e-5, f"GroupNorm(swish={swish}) output")
-  assert_close(dx, nhwc(x.grad), 1e-5, f"GroupNorm(swish={swish}) d input")
-  assert_close(dscale, ref.weight.grad, 1e-4, f"GroupNorm(swish={swish}) d scale")
-  assert_close(dbias, ref.bias.grad, 1e-4, f"GroupNorm(swish={swish}) d bias")

@@ -1,4 +1,5 @@
-"""The real training loop end to end on a tiny config: exact resume, SIGTERM, reconstruct, outputs."""
+"""The real training loop (train/loop.py) end to end on a tiny config: exact resume, SIGTERM, outputs,
+and the reconstruct / eval modes on its checkpoint."""
 
 import json
 import os

@@ -1,5 +1,6 @@
-"""Evaluation statistics: streaming covariance, Frechet distance, IS, precision/recall, reference batches,
-PSNR/SSIM. Everything is checked against an independent computation (numpy, scipy sqrtm, skimage)."""
+"""Evaluation statistics (metrics/): streaming covariance, Frechet distance, IS, precision/recall,
+reference batches, PSNR/SSIM. Everything is checked against an independent computation (numpy,
+scipy sqrtm, skimage)."""
 
 import hashlib
 import json
