@@ -16,8 +16,7 @@ from PIL import Image
 import gigatok_jax
 from gigatok_jax import inference, parallel, runs
 from gigatok_jax.data import transforms
-from helpers import load_recipe
-from test_inference import _forbid_training_objects, _saved_run
+from helpers import forbid_training_objects, load_recipe, saved_run
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -27,7 +26,7 @@ def tok_run(tmp_path_factory):
   from gigatok_jax.train.tokenizer import TokenizerTask
   config = load_recipe("demo", "tiny")
   config.optim.ema_decay = 0.0
-  workdir, _ = _saved_run(tmp_path_factory.mktemp("tok"), config, TokenizerTask)
+  workdir, _ = saved_run(tmp_path_factory.mktemp("tok"), config, TokenizerTask)
   return workdir, config
 
 
@@ -96,7 +95,7 @@ def test_second_call_does_not_recompile(tok_run):
 
 
 def test_loading_builds_no_training_objects(tok_run, monkeypatch):
-  _forbid_training_objects(monkeypatch)
+  forbid_training_objects(monkeypatch)
   tok = gigatok_jax.Tokenizer.load(tok_run[0], devices=ONE_DEVICE)
   assert tok.decode(tok.encode(_photos(2))).shape == (2, tok.image_size, tok.image_size, 3)
 
@@ -190,7 +189,7 @@ def ar_runs(tmp_path_factory):
   tok_config = load_recipe("demo_ar", "tokenizer")       # small widths, the demo's 16 tokens
   tok_config.model.update(dict(enc_width=64, enc_layers=1, dec_width=64, dec_layers=1,
                                distill_depth=1))
-  tok_dir, _ = _saved_run(root / "tok", tok_config, TokenizerTask)
+  tok_dir, _ = saved_run(root / "tok", tok_config, TokenizerTask)
   config = load_recipe("demo_ar")
   config.model.update(dict(width=32, layers=2, heads=2))
   config.sample.batch_size = 8
@@ -203,7 +202,7 @@ def ar_runs(tmp_path_factory):
 
 
 def _saved_gpt_run(root, config, task_cls):
-  """As _saved_run, with noise on every weight: the GPT's output head starts at zero, whose flat
+  """As saved_run, with noise on every weight: the GPT's output head starts at zero, whose flat
   logits would make greedy and top-k sampling indistinguishable from ties."""
   import dataclasses
   workdir = str(root / "run")

@@ -7,39 +7,9 @@ import pytest
 
 from gigatok_jax import build, checkpointing, inference, parallel, runs
 from gigatok_jax.errors import CheckpointError
-from helpers import load_recipe
+from helpers import forbid_training_objects, load_recipe, saved_run
 
 ONE_DEVICE = jax.devices()[:1]
-
-
-def _forbid_training_objects(monkeypatch):
-  """Any optimizer, discriminator, teacher or full-state restore built from here on fails."""
-  import optax
-  from gigatok_jax.models import discriminator
-  from gigatok_jax.train import optim, teachers
-
-  def refuse(what):
-    def fail(*args, **kwargs):
-      raise AssertionError(f"inference built {what}")
-    return fail
-  monkeypatch.setattr(optax, "adamw", refuse("an AdamW optimizer"))
-  monkeypatch.setattr(optim, "adamw", refuse("the tokenizer optimizer"))
-  monkeypatch.setattr(optim, "gpt_adamw", refuse("the GPT optimizer"))
-  monkeypatch.setattr(discriminator.PatchGANDiscriminator, "__init__", refuse("a discriminator"))
-  monkeypatch.setattr(teachers.FrozenTeachers, "__init__", refuse("the frozen teachers"))
-  monkeypatch.setattr(checkpointing.Checkpointer, "restore", refuse("a full training-state restore"))
-
-
-def _saved_run(tmp_path, config, task_cls):
-  """A run directory with one checkpoint (step 0) of a freshly initialised training state."""
-  workdir = str(tmp_path / "run")
-  task = task_cls(config, parallel.make_mesh(config.mesh, ONE_DEVICE))
-  state = task.init_state()
-  runs.write_config(config, workdir)
-  ckpt = runs.open_checkpoints(workdir, config)
-  ckpt.save(0, state, force=True)
-  ckpt.close()
-  return workdir, jax.device_get(state)
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
@@ -48,8 +18,8 @@ def test_tokenizer_loads_without_optimizer_discriminator_or_teachers(tmp_path, m
   config = load_recipe("demo", "tiny")
   config.mesh.data = 1
   config.optim.ema_decay = ema
-  workdir, state = _saved_run(tmp_path, config, TokenizerTask)
-  _forbid_training_objects(monkeypatch)
+  workdir, state = saved_run(tmp_path, config, TokenizerTask)
+  forbid_training_objects(monkeypatch)
   loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, ONE_DEVICE))
   assert loaded.step == 0 and loaded.source == "checkpoint step 0"
   want = state.ema_params if ema else state.gen_params   # EMA weights when the run kept them
@@ -66,8 +36,8 @@ def test_gpt_loads_without_optimizer(tmp_path, monkeypatch):
   from gigatok_jax.train.gpt import GPTTask
   config = load_recipe("demo_ar", "tiny")
   config.mesh.data = 1
-  workdir, state = _saved_run(tmp_path, config, GPTTask)
-  _forbid_training_objects(monkeypatch)
+  workdir, state = saved_run(tmp_path, config, GPTTask)
+  forbid_training_objects(monkeypatch)
   loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, ONE_DEVICE))
   for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
