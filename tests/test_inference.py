@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import build, checkpointing, inference, parallel, runs
+from gigatok_jax import build, inference, parallel
 from gigatok_jax.errors import CheckpointError
 from helpers import forbid_training_objects, load_recipe, saved_run
 

@@ -28,7 +28,7 @@ class InputError(ValueError):
 def _one_image(item: Any, index: int) -> np.ndarray:
   """One image of any accepted form -> uint8 (H, W, 3)."""
   if isinstance(item, (str, os.PathLike)):
-    from gigatok_jax.data import folder, records  # pylint: disable=import-outside-toplevel
+    from gigatok_jax.data import folder  # pylint: disable=import-outside-toplevel
     try:
       _, rgb = folder.read_image_file(os.fspath(item))
     except folder.UnreadableImage as e:
