@@ -35,17 +35,26 @@ def _is_run(path: str) -> bool:
   return runs.has_config(path)
 
 
-def convert_file(path: str, *, recipe: str = "", cache_dir: str | None = None,
+def convert_file(path: str, *, recipe: str = "", overrides=None, cache_dir: str | None = None,
                  log=print) -> str:
-  """The converted run directory of the official file `path` (converted now unless cached)."""
+  """The converted run directory of the official file `path` (converted now unless cached).
+
+  `recipe` / `overrides` ({'model.enc_heads': 10, ...}) are the converter's (convert/release.py);
+  a cached conversion is reused unless the call names a recipe or overrides other than the ones
+  it was made with (none named = any cached conversion of the file).
+  """
   from gigatok_jax.convert import release  # pylint: disable=import-outside-toplevel
   out = _converted_dir(path, cache_dir)
   if _is_run(out) and os.path.isfile(os.path.join(out, runs.PRETRAINED, runs.INFO_FILE)):
-    return out
+    info = runs.read_imported_info(os.path.join(out, runs.PRETRAINED))
+    same_recipe = not recipe or recipe == info.get("recipe")
+    same_overrides = not overrides or release.overrides_record(overrides) == info.get("overrides")
+    if same_recipe and same_overrides:
+      return out
   tmp = f"{out}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   try:
-    release.import_checkpoint(path, tmp, recipe=recipe, log=log)
+    release.import_checkpoint(path, tmp, recipe=recipe, overrides=overrides, log=log)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
   finally:
@@ -53,10 +62,15 @@ def convert_file(path: str, *, recipe: str = "", cache_dir: str | None = None,
   return out
 
 
-def run_directory(src, *, recipe: str = "", cache_dir: str | None = None, log=print) -> str:
-  """The run directory that `src` (see the module docstring) names; a UserError when none."""
+def run_directory(src, *, recipe: str = "", overrides=None, cache_dir: str | None = None,
+                  log=print) -> str:
+  """The run directory that `src` (see the module docstring) names; a UserError when none.
+  `recipe` and `overrides` apply to an official file's conversion only."""
   src = os.fspath(src)
   path = os.path.expanduser(src)
+  if overrides and not os.path.isfile(path):
+    raise UserError(f"{src}: overrides apply to the conversion of an official weight file, not "
+                    "to a run directory or a registered model")
   if os.path.isdir(path):
     if not _is_run(path):
       raise UserError(f"{src}: not a gigatok_jax run directory (no {runs.CONFIG_FILE}); pass a "
@@ -66,7 +80,8 @@ def run_directory(src, *, recipe: str = "", cache_dir: str | None = None, log=pr
   if os.path.isfile(path):
     if not path.endswith(WEIGHT_FILE_SUFFIXES):
       raise UserError(f"{src}: not a weight file (expected one of {', '.join(WEIGHT_FILE_SUFFIXES)})")
-    return convert_file(path, recipe=recipe, cache_dir=cache_dir, log=log)
+    return convert_file(path, recipe=recipe, overrides=overrides, cache_dir=cache_dir,
+                        log=log)
   from gigatok_jax import weights  # pylint: disable=import-outside-toplevel
   names = [a.name for a in weights.list_artefacts() if a.output == "run"]
   if src in names:

@@ -1,19 +1,47 @@
-"""Released GigaTok files <-> our run directories: recipe inference, import and export.
+"""Released GigaTok files <-> our run directories: sizes, heads, import and export.
 
 Import reads a released tokenizer / GPT training checkpoint (convert/weight_files.py), picks its
-weights (ema, else model), infers or checks the recipe from the tensor shapes, maps the names with
-convert/gigatok.py's rules and writes a run directory (runs.py: config.json + `pretrained/`).
-Export reads a run's latest weights (inference.py) and writes the reference layout back. The weights
-cache (gigatok_jax.weights) converts the gigatok_* artefacts through `convert_release_file`.
+weights (ema, else model), reads its sizes off the tensor shapes, settles the attention head counts,
+maps the names with convert/gigatok.py's rules and writes a run directory (runs.py: config.json +
+`pretrained/`). Export reads a run's latest weights (inference.py) and writes the reference layout
+back. The weights cache (gigatok_jax.weights) converts the gigatok_* artefacts through
+`convert_release_file`.
 
   python -m gigatok_jax.convert --src=VQ_BL256_e200.pt --out=runs/bl_official
+  python -m gigatok_jax.convert --src=VQ_custom.pt --out=runs/custom \\
+      --config.model.enc_heads=10 --config.model.dec_heads=12
   python -m gigatok_jax.convert --src=GPT_B_for_SS.pt --out=runs/gpt_b_official \\
       --tokenizer_workdir=runs/ss_official
   python -m gigatok_jax.convert --export --src=runs/bl_official --out=bl.safetensors
+
+Sizes. Every size the shapes determine is read from the file: tokenizer kind (1d/2d) and 2D layer
+type, transformer widths and depths, mlp_ratio, the CNN (cnn_ch, cnn_ch_mult, cnn_num_res_blocks,
+z_channels), codebook_size, code_dim, distill_dim and data.image_size (the position embedding's
+grid times the CNN's downsampling); GPT width, depth, vocab_size, num_classes, position and
+num_tokens (learned positions; for rope_2d (args.image_size // args.downsample_size) ** 2 when
+the file's args record them); a PatchGAN discriminator's ndf and n_layers.
+The rest of the config comes from a recipe: `--recipe` (whose stated sizes must then equal the
+file's), else the recipe with the file's sizes, else the closest one; `--config.<key>=<value>`
+overrides (`overrides` here) change any key the file does not determine.
+
+Heads. Packed q/k/v projections do not show the head count, so it comes, in this order, from
+overrides (`model.enc_heads` / `model.dec_heads` / `model.heads`), what the file's saved `args`
+record (a GPT's `gpt_model`, e.g. 'GPT-B'; a tokenizer's `model_config` yaml, e.g.
+'configs/vq/VQ_SB256.yaml'; explicit head-count fields), an explicit `--recipe` (its sizes equal
+the file's), or the reference's size tables when width and depth both match one of its sizes (the
+only sizes the reference code builds). Otherwise the import stops with one line naming the flag to
+pass; an override or --recipe that contradicts the file's record is refused too.
+
+A tokenizer file without the semantic projector (`distill_mlp`, trained without the semantic loss)
+imports with a freshly initialised one of the recipe's distill_dim and loss.semantic_weight = 0.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import difflib
+import math
 import os
 import re
 from typing import Any, Mapping
@@ -24,7 +52,7 @@ from gigatok_jax import config as config_lib
 from gigatok_jax import fileio, runs
 from gigatok_jax.convert import gigatok
 from gigatok_jax.convert import weight_files
-from gigatok_jax.errors import CheckpointError
+from gigatok_jax.errors import CheckpointError, ConfigError
 from gigatok_jax.models import layer_layout
 from gigatok_jax.tree_names import flat_shapes, flatten, unflatten
 
@@ -32,11 +60,41 @@ TOKENIZER_RECIPES = ("tokenizer_ss", "tokenizer_sb", "tokenizer_bl", "tokenizer_
                      "tokenizer_ss_2d", "tokenizer_sb_2d", "tokenizer_bl_2d")
 GPT_RECIPES = ("gpt_b", "gpt_l", "gpt_xl", "gpt_xxl")
 
+# The sizes the reference code can build (width, layers, heads), by the names its configs and
+# training arguments use: the tokenizer transformers' `encoder_size` / `decoder_size`
+# (tokenizer/tokenizer_image/vq/blocks.py; checkpoint_layouts.md 1.2 lists small..xxl) and the
+# GPTs' `--gpt-model` (autoregressive/models/gpt_1d.py; checkpoint_layouts.md 2).
+REFERENCE_TOKENIZER_SIZES = {
+    "tiny": (256, 4, 4), "small": (512, 6, 8), "base": (768, 12, 12), "large": (1024, 24, 16),
+    "xl": (1280, 36, 20), "xxl": (1536, 48, 24), "xxxl": (2560, 48, 40),
+}
+REFERENCE_GPT_SIZES = {
+    "GPT-B": (768, 12, 12), "GPT-L": (1024, 24, 16), "GPT-XL": (1280, 36, 20),
+    "GPT-XXL": (1536, 48, 24), "GPT-XXXL": (2560, 48, 40), "GPT-1B": (2048, 22, 32),
+    "GPT-3B": (3200, 24, 32), "GPT-7B": (4096, 32, 32),
+}
+# The released tokenizer configs (configs/vq/VQ_<enc><dec>256[_2d|_dino_disc|...].yaml): the
+# letters name the encoder and decoder sizes.
+_VQ_CONFIG = re.compile(r"^VQ_(SS|SB|BL|XLXXL)\d+")
+_VQ_SIZES = {"SS": ("small", "small"), "SB": ("small", "base"), "BL": ("base", "large"),
+             "XLXXL": ("xl", "xxl")}
+# Head-count fields a saved `args` may carry (none of the reference's own scripts writes them).
+_HEAD_FIELDS = {"model.enc_heads": ("enc_heads", "encoder_heads", "encoder_num_heads"),
+                "model.dec_heads": ("dec_heads", "decoder_heads", "decoder_num_heads"),
+                "model.heads": ("heads", "n_head", "num_heads")}
+_SIDE = {"model.enc_heads": ("enc", "encoder"), "model.dec_heads": ("dec", "decoder"),
+         "model.heads": ("", "")}
+_API_HINT = "in Python: overrides={{{}}}"
 
-# ------------------------------------------------------------------------------------ recipes
+
+# ------------------------------------------------------------------------------ sizes of a file
 def _layer_count(sd: Mapping[str, Any], prefix: str) -> int:
   pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
   return len({m.group(1) for k in sd if (m := pattern.match(k))})
+
+
+def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:
+  return tuple(int(n) for n in np.shape(sd[key]))
 
 
 def kind_of(sd: Mapping[str, Any]) -> str:
@@ -50,24 +108,63 @@ def kind_of(sd: Mapping[str, Any]) -> str:
 
 
 def tokenizer_dims(sd: Mapping[str, Any]) -> dict[str, Any]:
-  """The recipe-relevant sizes read off a tokenizer state dict."""
-  enc, dec = ("s2to1encoder", "s1to2decoder") if "s2to1encoder.ln_post.weight" in sd else \
-      ("s2dencoder", "s2ddecoder")
-  return dict(kind="1d" if enc == "s2to1encoder" else "2d",
-              enc_width=int(np.shape(sd[f"{enc}.ln_post.weight"])[0]),
-              enc_layers=_layer_count(sd, f"{enc}.transformer."),
-              dec_width=int(np.shape(sd[f"{dec}.ln_post.weight"])[0]),
-              dec_layers=_layer_count(sd, f"{dec}.transformer."))
+  """Every tokenizer size the shapes determine, as model keys (and `image_size` for
+  data.image_size); `distill_dim` only when the file has the semantic projector."""
+  one_d = "s2to1encoder.ln_post.weight" in sd
+  enc, dec = ("s2to1encoder", "s1to2decoder") if one_d else ("s2dencoder", "s2ddecoder")
+  out: dict[str, Any] = dict(kind="1d" if one_d else "2d")
+  if not one_d:
+    out["vit_layer_type"] = ("decoder" if f"{enc}.transformer.0.multihead_attn.in_proj_weight"
+                             in sd else "plain")
+  ratios = {}
+  for side, prefix in (("enc", enc), ("dec", dec)):
+    width = _shape(sd, f"{prefix}.ln_post.weight")[0]
+    out[f"{side}_width"] = width
+    out[f"{side}_layers"] = _layer_count(sd, f"{prefix}.transformer.")
+    ratios[side] = _shape(sd, f"{prefix}.transformer.0.linear1.weight")[0] / width
+  if ratios["enc"] != ratios["dec"]:
+    raise CheckpointError(f"the encoder's MLP is {ratios['enc']:g}x its width but the decoder's "
+                          f"{ratios['dec']:g}x; gigatok_jax has one model.mlp_ratio for both")
+  out["mlp_ratio"] = float(ratios["enc"])
+  ch = _shape(sd, "encoder.conv_in.weight")[0]
+  mult = []
+  for level in range(_layer_count(sd, "encoder.conv_blocks.")):
+    cout = _shape(sd, f"encoder.conv_blocks.{level}.res.0.conv1.weight")[0]
+    if cout % ch:
+      raise CheckpointError(f"CNN level {level} has {cout} channels, not a multiple of the "
+                            f"{ch} of encoder.conv_in")
+    mult.append(cout // ch)
+  out.update(cnn_ch=ch, cnn_ch_mult=tuple(mult),
+             cnn_num_res_blocks=_layer_count(sd, "encoder.conv_blocks.0.res."),
+             z_channels=_shape(sd, "encoder.conv_out.weight")[0])
+  out["codebook_size"], out["code_dim"] = _shape(sd, "quantize.embedding.weight")
+  if f"{dec}.distill_mlp.4.weight" in sd:
+    out["distill_dim"] = _shape(sd, f"{dec}.distill_mlp.4.weight")[0]
+  positions = _shape(sd, f"{enc}.positional_embedding")[0]
+  grid = math.isqrt(positions)
+  if grid * grid != positions:
+    raise CheckpointError(f"{enc}.positional_embedding has {positions} positions, not a square "
+                          "grid")
+  out["image_size"] = grid * 2 ** (len(mult) - 1)
+  return out
 
 
 def gpt_dims(sd: Mapping[str, Any]) -> dict[str, Any]:
-  vocab, width = np.shape(sd["tok_embeddings.weight"])
-  out = dict(width=int(width), layers=_layer_count(sd, "layers."), vocab_size=int(vocab),
-             num_classes=int(np.shape(sd["cls_embedding.embedding_table.weight"])[0]) - 1)
+  """Every GPT size the shapes determine (num_tokens only with learned positions); the FFN width
+  must be the one the width implies (LlamaGen's rule, models/gpt.py:ffn_hidden)."""
+  from gigatok_jax.models.gpt import ffn_hidden  # pylint: disable=import-outside-toplevel
+  vocab, width = _shape(sd, "tok_embeddings.weight")
+  out = dict(width=width, layers=_layer_count(sd, "layers."), vocab_size=vocab,
+             num_classes=_shape(sd, "cls_embedding.embedding_table.weight")[0] - 1)
   if "positional_embedding" in sd:
-    out.update(position="learned_1d", num_tokens=int(np.shape(sd["positional_embedding"])[0]) - 1)
+    out.update(position="learned_1d", num_tokens=_shape(sd, "positional_embedding")[0] - 1)
   else:
     out["position"] = "rope_2d"
+  if out["layers"]:
+    hidden = _shape(sd, "layers.0.feed_forward.w1.weight")[0]
+    if hidden != ffn_hidden(width):
+      raise CheckpointError(f"the FFN is {hidden} wide but a {width}-wide GPT here has "
+                            f"{ffn_hidden(width)} (int(8 * width / 3) rounded up to 256)")
   return out
 
 
@@ -78,43 +175,336 @@ def dims_of(sd: Mapping[str, Any], kind: str) -> dict[str, Any]:
     raise CheckpointError(f"not a complete GigaTok {kind} state dict: no {e}") from None
 
 
+def _config_key(name: str) -> str:
+  return "data.image_size" if name == "image_size" else f"model.{name}"
+
+
+def _get(config, key: str) -> Any:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  return tuple(value) if isinstance(value, list) else value
+
+
+def _set(config, key: str, value: Any) -> None:
+  *groups, leaf = key.split(".")
+  node = config
+  for part in groups:
+    node = node[part]
+  node[leaf] = value
+
+
+# ------------------------------------------------------------------------------------- recipes
+_MATCH_KEYS = {"tokenizer": ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers"),
+               "gpt": ("width", "layers")}
+
+
+def _recipes(kind: str):
+  for name in (TOKENIZER_RECIPES if kind == "tokenizer" else GPT_RECIPES):
+    yield f"configs/{name}.py", config_lib.load_recipe(f"configs/{name}.py", key="--recipe")
+
+
 def infer_recipe(sd: Mapping[str, Any]) -> str:
   """The recipe (configs/<name>.py) whose sizes the checkpoint has; a clear error if none."""
   kind = kind_of(sd)
   dims = dims_of(sd, kind)
-  for name in (TOKENIZER_RECIPES if kind == "tokenizer" else GPT_RECIPES):
-    m = config_lib.load_recipe(f"configs/{name}.py", key="--recipe").model
-    keys = ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers") if kind == "tokenizer" \
-        else ("width", "layers")
-    if all(m[k] == dims[k] for k in keys):
-      return f"configs/{name}.py"
+  keys = _MATCH_KEYS[kind] + (("vit_layer_type",) if dims.get("kind") == "2d" else ())
+  for spec, config in _recipes(kind):
+    if all(config.model[k] == dims[k] for k in keys):
+      return spec
   raise CheckpointError(f"no recipe has the sizes of this {kind} checkpoint ({dims}); pass "
-                        "--recipe=configs/<recipe>.py[:variant] with matching sizes")
+                        "--recipe=configs/<recipe>.py[:variant] with matching sizes, or no "
+                        "--recipe to take the sizes from the file")
 
 
-def configure(recipe: str, sd: Mapping[str, Any]):
-  """The recipe's config with the data-dependent sizes of a GPT (vocabulary, tokens, classes)."""
-  config = config_lib.load_recipe(recipe, key="--recipe")
+def base_recipe(sd: Mapping[str, Any]) -> str:
+  """The recipe a file without --recipe starts from: the one with its sizes, else the closest
+  (most equal sizes; the first of equals) of the same kind (and 2D layer type)."""
   kind = kind_of(sd)
+  dims = dims_of(sd, kind)
+  best, best_score = "", -1
+  for spec, config in _recipes(kind):
+    m = config.model
+    if kind == "tokenizer" and (m.kind != dims["kind"] or (
+        dims["kind"] == "2d" and m.vit_layer_type != dims["vit_layer_type"])):
+      continue
+    score = sum(_get(config, _config_key(k)) == v for k, v in dims.items())
+    if all(m[k] == dims[k] for k in _MATCH_KEYS[kind]):
+      return spec
+    if score > best_score:
+      best, best_score = spec, score
+  return best
+
+
+# ----------------------------------------------------------------------------------- overrides
+def _parse_value(key: str, value: Any, current: Any) -> Any:
+  """An override value (text from the command line, or a Python value) as the type of the key's
+  current value; a one-line ConfigError when it does not fit."""
+  want = type(current).__name__
+  if isinstance(value, str) and not isinstance(current, str):
+    text = value.strip()
+    if isinstance(current, bool) and text.lower() in ("true", "false"):
+      return text.lower() == "true"
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ConfigError(key, f"cannot read {text!r} as a value of type {want}") from None
+  elif isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+    value = value[1:-1]
+  if isinstance(value, np.generic):                     # numpy scalars from Python callers
+    value = value.item()
+  if current is None:
+    return value
+  if isinstance(current, bool) or isinstance(value, bool):
+    ok = isinstance(current, bool) and isinstance(value, bool)
+  elif isinstance(current, int):
+    ok = isinstance(value, int)
+  elif isinstance(current, float):
+    ok = isinstance(value, (int, float))
+    value = float(value) if ok else value
+  elif isinstance(current, (tuple, list)):
+    ok = isinstance(value, (tuple, list))
+    value = tuple(value) if ok else value
+  else:
+    ok = isinstance(value, type(current))
+  if not ok:
+    raise ConfigError(key, f"must be of type {want}, got {value!r}")
+  return value
+
+
+def apply_overrides(config, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Sets each dotted key of `overrides` ('model.enc_heads': 10, or its text '10'; a leading
+  'config.' is dropped) on `config`; returns them parsed. An unknown key is a ConfigError."""
+  parsed = {}
+  for raw_key, value in (overrides or {}).items():
+    key = raw_key[len("config."):] if raw_key.startswith("config.") else raw_key
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        here = list(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(part, here, n=1)
+        prefix = ".".join(parts[:i] + [close[0]]) if close else ""
+        raise ConfigError(key, "unknown key" + (f" (did you mean '{prefix}'?)" if close else ""))
+      if i < len(parts) - 1:
+        node = node[part]
+    if hasattr(node[parts[-1]], "keys"):
+      raise ConfigError(key, "is a group of keys; override one of its keys")
+    parsed[key] = _parse_value(key, value, _get(config, key))
+    _set(config, key, parsed[key])
+  return parsed
+
+
+def overrides_record(overrides: Mapping[str, Any] | None) -> dict[str, str]:
+  """`overrides` as text (JSON-safe, order-free) for info.json and for comparing conversions."""
+  out = {}
+  for key, value in sorted((overrides or {}).items()):
+    key = key[len("config."):] if key.startswith("config.") else key
+    out[key] = value if isinstance(value, str) else repr(value)
+  return out
+
+
+# -------------------------------------------------------------------------------------- heads
+def _fields(args: Any) -> dict[str, Any]:
+  if isinstance(args, argparse.Namespace):
+    return dict(vars(args))
+  return dict(args) if isinstance(args, Mapping) else {}
+
+
+def recorded_heads(args: Any, kind: str, dims: Mapping[str, Any], log=print
+                   ) -> dict[str, tuple[int, str]]:
+  """{head key: (heads, what in the file says so)} from a checkpoint's saved `args`, for the
+  records that fit the weights (a named size with the file's width and depth, or a count that
+  divides the width); a record that does not fit is reported and not used."""
+  fields = _fields(args)
+  found: dict[str, list[tuple[int, str]]] = {}
+
+  def size(key, table, name, source):
+    width, layers = dims[f"{_SIDE[key][0]}_width" if kind == "tokenizer" else "width"], \
+        dims[f"{_SIDE[key][0]}_layers" if kind == "tokenizer" else "layers"]
+    if name not in table:
+      return
+    w, l, h = table[name]
+    if (w, l) == (width, layers):
+      found.setdefault(key, []).append((h, source))
+    else:
+      log(f"note: the file's {source} means {w} wide x {l} layers, but the weights are {width} "
+          f"x {layers}; not used for the head count")
+
+  if kind == "gpt":
+    name = fields.get("gpt_model")
+    if isinstance(name, str):
+      size("model.heads", REFERENCE_GPT_SIZES, name, f"args.gpt_model={name!r}")
+  else:
+    config_path = fields.get("model_config")
+    if isinstance(config_path, str):
+      stem = os.path.splitext(os.path.basename(config_path))[0]
+      if (m := _VQ_CONFIG.match(stem)):
+        for key, name in zip(("model.enc_heads", "model.dec_heads"), _VQ_SIZES[m.group(1)]):
+          size(key, REFERENCE_TOKENIZER_SIZES, name, f"args.model_config={config_path!r}")
+    for key, field in (("model.enc_heads", "encoder_size"), ("model.dec_heads", "decoder_size")):
+      for f in (field, "model_size"):
+        if isinstance(fields.get(f), str):
+          size(key, REFERENCE_TOKENIZER_SIZES, fields[f], f"args.{f}={fields[f]!r}")
+          break
+  for key, names in _HEAD_FIELDS.items():
+    if (key == "model.heads") != (kind == "gpt"):
+      continue
+    width = dims[f"{_SIDE[key][0]}_width" if kind == "tokenizer" else "width"]
+    for f in names:
+      value = fields.get(f)
+      if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value > 0 and width % value == 0:
+          found.setdefault(key, []).append((int(value), f"args.{f}={int(value)}"))
+        else:
+          log(f"note: the file's args.{f}={value} does not divide the width {width}; not used")
+  out = {}
+  for key, records in found.items():
+    if len({h for h, _ in records}) > 1:
+      log(f"note: the file's args disagree on {key}: "
+          + ", ".join(f"{s} ({h})" for h, s in records) + f"; using {records[0][1]}")
+    out[key] = records[0]
+  return out
+
+
+def _official_heads(kind: str, width: int, layers: int) -> tuple[int, str] | None:
+  table = REFERENCE_TOKENIZER_SIZES if kind == "tokenizer" else REFERENCE_GPT_SIZES
+  for name, (w, l, h) in table.items():
+    if (w, l) == (width, layers):
+      return h, f"the reference's size {name!r}"
+  return None
+
+
+def resolve_heads(config, kind: str, dims: Mapping[str, Any], *, overrides: Mapping[str, Any],
+                  records: Mapping[str, tuple[int, str]], recipe: str, what: str
+                  ) -> dict[str, str]:
+  """Sets the head counts on `config` (see the module docstring for the order); returns
+  {key: source}. One-line CheckpointErrors for unknown or contradicted counts."""
+  keys = ("model.enc_heads", "model.dec_heads") if kind == "tokenizer" else ("model.heads",)
+  sources, missing = {}, []
+  for key in keys:
+    side, side_name = _SIDE[key]
+    width = dims[f"{side}_width" if side else "width"]
+    layers = dims[f"{side}_layers" if side else "layers"]
+    record = records.get(key)
+    if key in overrides:
+      value, source = overrides[key], f"--config.{key}"
+      if record and record[0] != value:
+        raise CheckpointError(f"{what}: --config.{key}={value} contradicts the file's "
+                              f"{record[1]} ({record[0]} heads); drop the flag or make it "
+                              f"{record[0]}")
+    elif record:
+      value, source = record
+      if recipe and _get(config, key) != value:
+        raise CheckpointError(f"{what}: --recipe={recipe} has {key.split('.')[1]}="
+                              f"{_get(config, key)} but the file's {record[1]} means {value} "
+                              f"heads; pass --config.{key}={value} or another recipe")
+    elif recipe:
+      value, source = _get(config, key), f"--recipe={recipe}"
+    elif (official := _official_heads(kind, width, layers)):
+      value, source = official
+    else:
+      label = f"{side_name} width {width}" if side else f"width {width}"
+      missing.append((key, f"{label} x {layers} layers"))
+      continue
+    if not isinstance(value, int) or value <= 0 or width % value:
+      raise CheckpointError(f"{what}: {value} heads (from {source}) do not divide the "
+                            f"{side_name + ' ' if side else ''}width {width}; pass "
+                            f"--config.{key}=N with N dividing {width}")
+    _set(config, key, value)
+    sources[key] = f"{value} from {source}"
+  if missing:
+    sizes = " and ".join(label for _, label in missing)
+    verb = "matches" if len(missing) == 1 else "match"
+    flags = " ".join(f"--config.{key}=N" for key, _ in missing)
+    api = ", ".join(f"'{key}': N" for key, _ in missing)
+    raise CheckpointError(f"{what}: {sizes} {verb} no official {'GPT ' if kind == 'gpt' else ''}"
+                          f"size and the file records no head count; pass {flags} "
+                          f"({_API_HINT.format(api)})")
+  return sources
+
+
+# -------------------------------------------------------------------------------- configuring
+_GPT_FILE_KEYS = ("vocab_size", "num_classes", "position", "num_tokens")
+
+
+def configure(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+              args: Any = None, *, what: str = "the checkpoint", log=print):
+  """The config of the weights `sd`: `recipe` ('' = base_recipe) with the file's sizes, the
+  overrides and settled head counts (see the module docstring). With an explicit `recipe` the
+  sizes it states must be the file's (a GPT's vocabulary, classes and positions excepted)."""
+  return settle(recipe, sd, overrides, args, what=what, log=log)[0]
+
+
+def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+           args: Any = None, *, what: str = "the checkpoint", log=print):
+  """`configure`, returning (config, the recipe started from, {head key: where it came from})."""
+  kind = kind_of(sd)
+  dims = dims_of(sd, kind)
+  spec = recipe or base_recipe(sd)
+  config = config_lib.load_recipe(spec, key="--recipe")
   if config.task != kind:
     raise CheckpointError(f"--recipe={recipe} is a {config.task} recipe but the weights are a "
                           f"{kind}")
-  dims = dims_of(sd, kind)
-  if kind == "gpt":
-    for key in ("vocab_size", "num_classes", "position", "num_tokens"):
-      if key in dims:
-        config.model[key] = dims[key]
-  mismatch = {k: (v, config.model[k]) for k, v in dims.items() if config.model[k] != v}
-  if mismatch:
-    inferred = ""
-    try:
-      inferred = f" (the checkpoint matches {infer_recipe(sd)})"
-    except CheckpointError:
-      pass
-    raise CheckpointError(f"--recipe={recipe} does not match the checkpoint{inferred}: "
-                          + ", ".join(f"{k} checkpoint {a} vs recipe {b}"
-                                      for k, (a, b) in mismatch.items()))
-  return config
+  parsed = apply_overrides(config, overrides)
+  conflicts = [f"--config.{_config_key(k)}={parsed[_config_key(k)]!r} vs the file's {v!r}"
+               for k, v in dims.items()
+               if _config_key(k) in parsed and parsed[_config_key(k)] != v]
+  if conflicts:
+    raise CheckpointError(f"{what}: the weights fix these sizes: " + ", ".join(conflicts))
+  if recipe:
+    mismatch = {k: (v, _get(config, _config_key(k))) for k, v in dims.items()
+                if not (kind == "gpt" and k in _GPT_FILE_KEYS)
+                and _get(config, _config_key(k)) != v}
+    if mismatch:
+      inferred = ""
+      try:
+        inferred = f" (the checkpoint matches {infer_recipe(sd)})"
+      except CheckpointError:
+        pass
+      raise CheckpointError(f"--recipe={recipe} does not match the checkpoint{inferred}: "
+                            + ", ".join(f"{k} checkpoint {a} vs recipe {b}"
+                                        for k, (a, b) in mismatch.items())
+                            + "; leave --recipe out to take the sizes from the file")
+  for k, v in dims.items():
+    _set(config, _config_key(k), v)
+  fields = _fields(args)
+  if kind == "gpt" and dims["position"] == "rope_2d" and "model.num_tokens" not in parsed:
+    size, down = fields.get("image_size"), fields.get("downsample_size")
+    if all(isinstance(x, (int, np.integer)) and x > 0 for x in (size, down)) and size % down == 0:
+      config.model.num_tokens = int(size // down) ** 2
+  if kind == "tokenizer" and "distill_dim" not in dims:
+    if "loss.semantic_weight" not in parsed:
+      config.loss.semantic_weight = 0.0
+    log(f"note: {what} has no semantic projector (distill_mlp); it gets a fresh one of "
+        f"distill_dim {config.model.distill_dim}, and loss.semantic_weight is "
+        f"{config.loss.semantic_weight}")
+  records = recorded_heads(args, kind, dims, log=log)
+  heads = resolve_heads(config, kind, dims, overrides=parsed, records=records, recipe=recipe,
+                        what=what)
+  _check(config)
+  return config, spec, heads
+
+
+def _check(config) -> None:
+  """The schema's model checks on the final config (one-line ConfigErrors naming the key)."""
+  from gigatok_jax.config import validate  # pylint: disable=import-outside-toplevel
+  if config.task == "gpt":
+    validate.check_gpt_model(config.model)
+  else:
+    validate.check_model(config.model, config.data.image_size)
+
+
+def _fresh_projector(sd: dict[str, Any], config) -> None:
+  """Adds a torch-default-initialised semantic projector to a tokenizer state dict without one."""
+  dec = "s1to2decoder" if config.model.kind == "1d" else "s2ddecoder"
+  width, dim = config.model.dec_width, config.model.distill_dim
+  rng = np.random.default_rng(0)
+  for index, (cin, cout) in zip((0, 2, 4), ((width, 4 * width), (4 * width, 4 * width),
+                                            (4 * width, dim))):
+    bound = 1.0 / math.sqrt(cin)
+    sd[f"{dec}.distill_mlp.{index}.weight"] = rng.uniform(-bound, bound, (cout, cin)).astype(
+        np.float32)
+    sd[f"{dec}.distill_mlp.{index}.bias"] = rng.uniform(-bound, bound, (cout,)).astype(np.float32)
 
 
 # -------------------------------------------------------------------------------------- import
@@ -133,19 +523,39 @@ def pick_weights(raw: Mapping[str, Any], which: str, path: str) -> tuple[Mapping
   return raw[which], which
 
 
+def _patchgan_sizes(disc_sd: Mapping[str, Any]) -> dict[str, int]:
+  """ndf and n_layers of a reference PatchGAN state dict (`main.{idx}` convs, layouts 1.1)."""
+  convs = [k for k in disc_sd if re.fullmatch(r"main\.\d+\.weight", k)
+           and len(np.shape(disc_sd[k])) == 4]
+  return dict(ndf=_shape(disc_sd, "main.0.weight")[0], n_layers=len(convs) - 2)
+
+
 def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str = "",
-                      tokenizer_workdir: str = "", log=print) -> str:
-  """Converts a released tokenizer or GPT file into run directory `out`; returns `out`."""
+                      overrides: Mapping[str, Any] | None = None, tokenizer_workdir: str = "",
+                      log=print) -> str:
+  """Converts a released tokenizer or GPT file into run directory `out`; returns `out`.
+
+  `recipe` ('' = the one with the file's sizes, else the closest) gives what the file does not
+  determine, `overrides` ({'model.enc_heads': 10, ...}, values or their text) change it; the head
+  counts must be settled (module docstring) or a one-line CheckpointError says which key to set.
+  """
   raw = weight_files.read_checkpoint(src)
   sd, picked = pick_weights(raw, weights, src)
-  sd = gigatok.upgrade_legacy_keys(sd)                  # files of our exports before issue 23
+  sd = dict(gigatok.upgrade_legacy_keys(sd))            # files of our exports before issue 23
   kind = kind_of(sd)
-  recipe = recipe or infer_recipe(sd)
-  config = configure(recipe, sd)
+  name = os.path.basename(src)
+  config, recipe_used, heads = settle(recipe, sd, overrides, raw.get("args"), what=name, log=log)
   steps = raw.get("steps", 0)
   info = dict(source=os.path.abspath(src), source_sha256=fileio.sha256_file(src), weights=picked,
-              recipe=recipe, kind=kind,
+              recipe=recipe_used, recipe_given=bool(recipe), kind=kind,
+              overrides=overrides_record(overrides), heads=heads,
               source_steps=int(steps) if isinstance(steps, (int, np.integer)) else 0)
+  disc_sd = raw.get("discriminator")
+  patchgan = kind == "tokenizer" and isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd
+  if patchgan:
+    config.discriminator.update(_patchgan_sizes(disc_sd))
+  if kind == "tokenizer" and not any(".distill_mlp." in k for k in sd):
+    _fresh_projector(sd, config)
   if kind == "tokenizer":
     gen, disc, stats = gigatok.abstract_tokenizer(config)
     gen_flat = gigatok.from_torch(gigatok.tokenizer_rules(flat_shapes(gen)), sd,
@@ -153,8 +563,7 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
     if layer_layout.is_scanned(flat_shapes(gen)):                 # model.scan_layers
       gen_flat = layer_layout.to_scanned(gen_flat)
     trees = {"gen_params": unflatten(gen_flat, gen)}
-    disc_sd = raw.get("discriminator")
-    if isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd:     # the PatchGAN layout
+    if patchgan:
       rules = gigatok.discriminator_rules(flat_shapes(disc), flat_shapes(stats))
       flat = gigatok.from_torch(rules, raw["discriminator"], f"{src} [discriminator]")
       trees["disc_params"] = unflatten({k: v for k, v in flat.items()
@@ -174,7 +583,9 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
   runs.write_config(config, out)
   runs.save_imported(out, trees, info)
   n = sum(int(np.size(x)) for x in flatten(trees[next(iter(trees))]).values())
-  log(f"converted {kind} {src} ({picked} weights, {n:,} parameters, recipe {recipe}) -> {out}")
+  heads_text = ", ".join(f"{k.split('.')[1]} {v}" for k, v in heads.items())
+  log(f"converted {kind} {src} ({picked} weights, {n:,} parameters, recipe {recipe_used} with the "
+      f"file's sizes; heads: {heads_text}) -> {out}")
   return out
 
 
