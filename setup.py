@@ -1,6 +1,8 @@
 """gigatok_jax: GigaTok-style visual tokenizers and LlamaGen-style AR generators in JAX/Flax.
 
-Lower bounds here; exact, tested pins in requirements.txt / requirements-test.txt.
+Lower bounds here; exact, tested pins in requirements.txt / requirements-test.txt
+(which also pins the [tfds] extra). The default install has no TensorFlow: the tfds data path
+(data.source='tfds', the ImageNet preparation) is the [tfds] extra.
 """
 
 from setuptools import find_packages, setup
@@ -20,17 +22,14 @@ setup(
         "orbax-checkpoint>=0.12.8",
         "grain>=0.2.18",
         "ml_collections>=1.1.0",
-        "tensorflow-datasets>=4.9.10",
         "array_record>=0.8.6",
         "einops>=0.8.2",
-        "clu>=0.0.12",
         "numpy>=2.0",
         "pillow>=10.0",
         "scikit-image>=0.24",   # demo photographs ship inside it
         "scikit-learn>=1.5",    # demo photographs (china, flower) and digits
         "tqdm>=4.66",
-        "tensorboard>=2.21",
-        "tensorflow-cpu>=2.21",  # clu.metric_writers imports TensorFlow for event files
+        "tensorboard>=2.21",     # event-file protos (no TensorFlow) and the viewer
         "absl-py>=2.1",
         "safetensors>=0.4",
     ],
@@ -39,5 +38,7 @@ setup(
         # not install beside the CPU torch build; the test supplies the VGG16 layout itself.
         "test": ["pytest>=9.0", "pytest-xdist>=3.5", "torch>=2.13", "transformers>=5.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
+        # data.source='tfds' and the ImageNet preparation (data.prepare_source='imagenet2012').
+        "tfds": ["tensorflow-datasets>=4.9.10", "tensorflow-cpu>=2.21"],
     },
 )

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-# TensorFlow (imported by clu's TensorBoard writer) prints C++ banners at INFO; keep warnings.
+# TensorFlow is imported only by the optional tfds data path ([tfds] extra); its C++ INFO banners
+# (oneDNN, CPU instructions) stay off there too. Warnings still print.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging

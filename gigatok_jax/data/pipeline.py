@@ -124,7 +124,8 @@ def _array_record_source(data_cfg, split: str) -> records.ImageRecordSource:
 
 
 def _tfds_source(data_cfg, split: str):
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.data import tfds_extra  # pylint: disable=import-outside-toplevel
+  tfds = tfds_extra.require('data.source', 'tfds')   # the optional [tfds] extra
   name = data_value(data_cfg, 'tfds_name')
   split_key = 'tfds_train_split' if split == 'train' else 'tfds_eval_split'
   split_name = data_value(data_cfg, split_key)

@@ -13,8 +13,9 @@ format (`records.py`) in `data-XXXXX-of-NNNNN.array_record` shards plus `metadat
 so a directory with `metadata.json` is complete. Train on it with data.source='array_record'.
 
 imagenet2012: runs the tfds `imagenet2012` builder with file_format='array_record' over the manually
-downloaded tar files (this needs TensorFlow installed). Train on it with data.source='tfds',
-data.tfds_name='imagenet2012', data.tfds_data_dir=<prepare_output>.
+downloaded tar files; it needs the optional [tfds] extra (`pip install -e '.[tfds]'`: TensorFlow
+Datasets and TensorFlow). Train on it with data.source='tfds', data.tfds_name='imagenet2012',
+data.tfds_data_dir=<prepare_output>.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import os
 import time
 
 from absl import logging
-import tqdm
 
+from gigatok_jax import console
 from gigatok_jax.data import folder as folder_lib
 from gigatok_jax.data import records
+from gigatok_jax.data import tfds_extra
 from gigatok_jax.errors import ConfigError, DataError
 
 PREPARE_SOURCES = ('image_folder', 'imagenet2012')
@@ -114,7 +116,7 @@ def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
   shard_info = []
   num_threads = num_threads or min(16, (os.cpu_count() or 1) * 2)
   start = time.time()
-  bar = tqdm.tqdm(total=len(files), unit='img', desc='prepare', disable=not progress)
+  bar = console.progress_bar(len(files), 'prepare', enabled=progress, unit='img')
   try:
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
       for k in range(num_shards):
@@ -174,17 +176,16 @@ def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
 
 def prepare_imagenet2012(manual_dir: str, output_dir: str) -> dict:
   """Builds tfds `imagenet2012` as ArrayRecord from the tar files in `manual_dir`."""
+  # The tfds builder decodes the tar files with TensorFlow: both come with the [tfds] extra (checked
+  # first: installing it is quicker than downloading the tar files).
+  needs = ('tensorflow_datasets', 'tensorflow')
+  tfds_extra.check_installed('data.prepare_source', 'imagenet2012', needs)
   missing = [f for f in IMAGENET_REQUIRED_TARS if not os.path.isfile(os.path.join(manual_dir, f))]
   if missing:
     raise DataError(f'imagenet2012: missing {", ".join(missing)} in {manual_dir!r} '
                     f'(config key data.prepare_input). Download the ILSVRC2012 files '
                     f'{" and ".join(IMAGENET_REQUIRED_TARS)} from image-net.org into that directory.')
-  try:
-    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import  # noqa: F401
-  except ImportError:
-    raise DataError('imagenet2012: building the dataset with tensorflow-datasets needs TensorFlow; '
-                    'pip install tensorflow-cpu') from None
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds = tfds_extra.require('data.prepare_source', 'imagenet2012', needs)
   os.makedirs(output_dir, exist_ok=True)
   start = time.time()
   builder = tfds.builder('imagenet2012', data_dir=output_dir, file_format='array_record')

@@ -96,7 +96,8 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   state = start.state
   step = int(jax.device_get(state.step))
   end = min(config.total_steps, stop_at_step) if stop_at_step is not None else config.total_steps
-  reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress)
+  reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress,
+                                log_keys=hooks.log_keys, labels=getattr(hooks, "log_labels", None))
   hooks.start(state, step, reporter)
   steps = {}   # phase -> the train step (one compile per phase)
   metrics, first_step = None, step
@@ -104,7 +105,8 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
       phase = task.phase(step)
-      if phase not in steps:
+      compiled = phase not in steps   # this step compiles: its time stays out of rates and ETA
+      if compiled:
         what = "train step" + (f" ({phase.describe()})" if phase is not None else "")
         steps[phase] = distributed.StartTogether(task.jitted_train_step(phase), what, config,
                                                  on_compiled=console.log_compiled(what))
@@ -112,11 +114,12 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
       step += 1
       # The first step of a run is logged too: it is the baseline later values are read against.
       if step % config.log_every_steps == 0 or step == end or step == first_step + 1:
-        values = reporter.scalars(step, jax.device_get(metrics), config.global_batch_size,
-                                  tokens_per_image=hooks.tokens_per_image)
-        reporter.step(step, {k: values[k] for k in hooks.log_keys})
+        host_metrics = jax.device_get(metrics)   # waits for the step: the clock reads after it
+        reporter.step(step, compiled=compiled)
+        reporter.scalars(step, host_metrics, config.global_batch_size,
+                         tokens_per_image=hooks.tokens_per_image)
       else:
-        reporter.step(step)
+        reporter.step(step, compiled=compiled)
       hooks.after_step(state, step, end, reporter)
       if checkpoint_or_stop(ckpt, step, end, state, data_iter, preempted):
         break
@@ -124,5 +127,5 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   ckpt.close()
   reporter.close()
   if metrics is not None:
-    console.info(f"stopped at step {step}: {hooks.final_line(metrics)}")
+    console.info(reporting.final_line(step, config.total_steps, hooks.final_line(metrics)))
   return state

@@ -307,12 +307,14 @@ def first_eval_batch(config) -> np.ndarray:
 class TokenizerHooks:
   """What the loop does for a tokenizer: image batches, teachers, reconstruction grids + PSNR."""
   log_keys = ("gen_loss", "psnr", "codebook_usage")
+  log_labels = {"psnr": "train-batch PSNR"}   # the eval PSNR is on the fixed eval images
   tokens_per_image = None
 
   def __init__(self, task: TokenizerTask):
     self.task = task
     self.config = task.config
     self.eval_images = self.reconstruct = self.images_dir = None
+    self.last_eval = None   # (step, PSNR) of the latest grid
 
   def load_extra_args(self) -> tuple[Any, ...]:
     frozen = self.task.load_teachers()
@@ -346,9 +348,16 @@ class TokenizerHooks:
     reporter.images(step, "reconstruction", image_lib.comparison_grid(self.eval_images, recon))
     value = float(np.mean(image_metrics.psnr(self.eval_images, recon)))
     reporter.extra_scalars(step, {"eval_psnr": value})
-    console.info(f"step {step}: eval PSNR {value:.2f} dB on {len(self.eval_images)} fixed images")
+    self.last_eval = (step, value)
+    console.info(f"step {step}: eval PSNR {value:.2f} dB on {len(self.eval_images)} fixed eval "
+                 f"images")
     return value
 
   def final_line(self, metrics) -> str:
-    return (f"PSNR {float(metrics['psnr']):.2f} dB, codebook usage "
-            f"{float(metrics['codebook_usage']):.4f}; grids in {self.images_dir}")
+    text = ""
+    if self.last_eval is not None:
+      at, value = self.last_eval
+      text = (f"eval PSNR {value:.2f} dB on {len(self.eval_images)} fixed eval images"
+              f"{'' if at == self.config.total_steps else f' (at step {at})'}; ")
+    return (text + f"train-batch PSNR {float(metrics['psnr']):.2f} dB, codebook usage "
+            f"{float(metrics['codebook_usage']):.4f}; grids in {self.images_dir}/")
