@@ -47,11 +47,12 @@ class Generator:
 
   @classmethod
   def load(cls, src, *, tokenizer: Tokenizer | None = None, batch_size: int = 8, devices=None,
-           recipe: str = "", cache_dir: str | None = None) -> "Generator":
+           recipe: str = "", overrides=None, cache_dir: str | None = None) -> "Generator":
     """The GPT in `src` (a run directory, a converted directory, an official .pt file or a
-    registered name; see Tokenizer.load). `tokenizer` decodes its codes; when None, the run's
+    registered name; `recipe` and `overrides` as in Tokenizer.load). `tokenizer` decodes its
+    codes; when None, the run's
     `tokenizer.workdir` (and `tokenizer.recipe`) from its config.json is loaded."""
-    path = sources.run_directory(src, recipe=recipe, cache_dir=cache_dir)
+    path = sources.run_directory(src, recipe=recipe, overrides=overrides, cache_dir=cache_dir)
     config = runs.read_config(path, key="src")
     if config.get("task") != "gpt":
       raise UserError(f"{src}: holds a tokenizer, not a GPT; load it with "

@@ -18,6 +18,7 @@ import os
 import shutil
 
 from gigatok_jax import runs
+from gigatok_jax.config import overrides as overrides_lib
 from gigatok_jax.errors import UserError
 
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -48,7 +49,7 @@ def convert_file(path: str, *, recipe: str = "", overrides=None, cache_dir: str 
   if _is_run(out) and os.path.isfile(os.path.join(out, runs.PRETRAINED, runs.INFO_FILE)):
     info = runs.read_imported_info(os.path.join(out, runs.PRETRAINED))
     same_recipe = not recipe or recipe == info.get("recipe")
-    same_overrides = not overrides or release.overrides_record(overrides) == info.get("overrides")
+    same_overrides = not overrides or overrides_lib.overrides_record(overrides) == info.get("overrides")
     if same_recipe and same_overrides:
       return out
   tmp = f"{out}.tmp-{os.getpid()}"

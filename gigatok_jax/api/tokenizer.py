@@ -75,14 +75,16 @@ class Tokenizer:
     self._reconstruct = jax.jit(reconstruct, in_shardings=(shardings, images_in))
 
   @classmethod
-  def load(cls, src, *, batch_size: int = 8, devices=None, recipe: str = "",
+  def load(cls, src, *, batch_size: int = 8, devices=None, recipe: str = "", overrides=None,
            cache_dir: str | None = None, config=None) -> "Tokenizer":
     """The tokenizer in `src`: a training run directory, a directory made by
     `python -m gigatok_jax.convert`, an official PyTorch file (converted once into the weights
-    cache; `recipe` names the recipe when its sizes are not enough to pick one) or a registered
+    cache; `recipe` names the recipe to start from, `overrides` sets config keys the file does not
+    fix, e.g. {"model.enc_heads": 10, "model.dec_heads": 12} for a size the reference never
+    released: see convert/release.py) or a registered
     model name (e.g. 'gigatok_ss'). `config` replaces the run's saved config.json (rarely needed:
     a GPT whose `tokenizer.recipe` overrides its tokenizer's)."""
-    path = sources.run_directory(src, recipe=recipe, cache_dir=cache_dir)
+    path = sources.run_directory(src, recipe=recipe, overrides=overrides, cache_dir=cache_dir)
     config = config if config is not None else runs.read_config(path, key="src")
     if config.get("task", "tokenizer") != "tokenizer":
       raise UserError(f"{src}: holds a {config.task}, not a tokenizer; load it with "

@@ -39,8 +39,6 @@ imports with a freshly initialised one of the recipe's distill_dim and loss.sema
 from __future__ import annotations
 
 import argparse
-import ast
-import difflib
 import math
 import os
 import re
@@ -49,10 +47,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from gigatok_jax import config as config_lib
+from gigatok_jax.config import overrides as overrides_lib
 from gigatok_jax import fileio, runs
 from gigatok_jax.convert import gigatok
 from gigatok_jax.convert import weight_files
-from gigatok_jax.errors import CheckpointError, ConfigError
+from gigatok_jax.errors import CheckpointError
 from gigatok_jax.models import layer_layout
 from gigatok_jax.tree_names import flat_shapes, flatten, unflatten
 
@@ -179,21 +178,6 @@ def _config_key(name: str) -> str:
   return "data.image_size" if name == "image_size" else f"model.{name}"
 
 
-def _get(config, key: str) -> Any:
-  value = config
-  for part in key.split("."):
-    value = value[part]
-  return tuple(value) if isinstance(value, list) else value
-
-
-def _set(config, key: str, value: Any) -> None:
-  *groups, leaf = key.split(".")
-  node = config
-  for part in groups:
-    node = node[part]
-  node[leaf] = value
-
-
 # ------------------------------------------------------------------------------------- recipes
 _MATCH_KEYS = {"tokenizer": ("kind", "enc_width", "enc_layers", "dec_width", "dec_layers"),
                "gpt": ("width", "layers")}
@@ -228,79 +212,12 @@ def base_recipe(sd: Mapping[str, Any]) -> str:
     if kind == "tokenizer" and (m.kind != dims["kind"] or (
         dims["kind"] == "2d" and m.vit_layer_type != dims["vit_layer_type"])):
       continue
-    score = sum(_get(config, _config_key(k)) == v for k, v in dims.items())
+    score = sum(overrides_lib.get_key(config, _config_key(k)) == v for k, v in dims.items())
     if all(m[k] == dims[k] for k in _MATCH_KEYS[kind]):
       return spec
     if score > best_score:
       best, best_score = spec, score
   return best
-
-
-# ----------------------------------------------------------------------------------- overrides
-def _parse_value(key: str, value: Any, current: Any) -> Any:
-  """An override value (text from the command line, or a Python value) as the type of the key's
-  current value; a one-line ConfigError when it does not fit."""
-  want = type(current).__name__
-  if isinstance(value, str) and not isinstance(current, str):
-    text = value.strip()
-    if isinstance(current, bool) and text.lower() in ("true", "false"):
-      return text.lower() == "true"
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      raise ConfigError(key, f"cannot read {text!r} as a value of type {want}") from None
-  elif isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-    value = value[1:-1]
-  if isinstance(value, np.generic):                     # numpy scalars from Python callers
-    value = value.item()
-  if current is None:
-    return value
-  if isinstance(current, bool) or isinstance(value, bool):
-    ok = isinstance(current, bool) and isinstance(value, bool)
-  elif isinstance(current, int):
-    ok = isinstance(value, int)
-  elif isinstance(current, float):
-    ok = isinstance(value, (int, float))
-    value = float(value) if ok else value
-  elif isinstance(current, (tuple, list)):
-    ok = isinstance(value, (tuple, list))
-    value = tuple(value) if ok else value
-  else:
-    ok = isinstance(value, type(current))
-  if not ok:
-    raise ConfigError(key, f"must be of type {want}, got {value!r}")
-  return value
-
-
-def apply_overrides(config, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-  """Sets each dotted key of `overrides` ('model.enc_heads': 10, or its text '10'; a leading
-  'config.' is dropped) on `config`; returns them parsed. An unknown key is a ConfigError."""
-  parsed = {}
-  for raw_key, value in (overrides or {}).items():
-    key = raw_key[len("config."):] if raw_key.startswith("config.") else raw_key
-    node, parts = config, key.split(".")
-    for i, part in enumerate(parts):
-      if not hasattr(node, "keys") or part not in node:
-        here = list(node.keys()) if hasattr(node, "keys") else []
-        close = difflib.get_close_matches(part, here, n=1)
-        prefix = ".".join(parts[:i] + [close[0]]) if close else ""
-        raise ConfigError(key, "unknown key" + (f" (did you mean '{prefix}'?)" if close else ""))
-      if i < len(parts) - 1:
-        node = node[part]
-    if hasattr(node[parts[-1]], "keys"):
-      raise ConfigError(key, "is a group of keys; override one of its keys")
-    parsed[key] = _parse_value(key, value, _get(config, key))
-    _set(config, key, parsed[key])
-  return parsed
-
-
-def overrides_record(overrides: Mapping[str, Any] | None) -> dict[str, str]:
-  """`overrides` as text (JSON-safe, order-free) for info.json and for comparing conversions."""
-  out = {}
-  for key, value in sorted((overrides or {}).items()):
-    key = key[len("config."):] if key.startswith("config.") else key
-    out[key] = value if isinstance(value, str) else repr(value)
-  return out
 
 
 # -------------------------------------------------------------------------------------- heads
@@ -394,12 +311,12 @@ def resolve_heads(config, kind: str, dims: Mapping[str, Any], *, overrides: Mapp
                               f"{record[0]}")
     elif record:
       value, source = record
-      if recipe and _get(config, key) != value:
+      if recipe and overrides_lib.get_key(config, key) != value:
         raise CheckpointError(f"{what}: --recipe={recipe} has {key.split('.')[1]}="
-                              f"{_get(config, key)} but the file's {record[1]} means {value} "
+                              f"{overrides_lib.get_key(config, key)} but the file's {record[1]} means {value} "
                               f"heads; pass --config.{key}={value} or another recipe")
     elif recipe:
-      value, source = _get(config, key), f"--recipe={recipe}"
+      value, source = overrides_lib.get_key(config, key), f"--recipe={recipe}"
     elif (official := _official_heads(kind, width, layers)):
       value, source = official
     else:
@@ -410,7 +327,7 @@ def resolve_heads(config, kind: str, dims: Mapping[str, Any], *, overrides: Mapp
       raise CheckpointError(f"{what}: {value} heads (from {source}) do not divide the "
                             f"{side_name + ' ' if side else ''}width {width}; pass "
                             f"--config.{key}=N with N dividing {width}")
-    _set(config, key, value)
+    overrides_lib.set_key(config, key, value)
     sources[key] = f"{value} from {source}"
   if missing:
     sizes = " and ".join(label for _, label in missing)
@@ -445,16 +362,16 @@ def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | No
   if config.task != kind:
     raise CheckpointError(f"--recipe={recipe} is a {config.task} recipe but the weights are a "
                           f"{kind}")
-  parsed = apply_overrides(config, overrides)
+  parsed = overrides_lib.apply_overrides(config, overrides)
   conflicts = [f"--config.{_config_key(k)}={parsed[_config_key(k)]!r} vs the file's {v!r}"
                for k, v in dims.items()
                if _config_key(k) in parsed and parsed[_config_key(k)] != v]
   if conflicts:
     raise CheckpointError(f"{what}: the weights fix these sizes: " + ", ".join(conflicts))
   if recipe:
-    mismatch = {k: (v, _get(config, _config_key(k))) for k, v in dims.items()
+    mismatch = {k: (v, overrides_lib.get_key(config, _config_key(k))) for k, v in dims.items()
                 if not (kind == "gpt" and k in _GPT_FILE_KEYS)
-                and _get(config, _config_key(k)) != v}
+                and overrides_lib.get_key(config, _config_key(k)) != v}
     if mismatch:
       inferred = ""
       try:
@@ -466,7 +383,7 @@ def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | No
                                         for k, (a, b) in mismatch.items())
                             + "; leave --recipe out to take the sizes from the file")
   for k, v in dims.items():
-    _set(config, _config_key(k), v)
+    overrides_lib.set_key(config, _config_key(k), v)
   fields = _fields(args)
   if kind == "gpt" and dims["position"] == "rope_2d" and "model.num_tokens" not in parsed:
     size, down = fields.get("image_size"), fields.get("downsample_size")
@@ -548,7 +465,7 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
   steps = raw.get("steps", 0)
   info = dict(source=os.path.abspath(src), source_sha256=fileio.sha256_file(src), weights=picked,
               recipe=recipe_used, recipe_given=bool(recipe), kind=kind,
-              overrides=overrides_record(overrides), heads=heads,
+              overrides=overrides_lib.overrides_record(overrides), heads=heads,
               source_steps=int(steps) if isinstance(steps, (int, np.integer)) else 0)
   disc_sd = raw.get("discriminator")
   patchgan = kind == "tokenizer" and isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd
