@@ -32,6 +32,8 @@ setup(
         "tensorboard>=2.21",     # event-file protos (no TensorFlow) and the viewer
         "absl-py>=2.1",
         "safetensors>=0.4",
+        "huggingface_hub>=2.4",  # hf:// weight sources (gigatok_jax/weights/download.py)
+        "pooch>=1.9",            # https:// weight sources
     ],
     extras_require={
         # lpips (LPIPS parity test) is installed with --no-deps: it requires torchvision, which does

@@ -1,8 +1,10 @@
 """gigatok_jax.weights without internet: a threaded http.server on 127.0.0.1 serves fixture files.
 
-Covers a good download and its cache hit, corrupted and interrupted downloads (resumed with a Range
-request, or restarted when the server ignores it), the pin policy, offline errors, local paths,
-the Hugging Face paths and the CLI. An autouse fixture refuses every non-loopback connection.
+Covers a good download and its cache hit, corrupted, stalled and interrupted https downloads
+(pooch: retried from byte 0, never resumed, nothing left behind), the pin policy, offline errors,
+local paths, hf:// sources (through huggingface_hub.hf_hub_download: a fake for the policy, and the
+real one against a loopback stand-in of the Hub, resuming) and the CLI. An autouse fixture refuses
+every non-loopback connection and turns pooch's retries off (the tests that need them turn them on).
 """
 
 import dataclasses
@@ -60,11 +62,23 @@ class _State:
     self.files: dict[str, bytes] = {}
     self.requests: list[tuple[str, str | None]] = []   # (path, Range header)
     self.cut_once: dict[str, int] = {}                   # path -> bytes sent before closing, once
-    self.ranges = True
     self.stall_s = 0.0
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+  def do_HEAD(self):  # noqa: N802 - huggingface_hub asks for a file's metadata first
+    st: _State = self.server.state
+    st.requests.append((f"HEAD {self.path}", None))
+    body = st.files.get(self.path)
+    if body is None:
+      self.send_error(404)
+      return
+    self.send_response(200)
+    self.send_header("Content-Length", str(len(body)))
+    self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+    self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+    self.end_headers()
+
   def do_GET(self):  # noqa: N802 - http.server's naming
     st: _State = self.server.state
     rng = self.headers.get("Range")
@@ -74,7 +88,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.send_error(404)
       return
     start = 0
-    if rng and st.ranges:
+    if rng:                   # huggingface_hub resumes with one
       start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
       if start >= len(body):
         self.send_error(416)
@@ -84,7 +98,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     else:
       self.send_response(200)
     self.send_header("Content-Length", str(len(body) - start))
-    self.send_header("Accept-Ranges", "bytes" if st.ranges else "none")
+    self.send_header("Accept-Ranges", "bytes")
     self.end_headers()
     if st.stall_s:
       time.sleep(st.stall_s)
@@ -118,6 +132,7 @@ def no_real_network(monkeypatch):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
   monkeypatch.setattr(fileio, "CHUNK", 4096)
+  monkeypatch.setattr(download, "DOWNLOAD_RETRIES", 0)     # each retry waits >= 1 s
   CONVERTED.clear()
 
 
@@ -207,29 +222,72 @@ def test_sha256_prefix_pin_of_torch_hub_style_names(server, tmp_path):
   assert not os.path.exists(tmp_path / "downloads" / "wrongprefix.bin.part")
 
 
-@pytest.mark.parametrize("ranges", [True, False], ids=["resume_with_range", "restart"])
-def test_interrupted_download_errors_then_a_retry_succeeds(server, tmp_path, ranges):
-  server.ranges = ranges
+def test_interrupted_https_download_errors_leaves_nothing_and_a_rerun_starts_over(server,
+                                                                                  tmp_path):
+  """pooch does not resume: a short body is one error line, no file is kept (no final name, no
+  .part, no temporary file), and the next run downloads the whole file again."""
   art = _artefact(server)
   server.cut_once["/fixture.bin"] = 5000
-  with pytest.raises(WeightsError, match=r"interrupted: received 5,000 of 16,391 bytes.*run again "
-                                         r"to resume"):
+  with pytest.raises(WeightsError) as e:
     weights.resolve(art, cache_dir=str(tmp_path), progress=False)
-  assert _leftovers(tmp_path) == ["downloads/fixture.bin.part"] and CONVERTED == []
+  msg = str(e.value)
+  assert re.search(r"could not download fixture.bin: \S+/fixture.bin: ChunkedEncodingError: .*"
+                   r"IncompleteRead\(5000 bytes read, 11391 more expected\)", msg), msg
+  assert "\n" not in msg and _leftovers(tmp_path) == [] and CONVERTED == []
+  assert os.listdir(tmp_path / "downloads") == []
 
+  path = weights.resolve(art, cache_dir=str(tmp_path), progress=True)
+  assert open(path, "rb").read() == DATA[::-1]
+  assert server.requests == [("/fixture.bin", None), ("/fixture.bin", None)]   # no Range: byte 0
+  assert open(tmp_path / "downloads" / "fixture.bin", "rb").read() == DATA
+
+
+def test_https_failure_is_retried_from_byte_0_within_the_call(server, tmp_path, monkeypatch):
+  monkeypatch.setattr(download, "DOWNLOAD_RETRIES", 1)
+  art = _artefact(server)
+  server.cut_once["/fixture.bin"] = 5000
   path = weights.resolve(art, cache_dir=str(tmp_path), progress=False)
   assert open(path, "rb").read() == DATA[::-1]
-  assert server.requests == [("/fixture.bin", None), ("/fixture.bin", "bytes=5000-")]
-  assert not os.path.exists(tmp_path / "downloads" / "fixture.bin.part")
-  assert open(tmp_path / "downloads" / "fixture.bin", "rb").read() == DATA
+  assert server.requests == [("/fixture.bin", None), ("/fixture.bin", None)]
+  assert _leftovers(tmp_path) == ["downloads/fixture.bin", "fixture/fixture.bin",
+                                  "fixture/fixture.bin.json"]
+
+
+def test_leftovers_of_a_killed_download_are_never_taken_for_the_file(server, tmp_path):
+  """A process killed mid-download may leave pooch's staging folder (its temporary file, or the
+  file pooch had just moved there) or a `.part` (an older version kept one to resume from):
+  none of it is used, a failed download removes it, and the next one downloads the whole file."""
+  downloads = tmp_path / "downloads"
+  staging = downloads / "fixture.bin.part.pooch"
+
+  def leave_leftovers():
+    staging.mkdir(parents=True)
+    (staging / "tmpkilled").write_bytes(DATA[:100])
+    (staging / "fixture.bin").write_bytes(DATA[:100])     # pooch would take it as downloaded
+    (downloads / "fixture.bin.part").write_bytes(DATA[:5000])
+
+  art = _artefact(server)
+  leave_leftovers()
+  server.cut_once["/fixture.bin"] = 5000
+  with pytest.raises(WeightsError, match="IncompleteRead"):
+    weights.resolve(art, cache_dir=str(tmp_path), progress=False)
+  assert _leftovers(tmp_path) == [] and os.listdir(downloads) == []
+
+  leave_leftovers()
+  assert open(weights.resolve(art, cache_dir=str(tmp_path), progress=False), "rb").read() == \
+      DATA[::-1]
+  assert server.requests == [("/fixture.bin", None), ("/fixture.bin", None)]
+  assert sorted(os.listdir(downloads)) == ["fixture.bin"]
 
 
 def test_stalled_server_times_out_with_a_clear_error(server, tmp_path, monkeypatch):
   monkeypatch.setattr(download, "DOWNLOAD_TIMEOUT_S", 0.1)
   server.stall_s = 0.5
-  with pytest.raises(WeightsError, match=r"could not download fixture.bin: .*timed out"):
+  with pytest.raises(WeightsError, match=r"could not download fixture.bin: .*ConnectionError: "
+                                         r".*Read timed out\.[^\n]*$"):
     weights.resolve(_artefact(server), cache_dir=str(tmp_path), progress=False)
   assert not os.path.exists(tmp_path / "fixture")
+  assert _leftovers(tmp_path) == []
 
 
 def test_unreachable_source_falls_back_to_the_next_one(server, tmp_path):
@@ -239,6 +297,18 @@ def test_unreachable_source_falls_back_to_the_next_one(server, tmp_path):
   assert open(weights.resolve(art, cache_dir=str(tmp_path), progress=False), "rb").read() == \
       DATA[::-1]
   assert [p for p, _ in server.requests] == ["/missing.bin", "/fixture.bin"]
+  # Both failing: one line naming each source and its error.
+  with socket.socket() as sock:              # a loopback port nothing listens on
+    sock.bind(("127.0.0.1", 0))
+    refused = f"http://127.0.0.1:{sock.getsockname()[1]}/refused.bin"
+  art = Artefact(name="nowhere", converter=art.converter, output=art.output, files=(SourceFile(
+      "nowhere.bin", (f"{server.base}/missing.bin", refused), sha256=SHA),))
+  with pytest.raises(WeightsError) as e:
+    weights.resolve(art, cache_dir=str(tmp_path), progress=False)
+  msg = str(e.value)
+  assert re.search(rf"could not download nowhere.bin: {server.base}/missing.bin: HTTPError: 404 "
+                   rf".* \| {refused}: ConnectionError: ", msg), msg
+  assert "\n" not in msg and not os.path.exists(tmp_path / "downloads" / "nowhere.bin")
 
 
 @pytest.mark.parametrize("var", ["GIGATOK_OFFLINE", "HF_HUB_OFFLINE"])
@@ -357,40 +427,108 @@ def test_sha256_is_computed_in_chunks(tmp_path, monkeypatch):
   assert reads and all(n == weights.CHUNK for n in reads) and len(reads) == len(DATA) // 4096 + 2
 
 
-def test_hf_source_without_huggingface_hub_uses_the_public_url(server, tmp_path, monkeypatch):
-  monkeypatch.setattr(download, "_hf_hub_available", lambda: False)
-  monkeypatch.setenv("HF_ENDPOINT", server.base)
-  server.files["/owner/repo/resolve/v1/dir/w.bin"] = DATA
-  art = Artefact(name="hfurl", files=(SourceFile("w.bin", ("hf://owner/repo@v1/dir/w.bin",),
-                                                 sha256=SHA),),
-                 converter=f"{__name__}:_reverse_converter", output="w.out")
-  assert open(weights.resolve(art, cache_dir=str(tmp_path), progress=False), "rb").read() == \
-      DATA[::-1]
-  assert server.requests == [("/owner/repo/resolve/v1/dir/w.bin", None)]
+def _hf_artefact(filename, source=None, name=None):
+  return Artefact(name=name or filename.split(".")[0], files=(SourceFile(
+      filename, (source or f"hf://owner/repo/{filename}",), sha256=SHA),),
+      converter=f"{__name__}:_reverse_converter", output="out")
 
 
-def test_hf_source_with_huggingface_hub_is_verified(tmp_path, monkeypatch):
-  pytest.importorskip("huggingface_hub")
+def test_hf_source_goes_through_hf_hub_download_and_is_verified(tmp_path, monkeypatch):
   calls = []
 
   def fake_hf_hub_download(repo_id, filename, *, revision, local_dir, **_):
-    calls.append((repo_id, filename, revision))
+    calls.append((repo_id, filename, revision, local_dir))
     os.makedirs(os.path.join(local_dir, os.path.dirname(filename)), exist_ok=True)
     with open(os.path.join(local_dir, filename), "wb") as f:
-      f.write(DATA if filename == "good.bin" else b"not it")
+      f.write(DATA if filename.endswith("good.bin") else b"not it")
     return os.path.join(local_dir, filename)
-  monkeypatch.setattr(download, "_hf_hub_available", lambda: True)
   monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_hf_hub_download)
 
-  def art(filename):
-    return Artefact(name=filename.split(".")[0], files=(SourceFile(
-        filename, (f"hf://owner/repo/{filename}",), sha256=SHA),),
-        converter=f"{__name__}:_reverse_converter", output="out")
-  assert open(weights.resolve(art("good.bin"), cache_dir=str(tmp_path)), "rb").read() == DATA[::-1]
-  with pytest.raises(WeightsError, match=f"pinned sha256 {SHA}"):
-    weights.resolve(art("bad.bin"), cache_dir=str(tmp_path))
-  assert calls == [("owner/repo", "good.bin", "main"), ("owner/repo", "bad.bin", "main")]
-  assert sorted(os.listdir(tmp_path / "downloads")) == ["good.bin"]
+  good = _hf_artefact("good.bin", "hf://owner/repo@v1/dir/good.bin")
+  assert open(weights.resolve(good, cache_dir=str(tmp_path)), "rb").read() == DATA[::-1]
+  with pytest.raises(WeightsError, match=f"pinned sha256 {SHA}, actual sha256 "
+                                         f"{hashlib.sha256(b'not it').hexdigest()}"):
+    weights.resolve(_hf_artefact("bad.bin"), cache_dir=str(tmp_path))
+  part = str(tmp_path / "downloads" / "{}.part.hf")
+  assert calls == [("owner/repo", "dir/good.bin", "v1", part.format("good.bin")),
+                   ("owner/repo", "bad.bin", "main", part.format("bad.bin"))]
+  assert sorted(os.listdir(tmp_path / "downloads")) == ["good.bin"]   # no staging folder left
+
+
+def test_hf_failure_is_one_line_and_nothing_of_it_stays(tmp_path, monkeypatch):
+  """huggingface_hub's own metadata in the staging folder goes after a failure; what a killed
+  process left there (a stale copy, a partial file) is removed before the next call."""
+  calls = []
+
+  def fake_hf_hub_download(repo_id, filename, *, revision, local_dir, **_):
+    calls.append(os.path.exists(local_dir))
+    meta = os.path.join(local_dir, ".cache", "huggingface", "download")
+    os.makedirs(meta)
+    open(os.path.join(meta, "w.bin.metadata"), "w").close()
+    if len(calls) == 1:
+      raise RuntimeError("Connection broken\nMax retries exceeded.")
+    with open(os.path.join(local_dir, filename), "wb") as f:
+      f.write(DATA)
+    return os.path.join(local_dir, filename)
+  monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_hf_hub_download)
+
+  art = _hf_artefact("w.bin")
+  with pytest.raises(WeightsError) as e:
+    weights.resolve(art, cache_dir=str(tmp_path), progress=False)
+  msg = str(e.value)
+  assert msg.startswith("w: could not download w.bin: hf://owner/repo/w.bin: huggingface_hub: "
+                        "RuntimeError: Connection broken; or download it yourself and put it at ")
+  assert "\n" not in msg and os.listdir(tmp_path / "downloads") == []
+
+  staging = tmp_path / "downloads" / "w.bin.part.hf"      # as a killed process leaves it
+  (staging / ".cache").mkdir(parents=True)
+  (staging / "w.bin").write_bytes(DATA[:100])
+  (staging / ".cache" / "x.incomplete").write_bytes(DATA[:5000])
+  assert open(weights.resolve(art, cache_dir=str(tmp_path), progress=False), "rb").read() == \
+      DATA[::-1]
+  assert calls == [False, False]
+  assert sorted(os.listdir(tmp_path / "downloads")) == ["w.bin"]
+
+
+def test_hf_hub_offline_is_the_offline_error_without_calling_the_hub(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: calls.append(a))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(WeightsError) as e:
+    weights.resolve(_hf_artefact("w.bin"), cache_dir=str(tmp_path))
+  assert str(e.value) == (
+      "w: w.bin is not in the cache and downloads are off (HF_HUB_OFFLINE=1); get it from "
+      f"hf://owner/repo/w.bin, put it at {tmp_path / 'downloads' / 'w.bin'} (or pass path= / "
+      "--path=FILE)")
+  assert calls == []
+
+
+def test_real_hf_hub_download_resumes_from_a_loopback_hub(server, tmp_path, monkeypatch):
+  """The real huggingface_hub against a stand-in of the Hub on 127.0.0.1: the arguments we pass
+  are the ones it takes, and a body cut short is resumed with a Range request in the same call
+  (from the last whole chunk it wrote)."""
+  import huggingface_hub.constants as hf_constants
+  monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.setattr(hf_constants, "ENDPOINT", server.base)
+  monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                      server.base + "/{repo_id}/resolve/{revision}/{filename}")
+  monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 4096)   # it resumes at chunk bounds
+  server.files["/owner/repo/resolve/v1/dir/w.bin"] = DATA
+  server.cut_once["/owner/repo/resolve/v1/dir/w.bin"] = 5000
+  art = _hf_artefact("w.bin", "hf://owner/repo@v1/dir/w.bin")
+  assert open(weights.resolve(art, cache_dir=str(tmp_path), progress=False), "rb").read() == \
+      DATA[::-1]
+  gets = [r for r in server.requests if r[0].startswith("/owner/")]   # not HEADs, nor telemetry
+  assert gets == [("/owner/repo/resolve/v1/dir/w.bin", None),
+                  ("/owner/repo/resolve/v1/dir/w.bin", "bytes=4096-")]
+  assert sorted(os.listdir(tmp_path / "downloads")) == ["w.bin"]
+
+  # A file the stand-in does not have: the hub's error, as one line.
+  with pytest.raises(WeightsError) as e:
+    weights.resolve(_hf_artefact("gone.bin"), cache_dir=str(tmp_path), progress=False)
+  msg = str(e.value)
+  assert "could not download gone.bin: hf://owner/repo/gone.bin: huggingface_hub: " in msg, msg
+  assert "\n" not in msg and sorted(os.listdir(tmp_path / "downloads")) == ["w.bin"]
 
 
 def test_cli_fetch_list_and_one_line_errors(server, tmp_path, capsys):
@@ -420,7 +558,8 @@ def test_module_cli_exits_2_without_traceback_and_import_is_cheap(tmp_path):
                                 "cache") and proc.stderr.count("\n") == 1
   assert "GIGATOK_OFFLINE=1" in proc.stderr
   proc = subprocess.run([sys.executable, "-c", "import sys, gigatok_jax.weights; "
-                         "print(sorted(m for m in ('jax', 'torch', 'tqdm', 'huggingface_hub') "
+                         "print(sorted(m for m in ('jax', 'torch', 'tqdm', 'huggingface_hub', "
+                         "'pooch', 'requests') "
                          "if m in sys.modules))"], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=60)
   assert proc.stdout.strip() == "[]", proc.stderr

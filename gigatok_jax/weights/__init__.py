@@ -6,9 +6,8 @@ file, or a run directory for the GigaTok releases), trying in order:
   1. the cache entry `<cache>/<name>/<output>` with its JSON record `<output>.json`. The record is
      written last, so an entry without one (a crash mid-conversion) is not a hit;
   2. the source files: a local `path=` the user gives, else `<cache>/downloads/<filename>`, else a
-     download when the machine is online: `hf://owner/repo/file` sources through `huggingface_hub`
-     when it is installed, every other source (and `hf://` without huggingface_hub, as its public
-     `/resolve/` URL) with the standard library's `urllib`;
+     download when the machine is online: `hf://owner/repo[@rev]/file` sources through
+     `huggingface_hub.hf_hub_download`, `https://` URLs through pooch (download.py says why);
   3. the artefact's converter (`fn(src_paths, out_path)`), run once into a temporary sibling that is
      renamed into place; the record (sha256s, converter, time, version) follows.
 
@@ -32,19 +31,20 @@ the policy guards what comes over the network.
 Offline (`GIGATOK_OFFLINE=1` or `HF_HUB_OFFLINE=1`, or `online=False`) and missing: one error line
 naming the file, where to get it and the exact path to put it at.
 
-Interrupted downloads keep `<file>.part`; the next call resumes it with an HTTP Range request when
-the server honours one, else starts over. No automatic retries: a flaky link shows as one clear
-error, and running the same command again continues where it stopped.
+Interrupted downloads: huggingface_hub resumes an `hf://` file with HTTP Range requests within
+the call; pooch retries an `https://` file from byte 0 (`DOWNLOAD_RETRIES` more times) and never
+resumes. A download that fails all the same leaves no file behind (a rerun starts it over) and is
+one error line.
 
   python -m gigatok_jax.weights list
   python -m gigatok_jax.weights fetch NAME [--path=LOCAL] [--cache_dir=DIR] [--sha256=HEX]
       [--allow_unpinned]
 
 Importing this package is cheap (standard library only): converters are dotted "module:function"
-strings imported when a conversion actually runs.
+strings imported when a conversion actually runs, pooch and huggingface_hub when a download does.
 
 The package, one job a module: registry.py (artefacts, pins, the built-in entries), env.py (cache
-dir, offline switches), download.py (HTTP with Range resume, the Hugging Face hub), sources.py
+dir, offline switches), download.py (one file through huggingface_hub or pooch), sources.py
 (the pinning policy: local, cached or downloaded source files, verified), cache.py (lock, records,
 conversion, `resolve` / `fetch`), converters.py (the built-in converters), cli.py (the command
 line). This module re-exports their public names.
@@ -73,10 +73,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-  """CHUNK (bytes per read, gigatok_jax.fileio.CHUNK) and DOWNLOAD_TIMEOUT_S (download.py) are
-  read live from the module that uses them: to change one, set it there, not here."""
+  """CHUNK (bytes per read, gigatok_jax.fileio.CHUNK), DOWNLOAD_TIMEOUT_S and DOWNLOAD_RETRIES
+  (download.py) are read live from the module that uses them: to change one, set it there, not
+  here."""
   if name == "CHUNK":
     return fileio.CHUNK
-  if name == "DOWNLOAD_TIMEOUT_S":
-    return download.DOWNLOAD_TIMEOUT_S
+  if name in ("DOWNLOAD_TIMEOUT_S", "DOWNLOAD_RETRIES"):
+    return getattr(download, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

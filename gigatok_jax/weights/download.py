@@ -1,49 +1,54 @@
-"""Downloading one source file into its `.part` file: `download(source, part, ...)` streams an
-`https://` URL with the standard library's urllib (resuming a non-empty `.part` with an HTTP Range
-request when the server honours one, else starting over; `DOWNLOAD_TIMEOUT_S` per socket
-operation; a short body counted as an interruption) or fetches an `hf://owner/repo[@rev]/path`
-source through `huggingface_hub` when it is installed (else as its public `/resolve/` URL), and
-returns the sha256 of the whole file. A failure raises `DownloadFailed`; no retries. Reads are
-`gigatok_jax.fileio.CHUNK` bytes; tqdm and huggingface_hub are imported only when used.
+"""Downloading one source file into its `.part` file: `download(source, part, ...)` fetches an
+`hf://owner/repo[@rev]/path` source with `huggingface_hub.hf_hub_download` and an `https://` URL
+with pooch, then returns the sha256 of `part`. sources.py checks that sha256 against the pins and
+only then renames `part` to the final name. A failure raises `DownloadFailed`, one line.
+
+Why libraries rather than our own HTTP code: resuming, retrying, timeouts, short-body detection
+and the Hub's endpoints, tokens and offline flag are what these two maintain and test; our
+hand-written urllib loop had to do each itself. Both are requirements (requirements.txt; they and
+their dependencies add about 32 MB to a fresh venv, mostly huggingface_hub and hf_xet).
+- `hf://`: huggingface_hub resumes an interrupted transfer with HTTP Range requests within the
+  call (up to 5 retries of a dropped connection or timeout, each from the last whole 10 MB chunk
+  written); a call that fails all the same leaves no partial file (huggingface_hub 2.x deletes
+  it), so a rerun starts that file over. It honours HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN or a
+  saved login. The file lands in the staging folder `<part>.hf` (`local_dir`), is moved to
+  `part`, and the folder (huggingface_hub's metadata) is deleted, on failure too.
+- `https://`: pooch (`pooch.create(...).fetch`, its public API) streams through requests into a
+  temporary file and moves it into place only once the whole body arrived: a short body
+  (requests' IncompleteRead), a timeout (`DOWNLOAD_TIMEOUT_S` per connect and per read, not for
+  the whole file) or an HTTP error deletes the temporary file. `DOWNLOAD_RETRIES` further attempts
+  follow, 1 s, 2 s, ... apart, each from byte 0 (pooch retries any failure, an HTTP 404 too).
+  pooch does NOT resume an interrupted https download: a rerun starts that file over. Its
+  temporary file lives in the staging folder `<part>.pooch`, deleted before and after each
+  download. (`pooch.retrieve` takes no retry count, hence the one-file `pooch.create` registry.)
+Whatever a killed process leaves (`<part>.hf`, `<part>.pooch`, an unverified `part`) is never
+used: the next download deletes it first. Our pin policy and sha256 checks stay in sources.py;
+neither library is given a hash. pooch, requests and huggingface_hub are imported only when a
+download runs (the package import stays cheap). The offline switches (GIGATOK_OFFLINE,
+HF_HUB_OFFLINE, online=False) are checked in sources.py, before this module is called at all.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import importlib.util
+import logging
 import os
-import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
 from gigatok_jax import fileio
 from gigatok_jax.weights.env import remove_path
 
-DOWNLOAD_TIMEOUT_S = 60.0       # per socket operation (connect, each read), not the whole download
+DOWNLOAD_TIMEOUT_S = 60.0   # https: per connect and per read (requests' timeout), not in all
+DOWNLOAD_RETRIES = 2        # https: further attempts after a failure (pooch's retry_if_failed)
 
 
 class DownloadFailed(Exception):
-  """One source failed; `kept` is True when a resumable .part file was left behind."""
-
-  def __init__(self, message: str, kept: bool = False):
-    super().__init__(message)
-    self.kept = kept
+  """One source failed (a one-line message); nothing of it is left on disk."""
 
 
-def _progress_bar(enabled: bool, total: int | None, initial: int, desc: str):
-  from tqdm import tqdm  # a requirement; imported here to keep the package import cheap
-  return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True,
-              unit_divisor=1024, file=sys.stderr, disable=not enabled, leave=False)
-
-
-def _hash_into(h, path: str) -> None:
-  """Feeds the bytes of `path` into the running hash `h` (a resumed download's first part)."""
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(fileio.CHUNK), b""):
-      h.update(chunk)
+def _one_line(e: BaseException) -> str:
+  """`Type: first line of the message`: library errors often span several lines."""
+  first_line = (str(e).strip().splitlines() or [""])[0]
+  return f"{type(e).__name__}: {first_line}"
 
 
 def _parse_hf(source: str) -> tuple[str, str, str]:
@@ -55,90 +60,59 @@ def _parse_hf(source: str) -> tuple[str, str, str]:
   return f"{parts[0]}/{repo}", revision or "main", parts[2]
 
 
-def _hf_hub_available() -> bool:
-  return importlib.util.find_spec("huggingface_hub") is not None
-
-
-def _hf_public_url(repo_id: str, revision: str, path: str) -> str:
-  endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-  return f"{endpoint}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/" \
-         f"{urllib.parse.quote(path)}"
-
-
-def _download_hf_hub(repo_id: str, revision: str, path: str, part: str, progress: bool) -> str:
-  """huggingface_hub into a staging folder (it resumes its own partial files there), then moved
-  to `part` for verification; returns the sha256 of `part`."""
-  from huggingface_hub import hf_hub_download
+def _download_hf(source: str, part: str, progress: bool) -> None:
+  repo_id, revision, path = _parse_hf(source)
+  import huggingface_hub  # pylint: disable=import-outside-toplevel  (a requirement; import is slow)
+  from huggingface_hub.utils import silent_tqdm  # pylint: disable=import-outside-toplevel
   staging = f"{part}.hf"
+  remove_path(staging)        # a killed earlier attempt's files
   try:
-    got = hf_hub_download(repo_id=repo_id, filename=path, revision=revision, local_dir=staging)
+    got = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=path, revision=revision,
+                                          local_dir=staging,
+                                          tqdm_class=None if progress else silent_tqdm)
+    os.replace(got, part)
   except Exception as e:  # noqa: BLE001 - hub errors have many types; all mean "this source failed"
-    first_line = (str(e).splitlines() or [""])[0]
-    raise DownloadFailed(f"huggingface_hub: {type(e).__name__}: {first_line}") from e
-  os.replace(got, part)
-  remove_path(staging)
-  return fileio.sha256_file(part)
+    raise DownloadFailed(f"huggingface_hub: {_one_line(e)}") from e
+  finally:
+    remove_path(staging)      # its metadata; huggingface_hub deletes a partial file itself
 
 
-def _download_url(url: str, part: str, *, progress: bool, label: str) -> str:
-  """Streams `url` into `part` (resuming a non-empty `part` with a Range request); returns the
-  sha256 of the whole file, hashed while it streams. Raises DownloadFailed."""
-  have = os.path.getsize(part) if os.path.isfile(part) else 0
-  headers = {"User-Agent": "gigatok_jax-weights"}
-  if have:
-    headers["Range"] = f"bytes={have}-"
+def _download_https(url: str, part: str, progress: bool, label: str) -> None:
+  import pooch  # pylint: disable=import-outside-toplevel  (a requirement; imported when used)
+  staging = f"{part}.pooch"
+  remove_path(staging)        # a killed earlier attempt's temporary file
+  bar = False
+  if progress:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    # pooch sets `total` from Content-Length once the answer arrives, but first asks `if bar:`,
+    # and a tqdm is truthy only with a non-zero total: 1 until then.
+    bar = tqdm(total=1, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+               file=sys.stderr, leave=False)
+  logger = pooch.get_logger()
+  level = logger.level
+  if not progress:
+    logger.setLevel(logging.WARNING)   # quiet: no "Downloading file ..." / "will retry" lines
   try:
-    resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                  timeout=DOWNLOAD_TIMEOUT_S)
-  except urllib.error.HTTPError as e:
-    if e.code == 416 and have:     # the .part is not a prefix the server can continue: start over
-      os.remove(part)
-      return _download_url(url, part, progress=progress, label=label)
-    raise DownloadFailed(f"HTTP {e.code} {e.reason}", kept=bool(have)) from e
-  except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-    raise DownloadFailed(f"cannot connect ({getattr(e, 'reason', e)})", kept=bool(have)) from e
-  with resp:
-    start = 0
-    if have and resp.status == 206:
-      m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
-      if not m or int(m.group(1)) != have:
-        resp.close()
-        os.remove(part)
-        return _download_url(url, part, progress=progress, label=label)
-      start = have
-    # A 200 answer to a Range request: the server does not resume; we restart from byte 0.
-    length = resp.headers.get("Content-Length")
-    total = start + int(length) if length and length.isdigit() else None
-    h = hashlib.sha256()
-    if start:
-      _hash_into(h, part)
-    got = start
-    bar = _progress_bar(progress, total, start, label)
-    try:
-      with open(part, "ab" if start else "wb") as f:
-        for chunk in iter(lambda: resp.read(fileio.CHUNK), b""):
-          f.write(chunk)
-          h.update(chunk)
-          got += len(chunk)
-          bar.update(len(chunk))
-    except (OSError, http.client.HTTPException) as e:
-      of = f" of {total:,}" if total is not None else ""
-      raise DownloadFailed(f"interrupted after {got:,}{of} bytes ({e})", kept=True) from e
-    finally:
+    got = pooch.create(path=staging, base_url="", registry={label: None}, urls={label: url},
+                       retry_if_failed=DOWNLOAD_RETRIES).fetch(
+        label, downloader=pooch.HTTPDownloader(progressbar=bar, chunk_size=fileio.CHUNK,
+                                              timeout=DOWNLOAD_TIMEOUT_S))
+    os.replace(got, part)
+  except Exception as e:  # noqa: BLE001 - requests/pooch errors: all mean "this source failed"
+    raise DownloadFailed(_one_line(e)) from e
+  finally:
+    logger.setLevel(level)
+    if bar is not False:
       bar.close()
-  # http.client returns a short body silently when the peer closes early: count it ourselves.
-  if total is not None and got != total:
-    raise DownloadFailed(f"interrupted: received {got:,} of {total:,} bytes", kept=True)
-  return h.hexdigest()
+    remove_path(staging)
 
 
 def download(source: str, part: str, *, progress: bool, label: str) -> str:
-  """Downloads `source` (https:// or hf://) into `part`; returns its sha256. Raises
-  DownloadFailed (`kept`: a resumable `part` is left behind)."""
+  """Downloads `source` (https:// or hf://) into `part`; returns its sha256. `label` is the file's
+  name (progress bar, pooch's log lines). Raises DownloadFailed."""
+  remove_path(part)           # never verified, never resumed: an old .part is only in the way
   if source.startswith("hf://"):
-    repo_id, revision, path = _parse_hf(source)
-    if _hf_hub_available():
-      return _download_hf_hub(repo_id, revision, path, part, progress)
-    return _download_url(_hf_public_url(repo_id, revision, path), part, progress=progress,
-                         label=label)
-  return _download_url(source, part, progress=progress, label=label)
+    _download_hf(source, part, progress)
+  else:
+    _download_https(source, part, progress, label)
+  return fileio.sha256_file(part)

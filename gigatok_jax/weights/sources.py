@@ -78,18 +78,17 @@ def _fetch_one(art: Artefact, sf: SourceFile, *, local: str | None, local_digest
                        f"{_where_from(art, sf)}, {put}")
   os.makedirs(os.path.dirname(final), exist_ok=True)
   part = final + ".part"
-  failures, kept = [], False
+  failures = []
   for source in sf.sources:
     try:
       digest = download(source, part, progress=progress, label=sf.filename)
     except DownloadFailed as e:
       failures.append(f"{source}: {e}")
-      kept = kept or e.kept
       continue
     try:
       kind = _check_digest(art, sf, digest, expected, f"download from {source}")
     except WeightsError as e:
-      remove_path(part)    # a wrong file must not be resumed from, nor ever get the final name
+      remove_path(part)    # a wrong file must never get the final name
       failures.append(str(e))
       continue
     os.replace(part, final)
@@ -97,10 +96,8 @@ def _fetch_one(art: Artefact, sf: SourceFile, *, local: str | None, local_digest
       print(f"{art.name}: {sf.filename}: sha256 {digest} (unpinned; recorded in the cache record)",
             file=sys.stderr)
     return Fetched(final, digest, source, kind)
-  again = (f"; run again to resume ({os.path.getsize(part):,} bytes kept in {part})"
-           if kept and os.path.isfile(part) else "")
-  raise WeightsError(f"{art.name}: could not download {sf.filename}: {' | '.join(failures)}"
-                     f"{again}; or download it yourself and {put}")
+  raise WeightsError(f"{art.name}: could not download {sf.filename}: {' | '.join(failures)}; "
+                     f"or download it yourself and {put}")
 
 
 def fetch_files(art: Artefact, locals_, local_digests, cache_dir: str, expected,
