@@ -410,3 +410,31 @@ def test_cli_takes_config_overrides_end_to_end(custom, tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "error: config key 'model.enc_hedas': unknown key (did you mean 'model.enc_heads'?)"]
   assert not (tmp_path / "bad").exists()
+
+
+def test_official_weights_get_the_reference_architecture_whatever_the_recipe(custom, tmp_path,
+                                                                             monkeypatch):
+  """A recipe may pick options with no weights of their own (configs/demo.py: 8 GroupNorm groups,
+  'unpool' decoder queries); an official file was trained without them, so its import resets them
+  and still computes the reference function."""
+  load = release.config_lib.load_recipe
+
+  def demo_like(*args, **kwargs):
+    config = load(*args, **kwargs)
+    config.model.cnn_norm_groups = 8
+    config.model.dec_query_init = "unpool"
+    return config
+  monkeypatch.setattr(release.config_lib, "load_recipe", demo_like)
+  out = release.import_checkpoint(custom["src"], str(tmp_path / "run"), overrides=HEADS, **QUIET)
+  config, loaded = _load(out)
+  assert (config.model.cnn_norm_groups, config.model.dec_query_init) == (32, "first_token")
+  _assert_tokenizer_matches(custom["tok"], loaded, "official weights read through a demo-like recipe")
+
+
+def test_export_refuses_a_run_the_reference_code_cannot_compute(tmp_path):
+  config = load_recipe("demo", "tiny")
+  config.model.dec_query_init = "unpool"
+  workdir = str(tmp_path / "run")
+  runs.write_config(config, workdir)
+  with pytest.raises(CheckpointError, match="model.dec_query_init='unpool' has no counterpart"):
+    release.export_run(workdir, str(tmp_path / "out.safetensors"), log=lambda *_: None)

@@ -104,6 +104,37 @@ def test_multi_level_pool_group_sizes_at_16():
   assert qformer.multi_level_pool(grid).shape == (1, 256, 1)
 
 
+def test_multi_level_unpool_mirrors_the_pool_on_a_4x4_grid():
+  # Token t gets the value t; a cell's query is the mean of the tokens whose pooling region holds
+  # it: token 0 and 1 (global), one of 2-3 (left/right half), 4-7 (quadrant), 8-15 (2x1 cells).
+  tokens = jnp.arange(16, dtype=jnp.float32).reshape(1, 16, 1)
+  grid = np.asarray(qformer.multi_level_unpool(tokens, 4, 4))[0, :, :, 0]   # (4, 4)
+  for r in range(4):
+    for c in range(4):
+      holders = [0, 1, 2 + c // 2, 4 + 2 * (r // 2) + c // 2, 8 + 4 * (r // 2) + c]
+      assert grid[r, c] == pytest.approx(np.mean(holders)), (r, c)
+  # Every level tiles the grid once, so unpooling the pooled tokens keeps each image's mean.
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  out = qformer.multi_level_unpool(qformer.multi_level_pool(x), 8, 8)
+  assert out.shape == (2, 8, 8, 3)
+  np.testing.assert_allclose(out.mean(axis=(1, 2)), x.mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_decoder_query_init_and_norm_groups_options():
+  c = load_recipe("demo")
+  images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3), minval=-1, maxval=1)
+  outputs = {}
+  for init in ("first_token", "unpool"):
+    c.model.dec_query_init = init
+    model = Tokenizer(c.model, image_size=64, rngs=nnx.Rngs(0))
+    outputs[init] = np.asarray(model(images).reconstruction)
+  # Same weights (same seed, no new parameters), different queries: different reconstructions.
+  assert not np.allclose(outputs["first_token"], outputs["unpool"])
+  c.model.cnn_norm_groups = 8
+  model = Tokenizer(c.model, image_size=64, rngs=nnx.Rngs(0))
+  assert model.encoder.norm_out.num_groups == 8 and model.decoder.adaptive[0].num_groups == 8
+
+
 def test_quantizer_indices_losses_and_usage():
   q = quantizer.VectorQuantizer(64, 8, rngs=nnx.Rngs(0), rotation_trick=True)
   z = jax.random.normal(jax.random.key(1), (2, 16, 8))

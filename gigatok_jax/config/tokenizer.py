@@ -32,10 +32,21 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
       cnn_ch=128,
       cnn_ch_mult=(1, 1, 2, 2, 4),
       cnn_num_res_blocks=2,
+      # GroupNorm groups of the CNN halves (reference: 32; every CNN channel count must be a
+      # multiple). Narrow CNNs (cnn_ch 16, configs/demo.py) need fewer: a group of one channel is an
+      # instance norm, which fixes each channel's spatial mean before conv_out.
+      cnn_norm_groups=32,
       z_channels=256,
       enc_width=ew, enc_layers=el, enc_heads=eh,
       dec_width=dw, dec_layers=dl, dec_heads=dh,
       mlp_ratio=4.0,
+      # 1d only: where the Q-Former decoder's queries start. 'first_token' (the reference): every
+      # query is the first token plus its learned position embedding, so the decoder must learn
+      # from scratch which tokens describe which place. 'unpool' (ours, no new weights): each grid
+      # cell starts from the mean of the tokens whose multi-level pooling region (the encoder's
+      # query layout) contains it; short runs (configs/demo.py) get spatial layout much sooner.
+      # Official checkpoints import with the reference values of both keys (convert/release.py).
+      dec_query_init="first_token",
       codebook_size=16384,
       code_dim=8,
       commitment=0.25,

@@ -81,9 +81,17 @@ def check_model(m, image_size: int) -> None:
   if not 1 <= m.distill_depth <= m.dec_layers:
     raise ConfigError("model.distill_depth", f"must be in [1, dec_layers={m.dec_layers}], got "
                       f"{m.distill_depth}")
+  query_init = m.get("dec_query_init", "first_token")
+  if query_init not in ("first_token", "unpool"):
+    raise ConfigError("model.dec_query_init", f"must be 'first_token' or 'unpool', got {query_init!r}")
+  if query_init != "first_token" and m.kind != "1d":
+    raise ConfigError("model.dec_query_init", f"{query_init!r} is for the 1d (Q-Former) decoder only")
+  groups = m.get("cnn_norm_groups", 32)
+  if not isinstance(groups, int) or groups <= 0:
+    raise ConfigError("model.cnn_norm_groups", f"must be a positive int, got {groups!r}")
   for ch in [m.cnn_ch * k for k in m.cnn_ch_mult] + [m.z_channels]:
-    if ch % 32:
-      raise ConfigError("model.cnn_ch", f"CNN channel count {ch} is not a multiple of the 32 "
+    if ch % groups:
+      raise ConfigError("model.cnn_ch", f"CNN channel count {ch} is not a multiple of the {groups} "
                         "GroupNorm groups (cnn_ch * cnn_ch_mult and z_channels must be)")
   factor = 2 ** (len(m.cnn_ch_mult) - 1)
   grid = image_size // factor

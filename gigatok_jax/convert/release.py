@@ -352,6 +352,10 @@ def configure(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] |
   return settle(recipe, sd, overrides, args, what=what, log=log)[0]
 
 
+# Architecture options with no weights of their own whose reference values an official file implies.
+REFERENCE_ARCHITECTURE = {"model.cnn_norm_groups": 32, "model.dec_query_init": "first_token"}
+
+
 def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
            args: Any = None, *, what: str = "the checkpoint", log=print):
   """`configure`, returning (config, the recipe started from, {head key: where it came from})."""
@@ -384,6 +388,12 @@ def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | No
                             + "; leave --recipe out to take the sizes from the file")
   for k, v in dims.items():
     overrides_lib.set_key(config, _config_key(k), v)
+  if kind == "tokenizer":
+    # Official weights were trained with the reference architecture: whatever the recipe chose
+    # (configs/demo.py: 8 GroupNorm groups, 'unpool' decoder queries) gives way to it.
+    for key, value in REFERENCE_ARCHITECTURE.items():
+      if key not in parsed:
+        overrides_lib.set_key(config, key, value)
   fields = _fields(args)
   if kind == "gpt" and dims["position"] == "rope_2d" and "model.num_tokens" not in parsed:
     size, down = fields.get("image_size"), fields.get("downsample_size")
@@ -518,6 +528,13 @@ def export_run(workdir: str, out: str, log=print) -> str:
   import jax  # pylint: disable=import-outside-toplevel
   from gigatok_jax import inference, parallel  # pylint: disable=import-outside-toplevel
   config = runs.read_config(workdir, key="--src")
+  if config.task == "tokenizer":
+    for key, value in REFERENCE_ARCHITECTURE.items():
+      ours = config.model.get(key.split(".", 1)[1], value)   # runs older than the key: reference
+      if ours != value:
+        raise CheckpointError(f"--src={workdir}: {key}={ours!r} has no counterpart in the "
+                              f"reference code (it has {value!r}); the exported weights would "
+                              "compute something else there")
   loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, jax.devices()[:1]))
   flat = flatten(jax.device_get(loaded.params))
   step = loaded.step

@@ -11,9 +11,9 @@ The label of a record is the index of its photo in `demo_photo_names()` (about 1
 
 Splits (`DemoSource`):
 - 'train': a virtual dataset of `num_samples` records. Record i is a square crop of photo
-  i % num_photos whose side (a random fraction in [0.35, 1] of the photo's short side) and position are
-  drawn from a generator seeded with i alone, resized to image_size x image_size (bicubic). Same i, same
-  crop, in every process and every run.
+  i % num_photos whose side (a random fraction in [0.5, 1] of the photo's short side: the scales of
+  the two eval crops) and position are drawn from a generator seeded with i alone, resized to
+  image_size x image_size (bicubic). Same i, same crop, in every process and every run.
 - 'eval': 2 fixed crops per photo: the whole centred square, and a 2x zoom on its centre.
 """
 
@@ -46,7 +46,7 @@ _PHOTOS = (
 
 # Seeds the train crops; a constant so that record i is the same crop in every run.
 _TRAIN_CROP_SEED = 20240607
-_MIN_CROP_FRACTION = 0.35
+_MIN_CROP_FRACTION = 0.5
 EVAL_CROPS_PER_PHOTO = 2
 
 

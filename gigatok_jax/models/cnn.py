@@ -29,11 +29,12 @@ def run_blocks(blocks, x: jax.Array, remat: str) -> jax.Array:
 class ResnetBlock(nnx.Module):
   """GN -> swish -> conv -> GN -> swish -> conv, plus a 1x1 shortcut when channels change."""
 
-  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype, param_dtype,
+               norm_groups: int = 32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.norm1 = GroupNorm(cin, **kw)
+    self.norm1 = GroupNorm(cin, num_groups=norm_groups, **kw)
     self.conv1 = Conv(cin, cout, 3, padding=1, **kw)
-    self.norm2 = GroupNorm(cout, **kw)
+    self.norm2 = GroupNorm(cout, num_groups=norm_groups, **kw)
     self.conv2 = Conv(cout, cout, 3, padding=1, **kw)
     self.nin_shortcut = Conv(cin, cout, 1, padding=0, **kw) if cin != cout else None
 
@@ -47,10 +48,11 @@ class ResnetBlock(nnx.Module):
 
 class EncoderLevel(nnx.Module):
   def __init__(self, cin: int, cout: int, num_blocks: int, downsample: bool, *, rngs, dtype,
-               param_dtype, remat: str = "none"):
+               param_dtype, remat: str = "none", norm_groups: int = 32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.remat = remat
-    self.res = nnx.List([ResnetBlock(cin if j == 0 else cout, cout, **kw) for j in range(num_blocks)])
+    self.res = nnx.List([ResnetBlock(cin if j == 0 else cout, cout, norm_groups=norm_groups, **kw)
+                         for j in range(num_blocks)])
     # Stride-2 3x3 conv; input padded by one row at the bottom and one column at the right.
     self.downsample = (Conv(cout, cout, 3, stride=2, padding=((0, 1), (0, 1)), **kw)
                        if downsample else None)
@@ -63,7 +65,7 @@ class EncoderLevel(nnx.Module):
 class CNNEncoder(nnx.Module):
   def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
                rngs: nnx.Rngs, in_channels: int = 3, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none"):
+               remat: str = "none", norm_groups: int = 32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.remat = remat
     self.conv_in = Conv(in_channels, ch, 3, padding=1, **kw)
@@ -71,11 +73,11 @@ class CNNEncoder(nnx.Module):
     for i, mult in enumerate(ch_mult):
       cout = ch * mult
       levels.append(EncoderLevel(cin, cout, num_res_blocks, i < len(ch_mult) - 1, remat=remat,
-                                 **kw))
+                                 norm_groups=norm_groups, **kw))
       cin = cout
     self.conv_blocks = nnx.List(levels)
-    self.mid = nnx.List([ResnetBlock(cin, cin, **kw) for _ in range(2)])
-    self.norm_out = GroupNorm(cin, **kw)
+    self.mid = nnx.List([ResnetBlock(cin, cin, norm_groups=norm_groups, **kw) for _ in range(2)])
+    self.norm_out = GroupNorm(cin, num_groups=norm_groups, **kw)
     self.conv_out = Conv(cin, z_channels, 3, padding=1, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, 3) -> (B, H/f, W/f, z_channels)
@@ -112,11 +114,13 @@ class AdaptiveGroupNorm(nnx.Module):
   The std is computed from torch's unbiased variance (N - 1) plus eps 1e-6, as the reference does.
   """
 
-  def __init__(self, z_channels: int, channels: int, *, rngs, dtype, param_dtype):
+  def __init__(self, z_channels: int, channels: int, *, rngs, dtype, param_dtype,
+               num_groups: int = 32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, axes=("z_channels", "conv_out"))
     self.gamma = Dense(z_channels, channels, **kw)
     self.beta = Dense(z_channels, channels, **kw)
     self.eps = 1e-6
+    self.num_groups = num_groups
 
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     # x (B, H, W, C); cond (B, h, w, z_channels)
@@ -127,15 +131,16 @@ class AdaptiveGroupNorm(nnx.Module):
     std = jnp.sqrt(var + self.eps)
     scale = self.gamma(std).astype(jnp.float32)                          # (B, C)
     shift = self.beta(mean).astype(jnp.float32)
-    return group_norm(x, scale, shift, 32, 1e-6, False)
+    return group_norm(x, scale, shift, self.num_groups, 1e-6, False)
 
 
 class DecoderLevel(nnx.Module):
   def __init__(self, cin: int, cout: int, num_blocks: int, upsample: bool, *, rngs, dtype,
-               param_dtype, remat: str = "none"):
+               param_dtype, remat: str = "none", norm_groups: int = 32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.remat = remat
-    self.res = nnx.List([ResnetBlock(cin if j == 0 else cout, cout, **kw) for j in range(num_blocks)])
+    self.res = nnx.List([ResnetBlock(cin if j == 0 else cout, cout, norm_groups=norm_groups, **kw)
+                         for j in range(num_blocks)])
     self.upsample = DepthToSpaceUpsample(cout, **kw) if upsample else None
 
   def __call__(self, x):
@@ -146,22 +151,22 @@ class DecoderLevel(nnx.Module):
 class CNNDecoder(nnx.Module):
   def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
                rngs: nnx.Rngs, out_channels: int = 3, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none"):
+               remat: str = "none", norm_groups: int = 32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.remat = remat
     cin = ch * ch_mult[-1]
     self.conv_in = Conv(z_channels, cin, 3, padding=1, **kw)
-    self.mid = nnx.List([ResnetBlock(cin, cin, **kw) for _ in range(2)])
+    self.mid = nnx.List([ResnetBlock(cin, cin, norm_groups=norm_groups, **kw) for _ in range(2)])
     adaptive, levels = [], []
     for i, mult in enumerate(reversed(ch_mult)):
       cout = ch * mult
-      adaptive.append(AdaptiveGroupNorm(z_channels, cin, **kw))
+      adaptive.append(AdaptiveGroupNorm(z_channels, cin, num_groups=norm_groups, **kw))
       levels.append(DecoderLevel(cin, cout, num_res_blocks + 1, i < len(ch_mult) - 1,
-                                 remat=remat, **kw))
+                                 remat=remat, norm_groups=norm_groups, **kw))
       cin = cout
     self.adaptive = nnx.List(adaptive)
     self.conv_blocks = nnx.List(levels)
-    self.norm_out = GroupNorm(cin, **kw)
+    self.norm_out = GroupNorm(cin, num_groups=norm_groups, **kw)
     self.conv_out = Conv(cin, out_channels, 3, padding=1, **kw)
 
   def __call__(self, z: jax.Array) -> jax.Array:  # (B, h, w, z_channels) -> (B, h*f, w*f, 3)

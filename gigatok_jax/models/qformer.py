@@ -65,6 +65,28 @@ def multi_level_pool(grid: jax.Array) -> jax.Array:
   return out
 
 
+def multi_level_unpool(tokens: jax.Array, h: int, w: int) -> jax.Array:
+  """The mirror of `multi_level_pool`: (B, h*w, C) tokens in its coarse-to-fine order -> (B, h, w, C).
+
+  Each grid cell gets the mean of the tokens whose pooling region contains it (one per group), so
+  that a decoder query starts from the tokens that describe its place.
+  """
+  b, n, c = tokens.shape
+  total = jnp.broadcast_to(tokens[:, :1, None, :], (b, h, w, c))  # the global token
+  levels, start = 1, 1
+  rows, cols = 1, 1
+  while rows * cols * 2 <= h * w:
+    group = tokens[:, start:start + rows * cols].reshape(b, rows, cols, c)
+    total = total + jnp.repeat(jnp.repeat(group, h // rows, axis=1), w // cols, axis=2)
+    levels, start = levels + 1, start + rows * cols
+    if cols == rows:
+      cols *= 2
+    else:
+      rows *= 2
+  assert start == n == h * w, (start, n, h, w)
+  return total / levels
+
+
 def _pos_embed(rngs, n: int, width: int, param_dtype) -> nnx.Param:
   scale = width ** -0.5
   return param(rngs, lambda k, s, d: scale * jax.random.normal(k, s, d), (n, width),
@@ -131,9 +153,13 @@ class QFormerDecoder(nnx.Module):
 
   def __init__(self, *, grid: int, num_tokens: int, z_channels: int, width: int, layers: int,
                heads: int, mlp_ratio: float, distill_depth: int, distill_dim: int, rngs: nnx.Rngs,
-               dtype=jnp.float32, param_dtype=jnp.float32, remat="none", scan_layers=False):
+               dtype=jnp.float32, param_dtype=jnp.float32, remat="none", scan_layers=False,
+               query_init: str = "first_token"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    if query_init not in ("first_token", "unpool"):
+      raise ValueError(f"query_init must be 'first_token' or 'unpool', got {query_init!r}")
     self.grid = grid
+    self.query_init = query_init
     self.distill_depth = distill_depth
     self.positional_embedding = _pos_embed(rngs, grid * grid, width, param_dtype)          # queries
     self.latent_token_positional_embedding = _pos_embed(rngs, num_tokens, width, param_dtype)  # memory
@@ -147,7 +173,10 @@ class QFormerDecoder(nnx.Module):
   def __call__(self, tokens: jax.Array, with_distill: bool = False):
     b = tokens.shape[0]
     memory = self.decoder_embed(self.ln_pre(tokens))                      # (B, N, W)
-    queries = jnp.broadcast_to(memory[:, :1], (b, self.grid * self.grid, memory.shape[-1]))
+    if self.query_init == "unpool":  # each cell starts from the tokens pooled over its place
+      queries = multi_level_unpool(memory, self.grid, self.grid).reshape(b, -1, memory.shape[-1])
+    else:                            # the reference: every query starts as the first token
+      queries = jnp.broadcast_to(memory[:, :1], (b, self.grid * self.grid, memory.shape[-1]))
     t, tapped = self.stack.run(
         queries, self.positional_embedding[...].astype(memory.dtype), memory,
         self.latent_token_positional_embedding[...].astype(memory.dtype),

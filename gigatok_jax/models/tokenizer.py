@@ -49,7 +49,7 @@ class Tokenizer(nnx.Module):
     self.grid = grid
     cnn = dict(ch=cfg.cnn_ch, ch_mult=tuple(cfg.cnn_ch_mult), num_res_blocks=cfg.cnn_num_res_blocks,
                z_channels=cfg.z_channels, rngs=rngs, dtype=dtype, param_dtype=pdt,
-               remat=cfg.remat)
+               remat=cfg.remat, norm_groups=cfg.get("cnn_norm_groups", 32))
     self.encoder = CNNEncoder(**cnn)
     self.decoder = CNNDecoder(**cnn)
     enc = dict(grid=grid, z_channels=cfg.z_channels, width=cfg.enc_width, layers=cfg.enc_layers,
@@ -61,7 +61,8 @@ class Tokenizer(nnx.Module):
                remat=cfg.remat, scan_layers=cfg.get("scan_layers", False))
     if cfg.kind == "1d":
       self.s2to1encoder = QFormerEncoder(**enc)
-      self.s1to2decoder = QFormerDecoder(num_tokens=grid * grid, **dec)
+      self.s1to2decoder = QFormerDecoder(num_tokens=grid * grid,
+                                         query_init=cfg.get("dec_query_init", "first_token"), **dec)
     elif cfg.kind == "2d":
       self.s2dencoder = ViTEncoder2D(layer_type=cfg.vit_layer_type, **enc)
       self.s2ddecoder = ViTDecoder2D(layer_type=cfg.vit_layer_type, **dec)
