@@ -30,8 +30,8 @@ def get_config(variant: str = ""):
   c.data.source = "demo"
   c.data.image_size = 64            # 64 px -> 8 x 8 grid -> 64 tokens
   c.global_batch_size = 8
-  # 850 steps end within 10 minutes on the 2-core CPU (9m30s measured); 1000 took 10m50s for
-  # 19.4 dB instead of ~19.2 (the switch out of the aux phase recompiles the step: ~40 s).
+  # 850 steps end within 10 minutes on the 2-core CPU (9m27s, 19.1 dB measured); 1000 took
+  # 10m50s for 19.4 dB (the switch out of the aux phase recompiles the step: ~40 s).
   # Batch 4 for 1700 steps reached the same PSNR in the same time.
   c.total_steps = 850
   c.checkpoint_every_steps = 250
