@@ -432,9 +432,11 @@ def test_official_weights_get_the_reference_architecture_whatever_the_recipe(cus
 
 
 def test_export_refuses_a_run_the_reference_code_cannot_compute(tmp_path):
-  config = load_recipe("demo", "tiny")
-  config.model.dec_query_init = "unpool"
-  workdir = str(tmp_path / "run")
-  runs.write_config(config, workdir)
-  with pytest.raises(CheckpointError, match="model.dec_query_init='unpool' has no counterpart"):
-    release.export_run(workdir, str(tmp_path / "out.safetensors"), log=lambda *_: None)
+  for key, value in (("cnn_norm_groups", 8), ("dec_query_init", "unpool")):
+    config = load_recipe("demo", "tiny")
+    config.model.cnn_norm_groups, config.model.dec_query_init = 32, "first_token"
+    config.model[key] = value
+    workdir = str(tmp_path / key)
+    runs.write_config(config, workdir)
+    with pytest.raises(CheckpointError, match=f"model.{key}={value!r} has no counterpart"):
+      release.export_run(workdir, str(tmp_path / "out.safetensors"), log=lambda *_: None)
