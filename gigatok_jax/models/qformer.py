@@ -43,6 +43,18 @@ class QFormerLayer(nnx.Module):
     return t + self.mlp(self.norm3(t))
 
 
+def _pool_groups(h: int, w: int):
+  """(rows, cols) of the pooling groups after the global token: 1x1, 1x2, 2x2, 2x4, ... while a
+  group has at most h*w/2 regions (shared by `multi_level_pool` and `multi_level_unpool`)."""
+  rows, cols = 1, 1
+  while rows * cols * 2 <= h * w:
+    yield rows, cols
+    if cols == rows:
+      cols *= 2
+    else:
+      rows *= 2
+
+
 def multi_level_pool(grid: jax.Array) -> jax.Array:
   """Coarse-to-fine average pooling of a (B, H, W, C) grid into H*W query tokens (docs/spec.md §2.4).
 
@@ -52,14 +64,9 @@ def multi_level_pool(grid: jax.Array) -> jax.Array:
   """
   b, h, w, c = grid.shape
   groups = [grid.mean(axis=(1, 2))[:, None, :]]
-  rows, cols = 1, 1
-  while rows * cols * 2 <= h * w:
+  for rows, cols in _pool_groups(h, w):
     pooled = grid.reshape(b, rows, h // rows, cols, w // cols, c).mean(axis=(2, 4))
     groups.append(pooled.reshape(b, rows * cols, c))
-    if cols == rows:
-      cols *= 2
-    else:
-      rows *= 2
   out = jnp.concatenate(groups, axis=1)
   assert out.shape[1] == h * w, out.shape
   return out
@@ -74,15 +81,10 @@ def multi_level_unpool(tokens: jax.Array, h: int, w: int) -> jax.Array:
   b, n, c = tokens.shape
   total = jnp.broadcast_to(tokens[:, :1, None, :], (b, h, w, c))  # the global token
   levels, start = 1, 1
-  rows, cols = 1, 1
-  while rows * cols * 2 <= h * w:
+  for rows, cols in _pool_groups(h, w):
     group = tokens[:, start:start + rows * cols].reshape(b, rows, cols, c)
     total = total + jnp.repeat(jnp.repeat(group, h // rows, axis=1), w // cols, axis=2)
     levels, start = levels + 1, start + rows * cols
-    if cols == rows:
-      cols *= 2
-    else:
-      rows *= 2
   assert start == n == h * w, (start, n, h, w)
   return total / levels
 
