@@ -5,10 +5,13 @@ One step directory holds three Orbax items, written together:
   <directory>/<step>/state/      the training state pytree (`ocp.args.StandardSave`)
   <directory>/<step>/data_iter/  the grain iterator state, one JSON file per process (optional)
   <directory>/<step>/meta/       small JSON: format version, step, process count, ...
+  <directory>/<step>/checksums.json  size and sha256 of every file above (checkpoint_integrity.py)
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it on commit (local disks), or
-writes in place and adds `commit_success.txt` last (GCS). `latest_step()` only counts steps that
-carry the commit marker and our `meta` item, so an unfinished or half-copied step is never "latest".
+writes in place and adds `commit_success.txt` last (GCS); process 0 then writes the checksums.
+`latest_step()` only counts steps that carry the commit marker, our `meta` item and the checksums
+(format 1 steps, written before checksums existed, need none), so an unfinished or half-copied
+step is never "latest". A restore verifies the checksums and falls back to the newest intact step.
 
 Every process of a multi-process job must make the same calls with the same step (Orbax
 synchronizes the processes inside `save` and `restore`).
@@ -21,6 +24,8 @@ import json
 import logging
 import operator
 import os
+import threading
+import time
 from typing import Any
 
 import jax
@@ -29,6 +34,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from gigatok_jax import checkpoint_integrity as integrity
+from gigatok_jax import console
 from gigatok_jax.errors import CheckpointError
 from gigatok_jax.models import layer_layout
 from gigatok_jax.version import VERSION
@@ -42,7 +49,7 @@ except (ImportError, AttributeError):  # pragma: no cover - grain is a core depe
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: steps carry checksums.json (1: no checksums; still restored)
 STATE_ITEM = 'state'
 DATA_ITER_ITEM = 'data_iter'
 META_ITEM = 'meta'
@@ -138,10 +145,14 @@ class Checkpointer:
 
   Only one job may save into `directory` (Orbax's `CheckpointManager` is not multi-job safe); a
   second Checkpointer that only restores (e.g. an evaluator) is fine.
+
+  `repair` (the training job that owns the directory): step directories that are incomplete when
+  it opens, or found damaged by a restore, are moved to `<directory>/set_aside/` (never deleted)
+  with one warning line each, so the run can save those steps again.
   """
 
   def __init__(self, directory: str | os.PathLike, *, save_every_steps: int,
-               max_to_keep: int | None = 3, async_save: bool = True):
+               max_to_keep: int | None = 3, async_save: bool = True, repair: bool = False):
     if (isinstance(save_every_steps, bool) or not isinstance(save_every_steps, int)
         or save_every_steps < 1):
       raise CheckpointError(
@@ -156,6 +167,12 @@ class Checkpointer:
     self._directory = epath.Path(directory)
     self._save_every_steps = save_every_steps
     self._closed = False
+    self._repair = repair
+    self._async = async_save
+    self._manifest_thread: threading.Thread | None = None
+    self._manifest_error: tuple[int, BaseException] | None = None
+    self.restored_step: int | None = None    # the step the last restore() used
+    self._pending_step: int | None = None    # the step of a save that may still be running
     _register_array_handler()
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every_steps,  # informational: we decide and pass force=True
@@ -169,6 +186,8 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f'cannot open checkpoint directory {self._directory}: {type(e).__name__}: {e}') from e
+    if repair:
+      self._set_aside_incomplete()
 
   @property
   def directory(self) -> epath.Path:
@@ -178,14 +197,44 @@ class Checkpointer:
     # Default Orbax naming (no prefix, no zero padding), which is what we configure.
     return self._directory / str(step)
 
+  def _committed(self, step: int) -> bool:
+    """Orbax finished the step: its commit marker and our metadata item are there."""
+    step_dir = self._step_dir(step)
+    return (step_dir / _COMMIT_MARKER).exists() and (step_dir / META_ITEM).exists()
+
   def _is_complete(self, step: int) -> bool:
-    """True if `step` was committed by Orbax and carries our metadata item.
+    """True if `step` was committed by Orbax, carries our metadata item and its checksums.
 
     Orbax on a local disk counts every directory named like a step as finished, whether or not
     it has the commit marker (only its GCS mode checks the marker), so we check it ourselves.
     """
-    step_dir = self._step_dir(step)
-    return (step_dir / _COMMIT_MARKER).exists() and (step_dir / META_ITEM).exists()
+    if not self._committed(step):
+      return False
+    return integrity.has_manifest(self._step_dir(step)) or self._format_version(step) < 2
+
+  def _format_version(self, step: int) -> int:
+    """The step's `meta` format version (a large number when unreadable: never 'legacy')."""
+    try:
+      meta = json.loads((self._step_dir(step) / META_ITEM / 'metadata').read_text())
+      return int(meta['format_version'])
+    except Exception:  # pylint: disable=broad-except
+      return 1 << 30
+
+  def _set_aside_incomplete(self) -> None:
+    """Process 0 moves step directories that are not complete to set_aside/ (see the class doc)."""
+    if jax.process_index() == 0:
+      moved = False
+      for step in self._mngr.all_steps():
+        if not self._is_complete(step):
+          target = integrity.set_aside(self._step_dir(step), 'incomplete')
+          console.warning(f'checkpoint step {step} in {self._directory} is incomplete (an '
+                          f'interrupted save or copy); moved it to {target}')
+          moved = True
+      if moved:
+        self._mngr.reload()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('gigatok:set_aside_incomplete')
+      self._mngr.reload()
 
   def all_steps(self) -> list[int]:
     """All complete checkpoint steps, ascending (a save still being written is not counted)."""
@@ -224,16 +273,24 @@ class Checkpointer:
     step = _as_step(step)
     if not force and not self.should_save(step):
       return False
+    # The previous save first (Orbax would wait for it too): its failure is news about its step.
+    self.wait_until_finished()
     if step in self._mngr.all_steps():
       if self._is_complete(step):
         logger.info('Checkpoint step %d already exists in %s; not saving it again.', step,
                     self._directory)
-      else:
-        logger.warning(
-            'Step directory %s exists but is not a complete checkpoint (no %s or %s); not saving '
-            'step %d over it. Delete that directory to save this step.', self._step_dir(step),
-            _COMMIT_MARKER, META_ITEM, step)
-      return False
+        return False
+      if not self._repair:
+        raise CheckpointError(
+            f'{self._step_dir(step)} exists but is not a complete checkpoint; delete it to save '
+            f'step {step}')
+      if jax.process_index() == 0:
+        target = integrity.set_aside(self._step_dir(step), 'incomplete')
+        console.warning(f'checkpoint step {step} in {self._directory} was incomplete; moved it '
+                        f'to {target} and saving step {step} afresh')
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f'gigatok:set_aside_{step}')
+      self._mngr.reload()
     _check_global_arrays(state)
     meta = {
         'format_version': FORMAT_VERSION,
@@ -255,9 +312,48 @@ class Checkpointer:
       saved = self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot save checkpoint step {step} to {self._directory}: {type(e).__name__}: {e}'
-      ) from e
+          f'cannot save checkpoint step {step} to {self._directory}: {_one_line(e)}') from e
+    if saved:
+      self._pending_step = step
+    if saved and jax.process_index() == 0:
+      self._manifest_thread = threading.Thread(
+          target=self._write_manifest_once_committed, args=(step,), daemon=True,
+          name=f'gigatok-checksums-{step}')
+      self._manifest_thread.start()
+      if not self._async:
+        self._finish_manifest()
     return bool(saved)
+
+  def _write_manifest_once_committed(self, step: int) -> None:
+    """Background thread of process 0: waits for Orbax to commit `step`, then writes its
+    checksums. A save that fails never commits; its error surfaces from Orbax, not here."""
+    try:
+      delay = 0.02
+      while not self._committed(step):
+        if not self._mngr.is_saving_in_progress() and not self._committed(step):
+          return
+        time.sleep(delay)
+        delay = min(2 * delay, 1.0)
+      integrity.write_manifest(self._step_dir(step), step)
+    except Exception as e:  # pylint: disable=broad-except
+      self._manifest_error = (step, e)
+
+  def _finish_manifest(self) -> None:
+    """Waits for the checksums of the last save; a CheckpointError if writing them failed."""
+    if self._manifest_thread is not None:
+      self._manifest_thread.join()
+      self._manifest_thread = None
+    if self._manifest_error is not None:
+      step, e = self._manifest_error
+      self._manifest_error = None
+      raise CheckpointError(f'writing the checksums of checkpoint step {step} in '
+                            f'{self._directory} failed: {_one_line(e)}')
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointError at once if the background save has ended in an error (full disk,
+    lost permissions); cheap when it is still running or all went well: call it every step."""
+    if self._pending_step is not None and not self._mngr.is_saving_in_progress():
+      self.wait_until_finished()
 
   def restore(self, abstract_state: Any, data_iterator: Any = None, *, step: int | None = None):
     """Restores the state at `step` (default: latest) into the layout of `abstract_state`.
@@ -295,6 +391,7 @@ class Checkpointer:
       except CheckpointError as mismatch:
         raise mismatch from e
       raise CheckpointError(f'cannot restore {where}: {type(e).__name__}: {e}') from e
+    self.restored_step = step
     return restored[STATE_ITEM]
 
   def _resolve_step(self, step: int | None) -> tuple[int, str, dict]:
@@ -303,19 +400,16 @@ class Checkpointer:
     self._check_open()
     self.wait_until_finished()
     if step is None:
-      step = self.latest_step()
-      if jax.process_count() > 1:
-        # All processes must restore the same step, even if their views of the disk differ.
-        chosen = multihost_utils.broadcast_one_to_all(np.int64(-1 if step is None else step))
-        step = None if int(chosen) < 0 else int(chosen)
-      if step is None:
-        raise CheckpointError(f'no complete checkpoint in {self._directory}')
+      step = self._newest_intact_step()
     else:
       step = _as_step(step)
       if not self._is_complete(step):
         raise CheckpointError(
             f'no complete checkpoint for step {step} in {self._directory} '
             f'(complete steps: {self.all_steps() or "none"})')
+      problem = self._damage(step)
+      if problem is not None:
+        raise CheckpointError(f'checkpoint step {step} in {self._directory} is damaged: {problem}')
     where = f'checkpoint step {step} in {self._directory}'
 
     try:
@@ -332,6 +426,45 @@ class Checkpointer:
           f'supports ({FORMAT_VERSION}); upgrade gigatok_jax')
 
     return step, where, meta
+
+  def _damage(self, step: int) -> str | None:
+    """What is wrong with a complete step's files (None: intact, or format 1 without checksums)."""
+    if not integrity.has_manifest(self._step_dir(step)):
+      return None
+    return integrity.verify(self._step_dir(step))
+
+  def _newest_intact_step(self) -> int:
+    """The newest complete step whose checksums hold; the same on every process (process 0 reads
+    the files and decides). Newer damaged steps get one warning line each (and are set aside under
+    `repair`); none intact -> CheckpointError listing what is wrong with each."""
+    chosen, damaged = -1, []
+    if jax.process_index() == 0:
+      for step in reversed(self.all_steps()):
+        problem = self._damage(step)
+        if problem is None:
+          chosen = step
+          break
+        damaged.append((step, problem))
+    if jax.process_count() > 1:
+      # All processes must restore the same step, even if their views of the disk differ.
+      chosen = int(multihost_utils.broadcast_one_to_all(np.int64(chosen)))
+    if chosen < 0:
+      if damaged:
+        raise CheckpointError(
+            f'no intact checkpoint in {self._directory}: '
+            + '; '.join(f'step {s}: {p}' for s, p in damaged)
+            + ' (move those step directories away to start from scratch)')
+      if jax.process_index() == 0:
+        raise CheckpointError(f'no complete checkpoint in {self._directory}')
+      raise CheckpointError(f'no intact checkpoint in {self._directory} (see process 0)')
+    for step, problem in damaged:
+      line = f'checkpoint step {step} in {self._directory} is damaged: {problem}; '
+      if self._repair:
+        line += f'moved it to {integrity.set_aside(self._step_dir(step), "damaged")} and '
+      console.warning(line + f'using step {chosen}')
+    if damaged and self._repair:
+      self._mngr.reload()
+    return chosen
 
   def restore_fields(self, abstract: Any, *, step: int | None = None) -> tuple[dict, int]:
     """(fields, step): only the named fields of the saved state, e.g. {'gen_params': tree} or
@@ -413,11 +546,14 @@ class Checkpointer:
     """Blocks until a background save has committed; raises CheckpointError if it failed."""
     if self._closed:
       return
+    step, self._pending_step = self._pending_step, None
     try:
       self._mngr.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f'writing a checkpoint to {self._directory} failed: {type(e).__name__}: {e}') from e
+      what = 'a checkpoint' if step is None else f'checkpoint step {step}'
+      raise CheckpointError(f'saving {what} to {self._directory} failed: {_one_line(e)}; the '
+                            'newest complete checkpoint stays the latest') from e
+    self._finish_manifest()
 
   def close(self) -> None:
     """Waits for pending saves, then releases Orbax's threads. Idempotent."""
@@ -438,6 +574,12 @@ class Checkpointer:
   def _check_open(self) -> None:
     if self._closed:
       raise CheckpointError(f'the Checkpointer for {self._directory} is closed')
+
+
+def _one_line(e: BaseException) -> str:
+  """`Type: first line of the message`, at most 300 characters (TensorStore errors run long)."""
+  text = str(e).strip()
+  return f'{type(e).__name__}: {text.splitlines()[0][:300] if text else ""}'
 
 
 def _check_global_arrays(state: Any) -> None:

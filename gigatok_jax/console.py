@@ -35,6 +35,14 @@ def info(message: str) -> None:
     print(line, flush=True)
 
 
+def warning(message: str) -> None:
+  """A warning line from process 0, on stderr: `[gigatok HH:MM:SS] warning: ...`."""
+  if jax.process_index() != 0:
+    return
+  sys.stdout.flush()
+  print(f"[gigatok {time.strftime('%H:%M:%S')}] warning: {message}", file=sys.stderr, flush=True)
+
+
 def format_duration(seconds: float) -> str:
   """H:MM:SS (days shown as hours), e.g. 0:04:56."""
   return str(datetime.timedelta(seconds=max(0, round(seconds))))

@@ -110,9 +110,10 @@ def abort_on_failure(error: BaseException, code: int = 1) -> None:
   if not jax.distributed.is_initialized():
     return
   text = str(error).strip()
-  if not isinstance(error, UserError):
+  known = isinstance(error, UserError) or code != 1   # user error, divergence, preemption
+  if not known:
     text = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-  if not isinstance(error, UserError) or "JaxRuntimeError" in text:
+  if not known or "JaxRuntimeError" in text:
     text += " (a collective failed: another process of this job probably died; see its log)"
   logging.flush()
   print(f"error: process {jax.process_index()} of {jax.process_count()}: {text}", file=sys.stderr,

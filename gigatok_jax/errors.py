@@ -14,6 +14,7 @@ class ConfigError(UserError):
 
   def __init__(self, key: str, message: str):
     self.key = key
+    self.message = message
     super().__init__(f"config key '{key}': {message}")
 
 
@@ -23,3 +24,12 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint directory or file cannot be used."""
+
+
+class Diverged(Exception):
+  """Training produced NaN or Inf (losses, weights or optimizer state); nothing of it was saved.
+  Not a UserError: `main.py` exits with its own status (EXIT_DIVERGED)."""
+
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3

@@ -202,12 +202,13 @@ def restore_imported(path: str, abstract: Mapping[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- where weights come from
 def open_checkpoints(workdir: str, config=None) -> checkpointing.Checkpointer:
-  """The run's Checkpointer: with the run's cadence when `config` is given, read-only use otherwise."""
+  """The run's Checkpointer: with the run's cadence when `config` is given (the training job, which
+  also sets incomplete or damaged steps aside), read-only use otherwise."""
   if config is None:
     return checkpointing.Checkpointer(checkpoints_dir(workdir), save_every_steps=1)
   return checkpointing.Checkpointer(checkpoints_dir(workdir),
                                     save_every_steps=config.checkpoint_every_steps,
-                                    max_to_keep=config.max_checkpoints_to_keep)
+                                    max_to_keep=config.max_checkpoints_to_keep, repair=True)
 
 
 class Start(NamedTuple):
@@ -224,7 +225,9 @@ def training_state(task, workdir: str, *, ckpt: checkpointing.Checkpointer | Non
   """
   latest = None if ckpt is None else ckpt.latest_step()
   if latest is not None:
-    return Start(ckpt.restore(task.abstract_state, data_iter), f"checkpoint step {latest}")
+    # The newest intact step: a damaged newer one is reported, set aside and skipped.
+    state = ckpt.restore(task.abstract_state, data_iter)
+    return Start(state, f"checkpoint step {ckpt.restored_step}")
   state = task.init_state()
   path = find_imported(workdir, init_from)
   if path is None:

@@ -29,8 +29,17 @@ cd ~/gigatok_jax && pip install -q -r requirements.txt -e '.[tpu]'"
     workdir="${2:?WORKDIR}"
     shift 2
     # Progress bars from 8-64 hosts interleave badly: plain log lines instead (process 0 logs).
-    ssh_all "cd ~/gigatok_jax && python -m gigatok_jax.main --config=$recipe --workdir=$workdir \
---noprogress $*"
+    # Exit 75 = preempted (SIGTERM: a checkpoint was saved): run the same command again, up to
+    # RESUMES times (default 3), which resumes from it. 0 = finished, 2 = user error, 3 = diverged.
+    resumes="${RESUMES:-3}"
+    while true; do
+      status=0
+      ssh_all "cd ~/gigatok_jax && python -m gigatok_jax.main --config=$recipe \
+--workdir=$workdir --noprogress $*" || status=$?
+      if [ "$status" -ne 75 ] || [ "$resumes" -le 0 ]; then exit "$status"; fi
+      resumes=$((resumes - 1))
+      echo "preempted (exit 75): resuming ($resumes more resumes allowed)" >&2
+    done
     ;;
   *) echo "unknown action '$action' (setup or run)" >&2; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
 """Tests for gigatok_jax.checkpointing (Orbax CheckpointManager wrapper)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -226,11 +227,21 @@ def test_incomplete_checkpoints_are_ignored(tmp_path):
     _assert_trees_equal(ckpt.restore(abstract), state)
     with pytest.raises(CheckpointError, match=r'step 9 .*complete steps: \[2\]'):
       ckpt.restore(abstract, step=9)
-    assert not ckpt.save(9, state)  # refuses to write over the broken directory, does not crash
+    # A reader (repair off) never writes over the broken directory.
+    with pytest.raises(CheckpointError, match=r'/9 exists but is not a complete checkpoint'):
+      ckpt.save(9, state)
     # Saving the step of a leftover temporary directory replaces it.
     assert ckpt.save(7, state)
     assert ckpt.latest_step() == 7
   assert not (tmp_path / '7.orbax-checkpoint-tmp').exists()
+  # The training job (repair on) moves the incomplete step directories aside when it opens them,
+  # so the final save of step 9 is not blocked.
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False, repair=True) as ckpt:
+    aside = sorted(p.name.split('.')[:2][0] + '.' + p.name.split('.')[1]
+                   for p in (tmp_path / 'set_aside').iterdir())
+    assert aside == ['11.incomplete', '9.incomplete']
+    assert ckpt.save(9, state)
+    assert ckpt.latest_step() == 9
 
 
 @pytest.mark.parametrize('change', ['shape', 'new_param', 'removed_param'])
@@ -307,6 +318,115 @@ def test_bad_input_raises_checkpoint_error(tmp_path):
       ckpt.should_save(2.5)
   with pytest.raises(CheckpointError, match='closed'):
     ckpt.save(1, _simple_state())
+
+
+# ------------------------------------------------------------------------- integrity (checksums)
+def _big_state(value):
+  """64 KB per array, so that a 4 KB overwrite lands inside one data file."""
+  return {'params': {'w': jnp.full((64, 256), value, jnp.float32),
+                     'b': jnp.arange(64 * 256, dtype=jnp.float32).reshape(64, 256) * value},
+          'step': np.int64(value)}
+
+
+def _largest_data_file(step_dir):
+  files = [p for p in (step_dir / 'state').rglob('*') if p.is_file() and p.parent.name == 'd']
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def _overwrite_4kb(step_dir):
+  path = _largest_data_file(step_dir)
+  data = bytearray(path.read_bytes())
+  assert len(data) > 8192
+  data[4096:8192] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+  path.write_bytes(bytes(data))          # same size, different bytes
+  return path.name
+
+
+def _truncate(step_dir):
+  path = _largest_data_file(step_dir)
+  path.write_bytes(path.read_bytes()[:100])
+  return path.name
+
+
+def _delete(step_dir):
+  path = _largest_data_file(step_dir)
+  path.unlink()
+  return path.name
+
+
+def _no_checksums(step_dir):         # killed between Orbax's commit and the checksums
+  (step_dir / 'checksums.json').unlink()
+  return 'incomplete'
+
+
+def _no_commit_marker(step_dir):     # a half-copied workdir, or Orbax's in-place mode on GCS
+  (step_dir / 'commit_success.txt').unlink()
+  return 'incomplete'
+
+
+def _no_meta(step_dir):
+  shutil.rmtree(step_dir / 'meta')
+  return 'incomplete'
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.parametrize('damage', [_overwrite_4kb, _truncate, _delete, _no_checksums,
+                                    _no_commit_marker, _no_meta])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, capfd):
+  with Checkpointer(tmp_path, save_every_steps=10) as ckpt:   # async saves, as in training
+    ckpt.save(10, _big_state(1.0))
+    ckpt.save(20, _big_state(2.0))
+  for step in (10, 20):
+    assert (tmp_path / str(step) / 'checksums.json').is_file()
+  culprit = damage(tmp_path / '20')
+  capfd.readouterr()
+  abstract = _abstract(_big_state(0.0), _one_device)
+  with Checkpointer(tmp_path, save_every_steps=10, repair=True) as ckpt:
+    restored = ckpt.restore(abstract)
+    assert ckpt.restored_step == 10
+    _assert_trees_equal(restored, _big_state(1.0))
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if 'warning:' in line]
+    assert len(warnings) == 1, err
+    assert 'step 20' in warnings[0] and culprit in warnings[0] and 'set_aside' in warnings[0]
+    assert [p.name.split('.')[0] for p in (tmp_path / 'set_aside').iterdir()] == ['20']
+    # The step can be saved again: nothing blocks the run's next or final save.
+    assert ckpt.save(20, _big_state(3.0))
+  with Checkpointer(tmp_path, save_every_steps=10) as ckpt:
+    assert ckpt.latest_step() == 20
+    _assert_trees_equal(ckpt.restore(abstract), _big_state(3.0))
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_no_intact_checkpoint_is_one_error_and_nothing_is_moved(tmp_path):
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    ckpt.save(5, _big_state(1.0))
+  culprit = _overwrite_4kb(tmp_path / '5')
+  with Checkpointer(tmp_path, save_every_steps=1, repair=True) as ckpt:
+    with pytest.raises(CheckpointError) as info:
+      ckpt.restore(_abstract(_big_state(0.0), _one_device))
+  message = str(info.value)
+  assert message.startswith(f'no intact checkpoint in {tmp_path}: step 5: state/')
+  assert culprit in message and '\n' not in message
+  # Never starts a damaged-only run from scratch behind the user's back: step 5 stays in place.
+  assert (tmp_path / '5').is_dir() and not (tmp_path / 'set_aside').exists()
+  with Checkpointer(tmp_path, save_every_steps=1) as ckpt:
+    with pytest.raises(CheckpointError, match='step 5 .* is damaged: state/'):
+      ckpt.restore_fields({'params': _abstract(_big_state(0.0), _one_device)['params']}, step=5)
+
+
+def test_format_1_checkpoints_without_checksums_still_restore(tmp_path):
+  """Steps written before checksums existed (format 1) are restored, unverified."""
+  with Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+    ckpt.save(3, _big_state(1.0))
+  (tmp_path / '3' / 'checksums.json').unlink()
+  meta_file = tmp_path / '3' / 'meta' / 'metadata'
+  meta = json.loads(meta_file.read_text())
+  assert meta['format_version'] == 2
+  meta_file.write_text(json.dumps({**meta, 'format_version': 1}))
+  with Checkpointer(tmp_path, save_every_steps=1, repair=True) as ckpt:
+    assert ckpt.latest_step() == 3
+    _assert_trees_equal(ckpt.restore(_abstract(_big_state(0.0), _one_device)), _big_state(1.0))
 
 
 if __name__ == '__main__':

@@ -152,30 +152,123 @@ def test_eval_mode_rfid_and_lpips_plumbing(straight_run, tmp_path, monkeypatch):
   assert other["rfid_reference"] == {"path": ref, "sha256": sha}
 
 
-def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
-  workdir = str(tmp_path / "preempted")
+def _run_until(workdir, line_marker, *, delay_s=0.0, extra=()):
+  """Starts the demo:tiny CLI, sends SIGTERM once `line_marker` is printed (None: after `delay_s`
+  from the start), returns (exit status, output)."""
   cmd = [sys.executable, "-m", "gigatok_jax.main", "--config=configs/demo.py:tiny",
          f"--workdir={workdir}", "--noprogress", "--config.total_steps=100000",
-         "--config.checkpoint_every_steps=100000", "--config.image_every_steps=100000"]
+         "--config.checkpoint_every_steps=100000", "--config.image_every_steps=100000", *extra]
   proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines = []
   deadline = time.time() + 300
   try:
-    for line in proc.stdout:
-      lines.append(line)
-      if "step 2:" in line:
-        proc.send_signal(signal.SIGTERM)
-        break
-      assert time.time() < deadline, "".join(lines[-20:])
+    if line_marker is None:
+      time.sleep(delay_s)
+      proc.send_signal(signal.SIGTERM)
+    else:
+      for line in proc.stdout:
+        lines.append(line)
+        if line_marker in line:
+          proc.send_signal(signal.SIGTERM)
+          break
+        assert time.time() < deadline, "".join(lines[-20:])
     out, _ = proc.communicate(timeout=120)
   finally:
     proc.kill()
-  text = "".join(lines) + out
-  assert proc.returncode == 0, text[-3000:]
-  assert "SIGTERM received" in text
+  return proc.returncode, "".join(lines) + out
+
+
+def test_sigterm_saves_checkpoint_and_exits_with_the_preempted_status(tmp_path):
+  from gigatok_jax import preemption
+  workdir = str(tmp_path / "preempted")
+  code, text = _run_until(workdir, "step 2:")
+  assert code == preemption.EXIT_PREEMPTED == 75, text[-3000:]
+  assert "Traceback" not in text
+  last = text.strip().splitlines()[-1]
+  assert last.startswith("preempted: SIGTERM received: saved a checkpoint at step "), last
   step = checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1).latest_step()
-  assert step is not None and step >= 2
+  assert step is not None and step >= 2 and f"step {step} in" in last
+
+
+@pytest.mark.parametrize("moment", ["importing", "before the loop"])
+def test_sigterm_during_start_up_exits_with_the_preempted_status(tmp_path, moment):
+  workdir = str(tmp_path / "early")
+  if moment == "importing":
+    code, text = _run_until(workdir, None, delay_s=0.3)
+  else:   # the mesh line comes before the restore / model building / first compile
+    code, text = _run_until(workdir, "mesh {")
+  assert code == 75, text[-3000:]
+  assert "Traceback" not in text
+  assert text.strip().splitlines()[-1].startswith("preempted: SIGTERM received"), text[-2000:]
+
+
+def test_nothing_to_train_says_so(straight_run, capsys):
+  workdir, straight = straight_run
+  capsys.readouterr()
+  again = loop.train(tiny_config(total_steps=4), workdir, progress=False, devices=ONE_DEVICE)
+  assert int(again.step) == 6
+  out = capsys.readouterr().out
+  assert "nothing to train: checkpoint step 6 is at step 6 and total_steps is 4" in out
+
+
+def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  """NaN appears at step 4 (poisoned weights); checkpoints every 2 steps. The run stops with one
+  Diverged line naming the losses, and step 2 stays the latest checkpoint (4 is never saved)."""
+  from gigatok_jax.errors import Diverged
+  real = TokenizerTask.jitted_train_step
+
+  def poisoned(self, phase):
+    step_fn = real(self, phase)
+
+    def run(state, batch, *args):
+      state, metrics = step_fn(state, batch, *args)
+      if int(state.step) >= 4:
+        state = state.replace(gen_params=jax.tree.map(lambda x: x * np.nan, state.gen_params))
+        metrics = dict(metrics, gen_loss=metrics["gen_loss"] * np.nan)
+      return state, metrics
+    run.lower = step_fn.lower
+    return run
+  monkeypatch.setattr(TokenizerTask, "jitted_train_step", poisoned)
+  config = tiny_config(total_steps=8)
+  config.checkpoint_every_steps = 2
+  config.log_every_steps = 100
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(Diverged) as info:
+    loop.train(config, workdir, progress=False, devices=ONE_DEVICE)
+  message = str(info.value)
+  assert message.startswith("training diverged by step 4: gen_loss=nan"), message
+  assert "checkpoint step 2 stays the latest" in message
+  assert checkpointing.Checkpointer(f"{workdir}/checkpoints", save_every_steps=1).all_steps() == [2]
+
+
+def test_a_failed_background_save_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
+  """What a full disk does to an asynchronous save, without filling a disk: Orbax's background
+  write of step 2 fails. The run stops on the next step with one line naming step 2."""
+  from gigatok_jax.errors import CheckpointError
+  import orbax.checkpoint as ocp
+  real_wait = ocp.CheckpointManager.wait_until_finished
+  saved = []
+
+  def failing_wait(self):
+    real_wait(self)
+    if saved == [2]:          # once step 2's save has been handed to the background
+      raise OSError(28, "No space left on device")
+  real_save = ocp.CheckpointManager.save
+
+  def recording_save(self, step, *args, **kwargs):
+    result = real_save(self, step, *args, **kwargs)
+    saved.append(step)
+    return result
+  monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", failing_wait)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", recording_save)
+  config = tiny_config(total_steps=8)
+  config.checkpoint_every_steps = 2
+  with pytest.raises(CheckpointError) as info:
+    loop.train(config, str(tmp_path / "full"), progress=False, devices=ONE_DEVICE)
+  message = str(info.value)
+  assert "saving checkpoint step 2 to" in message and "No space left on device" in message
+  assert saved == [2]        # stopped before the next checkpoint step
 
 
 def test_loss_phases_and_aux_metrics():

@@ -42,6 +42,8 @@ def parse_value(key: str, value: Any, current: Any) -> Any:
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
+      if current is None:       # an unset optional key: plain text is a string
+        return text
       raise ConfigError(key, f"cannot read {text!r} as a value of type {want}") from None
   elif isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
     value = value[1:-1]

@@ -6,58 +6,62 @@ What differs per model lives in its task (train/tokenizer.py, train/gpt.py): `To
 step, what to log and what to do after a step (reconstruction grids, validation loss).
 
 Guarantees: a checkpoint holds the whole training state, the step and the data iterator; a rerun
-resumes from the latest complete one exactly (bit-identical to an uninterrupted run); SIGTERM
-(preemption, `kill`, SLURM) saves a checkpoint and exits; every process of a multi-process job
-agrees on when to stop.
+resumes from the newest intact one exactly (bit-identical to an uninterrupted run); SIGTERM
+(preemption, `kill`, SLURM) saves a checkpoint and exits with preemption.EXIT_PREEMPTED; a failed
+background save stops the run at the next step; non-finite losses or weights stop the run
+(errors.Diverged) and are never saved; every process of a multi-process job agrees on when to stop.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from gigatok_jax import console, distributed, parallel, runs
+from gigatok_jax import console, distributed, parallel, preemption, runs
+from gigatok_jax.errors import Diverged
 from gigatok_jax.train import reporting
 
 
-class PreemptionFlag:
-  """Set by SIGTERM (cloud preemption, `kill`, SLURM): the loop saves a checkpoint and exits."""
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def is_set(self) -> bool:
-    # In multi-process runs every process must agree, or they would save different steps.
-    if jax.process_count() > 1:
-      flags = multihost_utils.process_allgather(np.array([self.event.is_set()], np.int32))
-      return bool(np.max(flags))
-    return self.event.is_set()
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """One bool: every floating-point leaf of `tree` is finite (weights, moments, EMA)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def checkpoint_or_stop(ckpt, step: int, end: int, state, data_iter, preempted: PreemptionFlag) -> bool:
-  """Saves on checkpoint steps, at the end and on SIGTERM; True when the loop must stop now."""
-  preempt = preempted.is_set()
+def _not_finite(host_metrics: dict) -> list[str]:
+  return [f"{k}={float(v):.4g}" for k, v in host_metrics.items()
+          if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.inexact)
+          and not np.isfinite(v)]
+
+
+def check_finite(step: int, metrics, state, ckpt, *, check_state: bool) -> None:
+  """Raises Diverged when this step's metrics (or, with `check_state`, the weights and optimizer
+  state) hold NaN or Inf; the message names the values and the checkpoint that stays latest."""
+  bad = _not_finite(jax.device_get(metrics))
+  if not bad and check_state and not bool(_all_finite(state)):
+    bad = ["the weights or optimizer state"]
+  if bad:
+    latest = ckpt.latest_step()
+    kept = (f"checkpoint step {latest} stays the latest" if latest is not None
+            else "no checkpoint was saved")
+    raise Diverged(f"training diverged by step {step}: {', '.join(bad)} not finite; this state "
+                   f"is not saved and {kept} (lower optim.lr, or check the data)")
+
+
+def checkpoint_or_stop(ckpt, step: int, end: int, state, data_iter, metrics) -> bool:
+  """Saves on checkpoint steps, at the end and on SIGTERM (only a finite state); True when the
+  loop must stop now (SIGTERM: after the save, `Preempted` is raised by the caller)."""
+  ckpt.check_for_errors()     # a background save that failed stops the run here
+  preempt = preemption.received()
   # One save per step: a preemption on a checkpoint step reuses the save already under way.
   if ckpt.should_save(step) or step == end or preempt:
+    check_finite(step, metrics, state, ckpt, check_state=True)
     ckpt.save(step, state, data_iter, force=True)
-  if preempt:
-    ckpt.wait_until_finished()
-    console.info(f"SIGTERM received: saved a checkpoint at step {step}; exiting")
   return preempt
 
 
@@ -96,12 +100,15 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   state = start.state
   step = int(jax.device_get(state.step))
   end = min(config.total_steps, stop_at_step) if stop_at_step is not None else config.total_steps
+  if step >= config.total_steps:
+    console.info(f"nothing to train: {start.source} is at step {step} and total_steps is "
+                 f"{config.total_steps} (raise --config.total_steps to train further)")
   reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress,
                                 log_keys=hooks.log_keys, labels=getattr(hooks, "log_labels", None))
   hooks.start(state, step, reporter)
   steps = {}   # phase -> the train step (one compile per phase)
-  metrics, first_step = None, step
-  with PreemptionFlag() as preempted, jax.set_mesh(mesh):
+  metrics, first_step, preempted = None, step, False
+  with preemption.deferred(), jax.set_mesh(mesh):
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
       phase = task.phase(step)
@@ -115,17 +122,22 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
       # The first step of a run is logged too: it is the baseline later values are read against.
       if step % config.log_every_steps == 0 or step == end or step == first_step + 1:
         host_metrics = jax.device_get(metrics)   # waits for the step: the clock reads after it
+        check_finite(step, host_metrics, state, ckpt, check_state=False)
         reporter.step(step, compiled=compiled)
         reporter.scalars(step, host_metrics, config.global_batch_size,
                          tokens_per_image=hooks.tokens_per_image)
       else:
         reporter.step(step, compiled=compiled)
       hooks.after_step(state, step, end, reporter)
-      if checkpoint_or_stop(ckpt, step, end, state, data_iter, preempted):
+      if checkpoint_or_stop(ckpt, step, end, state, data_iter, metrics):
+        preempted = True
         break
   ckpt.wait_until_finished()   # the last (async) save
   ckpt.close()
   reporter.close()
+  if preempted:
+    raise preemption.Preempted(f"SIGTERM received: saved a checkpoint at step {step} in "
+                               f"{runs.checkpoints_dir(workdir)}; run the same command to resume")
   if metrics is not None:
     console.info(reporting.final_line(step, config.total_steps, hooks.final_line(metrics)))
   return state

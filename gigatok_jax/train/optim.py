@@ -51,18 +51,32 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def cnn_mask(params):
+  """True for the tokenizer's CNN encoder and decoder (top-level 'encoder' / 'decoder')."""
+  return {k: jax.tree.map(lambda _, on=k in ("encoder", "decoder"): on, v)
+          for k, v in params.items()}
+
+
 def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | None = None,
-          mask=decay_mask) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Clip + AdamW; the default schedule is the tokenizer's warm-up + cosine."""
+          mask=decay_mask, cnn_lr_scale: float = 1.0
+          ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Clip + AdamW; the default schedule is the tokenizer's warm-up + cosine.
+
+  `cnn_lr_scale` != 1 multiplies the updates of the CNN encoder/decoder (their lr and weight
+  decay) by it. At 1 the transformation and its state are exactly the reference's, so checkpoints
+  of other runs keep their layout.
+  """
   if schedule is None:
     schedule = warmup_cosine(lr, optim_cfg.final_lr, optim_cfg.warmup_steps, total_steps,
                              optim_cfg.warmup_init_ratio)
-  tx = optax.chain(
+  parts = [
       optax.clip_by_global_norm(optim_cfg.grad_clip),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
                   mask=mask),
-  )
-  return tx, schedule
+  ]
+  if cnn_lr_scale != 1.0:
+    parts.append(optax.masked(optax.scale(cnn_lr_scale), cnn_mask))
+  return optax.chain(*parts), schedule
 
 
 def gpt_adamw(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
