@@ -1,0 +1,59 @@
+"""The tokenizer optimizer's per-group learning rate (optim.cnn_lr_scale)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gigatok_jax.train import optim
+
+
+def _cfg():
+  return ml_collections.ConfigDict(dict(lr=1e-3, b1=0.9, b2=0.95, weight_decay=1e-4, grad_clip=10.0,
+                                        warmup_steps=0, warmup_init_ratio=0.01, final_lr=1e-4))
+
+
+def _params():
+  k = jax.random.split(jax.random.key(0), 3)
+  return {"encoder": {"conv_in": {"kernel": jax.random.normal(k[0], (3, 3, 3, 4))}},
+          "decoder": {"norm_out": {"scale": jnp.ones((4,))}},
+          "s2to1encoder": {"stack": {"kernel": jax.random.normal(k[1], (4, 4))}},
+          "quantize": {"embedding": jax.random.normal(k[2], (8, 4))}}
+
+
+def _updates(tx, params, steps=3):
+  state = tx.init(params)
+  out = None
+  for i in range(steps):
+    grads = jax.tree.map(lambda p, i=i: jnp.sin(p * (i + 1)), params)
+    out, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, out)
+  return out, state
+
+
+def test_scale_one_is_the_reference_optimizer_and_state_layout():
+  params = _params()
+  plain, _ = optim.adamw(_cfg(), 100, 1e-3)
+  same, _ = optim.adamw(_cfg(), 100, 1e-3, cnn_lr_scale=1.0)
+  assert (jax.tree_util.tree_structure(plain.init(params))
+          == jax.tree_util.tree_structure(same.init(params)))
+
+
+def test_cnn_updates_are_scaled_and_the_rest_untouched():
+  params = _params()
+  plain, _ = optim.adamw(_cfg(), 100, 1e-3)
+  scaled, _ = optim.adamw(_cfg(), 100, 1e-3, cnn_lr_scale=5.0)
+  # One step from the same point: AdamW's update is linear in the lr, so the CNN's is 5x.
+  u_plain, _ = _updates(plain, params, steps=1)
+  u_scaled, _ = _updates(scaled, params, steps=1)
+  for group in ("encoder", "decoder"):
+    for a, b in zip(jax.tree.leaves(u_plain[group]), jax.tree.leaves(u_scaled[group])):
+      np.testing.assert_allclose(np.asarray(b), 5.0 * np.asarray(a), rtol=1e-6)
+  for group in ("s2to1encoder", "quantize"):
+    for a, b in zip(jax.tree.leaves(u_plain[group]), jax.tree.leaves(u_scaled[group])):
+      np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+  assert optim.cnn_mask(params) == {"encoder": {"conv_in": {"kernel": True}},
+                                    "decoder": {"norm_out": {"scale": True}},
+                                    "s2to1encoder": {"stack": {"kernel": False}},
+                                    "quantize": {"embedding": False}}
