@@ -209,7 +209,7 @@ def test_nothing_to_train_says_so(straight_run, capsys):
   again = loop.train(tiny_config(total_steps=4), workdir, progress=False, devices=ONE_DEVICE)
   assert int(again.step) == 6
   out = capsys.readouterr().out
-  assert "nothing to train: checkpoint step 6 is at step 6 and total_steps is 4" in out
+  assert "nothing to train: resumed at step 6 and total_steps is 4" in out
 
 
 def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

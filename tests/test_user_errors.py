@@ -29,6 +29,21 @@ def _bad_safetensors(tmp, header: bytes, name="weights.safetensors"):
   return str(path)
 
 
+RAISING = """
+def get_config():
+  return undefined_name
+"""
+TYPO = """
+from gigatok_jax import config
+def get_config():
+  c = config.tokenizer_config()
+  c.data.source = "demo"
+  c.model.enc_widht = 512
+  return c
+"""
+SYNTAX = "def get_config(:\n  pass\n"
+
+
 # (name, argv builder (tmp_path -> argv), text the error line must contain)
 CASES = [
     # command line
@@ -55,22 +70,14 @@ CASES = [
     ("missing recipe", lambda t: ["--config=configs/nope.py", "--mode=summary"],
      ["configs/nope.py", "not found"]),
     ("unknown variant", lambda t: [DEMO + ":huge", "--mode=summary"], ["huge", "tiny"]),
-    ("recipe syntax error", lambda t: [f"--config={_recipe(t, 'def get_config(:\\n  pass\\n')}",
+    ("recipe syntax error", lambda t: [f"--config={_recipe(t, SYNTAX)}",
                                        "--mode=summary"], ["syntax error", ".py:1"]),
-    ("recipe raising", lambda t: [f"--config={_recipe(t, '''
-        def get_config():
-          return undefined_name
-     ''')}", "--mode=summary"], ["NameError", ".py:3", "undefined_name"]),
+    ("recipe raising", lambda t: [f"--config={_recipe(t, RAISING)}", "--mode=summary"],
+     ["NameError", ".py:3", "undefined_name"]),
     ("recipe without get_config", lambda t: [f"--config={_recipe(t, 'X = 1')}", "--mode=summary"],
      ["get_config"]),
-    ("recipe key typo", lambda t: [f"--config={_recipe(t, '''
-        from gigatok_jax import config
-        def get_config():
-          c = config.tokenizer_config()
-          c.data.source = "demo"
-          c.model.enc_widht = 512
-          return c
-     ''')}", "--mode=summary"], ["model.enc_widht", "did you mean 'model.enc_width'"]),
+    ("recipe key typo", lambda t: [f"--config={_recipe(t, TYPO)}", "--mode=summary"],
+     ["model.enc_widht", "did you mean 'model.enc_width'"]),
     # workdir
     ("workdir is a file", lambda t: [DEMO, f"--workdir={_bad_safetensors(t, b'x', 'afile')}",
                                      "--config.total_steps=1"], ["--workdir", "is a file"]),
@@ -85,7 +92,7 @@ CASES = [
     ("codebook of one", lambda t: [DEMO, "--mode=summary", "--config.model.codebook_size=1"],
      ["model.codebook_size"]),
     ("norm groups", lambda t: [DEMO, "--mode=summary", "--config.model.cnn_norm_groups=5"],
-     ["cnn_norm_groups", "5"]),
+     ["5 GroupNorm groups"]),
     ("query init", lambda t: [DEMO, "--mode=summary", "--config.model.dec_query_init=foo"],
      ["model.dec_query_init", "foo"]),
     ("model kind", lambda t: [DEMO, "--mode=summary", "--config.model.kind=3d"], ["model.kind"]),
@@ -103,9 +110,9 @@ CASES = [
     ("batch vs devices", lambda t: [DEMO, f"--workdir={t}/w", "--config.global_batch_size=3",
                                     "--config.mesh.data=2"], ["mesh"]),
     ("process id", lambda t: [DEMO, f"--workdir={t}/w", "--config.distributed.num_processes=2",
-                              "--config.distributed.process_id=5"], ["distributed."]),
+                              "--config.distributed.process_id=5"], ["distributed"]),
     # files the config points at
-    ("missing train data", lambda t: [DEMO, f"--workdir={t}/w", "--config.data.source=arrayrecord",
+    ("missing train data", lambda t: [DEMO, f"--workdir={t}/w", "--config.data.source=array_record",
                                       f"--config.data.train_path={t}/nothing"],
      ["data.train_path"]),
     ("missing lpips weights", lambda t: [DEMO + ":teachers", f"--workdir={t}/w",

@@ -53,7 +53,8 @@ def load_recipe(spec: str, key: str = "tokenizer.recipe") -> ml_collections.Conf
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   try:
-    return module.get_config(variant)
+    # Like ml_collections' config_flags: get_config() without a variant, get_config(v) with one.
+    return module.get_config(variant) if variant else module.get_config()
   except ValueError as e:
     raise ConfigError(key, f"{spec}: {e}") from None
 

@@ -96,7 +96,7 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   step = int(jax.device_get(state.step))
   end = min(config.total_steps, stop_at_step) if stop_at_step is not None else config.total_steps
   if step >= config.total_steps:
-    console.info(f"nothing to train: {start.source} is at step {step} and total_steps is "
+    console.info(f"nothing to train: resumed at step {step} and total_steps is "
                  f"{config.total_steps} (raise --config.total_steps to train further)")
   reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress,
                                 log_keys=hooks.log_keys, labels=getattr(hooks, "log_labels", None))
