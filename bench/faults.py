@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
 import re
 import shutil
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -54,21 +56,26 @@ def run(cmd, *, kill_after: float | None = None, sig=signal.SIGKILL, on_line=Non
   (exit status, output)."""
   proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-  start, lines = time.time(), []
-  os.set_blocking(proc.stdout.fileno(), False)
-  buffer = ""
-  while proc.poll() is None:
-    chunk = proc.stdout.read() or ""
-    buffer += chunk
-    *done, buffer = buffer.split("\n")
-    lines += done
-    if (kill_after is not None and time.time() - start > kill_after) or (
-        on_line is not None and any(on_line(line) for line in done)):
+  lines: queue.Queue = queue.Queue()
+  reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+  reader.start()
+  start, out = time.time(), []
+  while proc.poll() is None or reader.is_alive():
+    try:
+      line = lines.get(timeout=0.05)
+    except queue.Empty:
+      line = None
+    if line is not None:
+      out.append(line)
+    fire = (kill_after is not None and time.time() - start > kill_after) or (
+        on_line is not None and line is not None and on_line(line))
+    if fire and proc.poll() is None:
       proc.send_signal(sig)
       kill_after, on_line = None, None
-    time.sleep(0.05)
-  lines += ((proc.stdout.read() or "") + buffer).split("\n")
-  return proc.returncode, "\n".join(lines)
+  reader.join()
+  while not lines.empty():
+    out.append(lines.get())
+  return proc.wait(), "".join(out)
 
 
 def final_state(workdir: str) -> list[np.ndarray]:

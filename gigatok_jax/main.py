@@ -12,6 +12,7 @@ where there was something to save: run the same command again); 1 anything else 
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import signal
 import sys
@@ -48,6 +49,19 @@ flags.DEFINE_string("aot_output", "", "--mode=aot: also write the plan rows to t
 FLAGS = flags.FLAGS
 
 
+class _OneLineOrbaxErrors(std_logging.Filter):
+  """Orbax logs a failed background save (a full disk) from each of its threads with a
+  traceback; we report the failure ourselves in one `error:` line naming the step, so its log
+  records keep their first line only."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.ERROR and "/orbax/" in record.pathname.replace("\\", "/"):
+      lines = record.getMessage().splitlines()
+      record.msg, record.args = (lines[0][:300] if lines else ""), ()
+      record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
 def _fail(code: int, prefix: str, message: str) -> None:
   logging.flush()
   sys.stdout.flush()
@@ -76,6 +90,7 @@ def main(argv) -> None:
   if not FLAGS["verbosity"].present:
     # Orbax and grain log every save at INFO; keep the console to our own progress and results.
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_OneLineOrbaxErrors())
   config = FLAGS.config
   if config is None:
     print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
