@@ -34,6 +34,7 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=2.4",  # hf:// weight sources (gigatok_jax/weights/download.py)
         "pooch>=1.9",            # https:// weight sources
+        "gcsfs>=2026.10.1",      # gs:// workdirs and datasets through etils epath (fileio.py)
     ],
     extras_require={
         # lpips (LPIPS parity test) is installed with --no-deps: it requires torchvision, which does

@@ -27,9 +27,7 @@ Why imported weights are not a training checkpoint: a checkpoint holds the optim
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -48,31 +46,31 @@ INFO_FILE = "info.json"
 
 # ------------------------------------------------------------------------------------- paths
 def config_path(workdir: str) -> str:
-  return os.path.join(workdir, CONFIG_FILE)
+  return fileio.join(workdir, CONFIG_FILE)
 
 
 def checkpoints_dir(workdir: str) -> str:
-  return os.path.join(workdir, CHECKPOINTS)
+  return fileio.join(workdir, CHECKPOINTS)
 
 
 def images_dir(workdir: str) -> str:
-  return os.path.join(workdir, "images")
+  return fileio.join(workdir, "images")
 
 
 def reconstruct_dir(workdir: str) -> str:
-  return os.path.join(workdir, "reconstruct")
+  return fileio.join(workdir, "reconstruct")
 
 
 def samples_dir(workdir: str) -> str:
-  return os.path.join(workdir, "samples")
+  return fileio.join(workdir, "samples")
 
 
 def codes_dir(workdir: str, split: str) -> str:
-  return os.path.join(workdir, "codes", split)
+  return fileio.join(workdir, "codes", split)
 
 
 def eval_path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, "eval", f"{name}.json")
+  return fileio.join(workdir, "eval", f"{name}.json")
 
 
 # ------------------------------------------------------------------------------- config.json
@@ -82,17 +80,16 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def has_config(workdir: str) -> bool:
-  return os.path.isfile(config_path(workdir))
+  return fileio.isfile(config_path(workdir))
 
 
 def read_config(workdir: str, key: str = "tokenizer.workdir") -> ml_collections.ConfigDict:
   """The config a training run in `workdir` saved; a ConfigError naming `key` when absent."""
   path = config_path(workdir)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise ConfigError(key, f"{path} not found: {workdir!r} is not a gigatok_jax training run "
                       "(or set tokenizer.recipe to the recipe it was trained with)")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(fileio.read_json(path))
 
 
 # ------------------------------------------------------------------ a GPT run's tokenizer run
@@ -135,40 +132,53 @@ def find_imported(workdir: str, init_from: str = "") -> str | None:
   """The imported-weights directory a run uses: `init_from` (a run directory or its pretrained/
   dir; an error if it has none), else `<workdir>/pretrained` if present, else None."""
   if init_from:
-    for candidate in (os.path.join(init_from, PRETRAINED), init_from):
-      if os.path.isfile(os.path.join(candidate, INFO_FILE)):
+    for candidate in (fileio.join(init_from, PRETRAINED), init_from):
+      if fileio.isfile(fileio.join(candidate, INFO_FILE)):
         return candidate
     raise CheckpointError(f"init_from={init_from!r} holds no converted weights (expected "
-                          f"{os.path.join(init_from, PRETRAINED, INFO_FILE)}; make one with "
+                          f"{fileio.join(init_from, PRETRAINED, INFO_FILE)}; make one with "
                           "`python -m gigatok_jax.convert`)")
-  path = os.path.join(workdir, PRETRAINED)
-  return path if os.path.isfile(os.path.join(path, INFO_FILE)) else None
+  path = fileio.join(workdir, PRETRAINED)
+  return path if fileio.isfile(fileio.join(path, INFO_FILE)) else None
 
 
 def read_imported_info(path: str) -> dict:
   try:
-    with open(os.path.join(path, INFO_FILE), encoding="utf-8") as f:
-      return json.load(f)
+    return fileio.read_json(fileio.join(path, INFO_FILE))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path}: unreadable {INFO_FILE} ({e})") from e
 
 
 def save_imported(workdir: str, trees: Mapping[str, Any], info: Mapping[str, Any]) -> str:
-  """Writes `trees` (host arrays) and `info` as `<workdir>/pretrained`, atomically (temp + rename)."""
+  """Writes `trees` (host arrays) and `info` as `<workdir>/pretrained`; a reader sees either the old
+  weights, none, or all of the new ones.
+
+  Local disks: written beside it as `pretrained.tmp-<pid>` and renamed into place. Object stores
+  have no atomic directory rename, so there `info.json` is the commit mark: the old one is removed
+  first, the items are written in place and the new `info.json` last (`find_imported` only
+  accepts a directory that has one).
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  final = os.path.join(os.path.abspath(workdir), PRETRAINED)
-  tmp = f"{final}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  final = fileio.join(fileio.resolve(workdir), PRETRAINED)
+  remote = fileio.is_remote(final)
+  if remote:
+    fileio.remove(fileio.join(final, INFO_FILE))
+    fileio.rmtree(final)
+    target = final
+  else:
+    target = f"{final}.tmp-{os.getpid()}"
+    fileio.rmtree(target)
+  fileio.makedirs(target)
   ckptr = ocp.StandardCheckpointer()
   for name, tree in trees.items():
-    ckptr.save(os.path.join(tmp, name), tree)
+    ckptr.save(fileio.join(target, name), tree)
   ckptr.wait_until_finished()
   ckptr.close()
-  fileio.atomic_write_json(os.path.join(tmp, INFO_FILE), {**info, "items": sorted(trees)})
-  if os.path.exists(final):
-    shutil.rmtree(final)
-  os.replace(tmp, final)
+  fileio.atomic_write_json(fileio.join(target, INFO_FILE), {**info, "items": sorted(trees)})
+  if not remote:
+    if os.path.exists(final):
+      fileio.rmtree(final, missing_ok=False)
+    os.replace(target, final)
   return final
 
 
@@ -184,10 +194,10 @@ def restore_imported(path: str, abstract: Mapping[str, Any]) -> dict[str, Any]:
   try:
     for name, tree in abstract.items():
       # strict=True (the default) refuses any shape that differs from the stored one.
-      out[name] = ckptr.restore(os.path.join(path, name), tree)
+      out[name] = ckptr.restore(fileio.join(path, name), tree)
   except Exception as e:  # noqa: BLE001 - orbax raises many types for a tree that does not fit
     try:
-      stored = ckptr.metadata(os.path.join(path, name))
+      stored = ckptr.metadata(fileio.join(path, name))
       hint = layer_layout.mismatch_hint(
           tree_names.flat_shapes(getattr(stored, "item_metadata", stored)),
           tree_names.flat_shapes(tree))

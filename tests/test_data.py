@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 
 from absl import flags
 import grain
@@ -488,3 +489,138 @@ def test_json_metadata_is_plain_json(prepared):
   with open(os.path.join(prepared['out'], records.METADATA_FILE)) as f:
     meta = json.load(f)
   assert meta['format'] == 'gigatok_jax.image_records' and meta['record_version'] == 1
+
+
+# ------------------------------------------------------------------ datasets are complete or refused
+
+def _check(path, split='train'):
+  key = 'train_path' if split == 'train' else 'eval_path'
+  return pipeline.make_source(_cfg(source='array_record', **{key: path}), split)
+
+
+def _rewrite_with(path, n):
+  """Replaces the shard at `path` by a valid ArrayRecord file holding its first `n` records."""
+  src = records.ImageRecordSource([path])
+  raws = [src.read_raw(i) for i in range(n)]
+  os.remove(path)
+  with records.ShardWriter(path) as w:
+    for r in raws:
+      w.write(r['image'], r['label'], r['name'])
+
+
+@pytest.fixture
+def prepared_copy(prepared, tmp_path):
+  import shutil
+  out = str(tmp_path / 'ds')
+  shutil.copytree(prepared['out'], out)
+  return out
+
+
+def test_complete_dataset_records_its_shards_and_opens(prepared_copy):
+  meta = records.read_metadata(prepared_copy)
+  assert [s['file'] for s in meta['shards']] == [records.shard_name(k, 3) for k in range(3)]
+  assert len(_check(prepared_copy)) == 9
+  # A glob may select some shards on purpose: only those are checked.
+  one = os.path.join(prepared_copy, records.shard_name(0, 3))
+  assert len(_check(one)) == meta['shards'][0]['num_records']
+
+
+def test_deleted_shard_is_refused_naming_it(prepared_copy):
+  victim = os.path.join(prepared_copy, records.shard_name(1, 3))
+  os.remove(victim)
+  with pytest.raises(DataError, match=f'{re.escape(victim)}: missing') as e:
+    _check(prepared_copy)
+  assert '\n' not in str(e.value)
+  # The config check says the same before anything compiles.
+  with pytest.raises(DataError, match='missing'):
+    validate.check_data_config(_cfg(source='array_record', train_path=prepared_copy), 4,
+                               splits=('train',), process_count=1)
+
+
+def test_truncated_shard_is_refused_naming_it(prepared_copy):
+  victim = os.path.join(prepared_copy, records.shard_name(2, 3))
+  data = open(victim, 'rb').read()
+  with open(victim, 'wb') as f:
+    f.write(data[:len(data) - 10])            # cut: the footer is gone
+  with pytest.raises(DataError,
+                     match=f'{re.escape(victim)}: not a complete ArrayRecord file') as e:
+    _check(prepared_copy)
+  assert '\n' not in str(e.value) and str(e.value).strip().endswith(')')
+  # A valid file with fewer records than metadata.json lists (a shard replaced or cut short).
+  os.remove(victim)
+  with records.ShardWriter(victim) as w:
+    w.write(records.encode_png(_solid(5)), 0, 'x')
+  want = records.read_metadata(prepared_copy)['shards'][2]['num_records']
+  with pytest.raises(DataError,
+                     match=f'{re.escape(victim)}: holds 1 records but metadata.json lists {want}'):
+    _check(prepared_copy)
+
+
+def test_extra_shard_is_refused_naming_it(prepared_copy):
+  import shutil
+  extra = os.path.join(prepared_copy, 'data-00003-of-00004.array_record')
+  shutil.copy(os.path.join(prepared_copy, records.shard_name(0, 3)), extra)
+  with pytest.raises(DataError, match=f'{re.escape(extra)}: unexpected shard'):
+    _check(prepared_copy)
+
+
+def _codes_dir(root, num_images=5, per_shard=2):
+  """A codes directory as --mode=extract_codes writes it: 3 shards of 2, 2 and 1 records."""
+  from gigatok_jax import fileio
+  from gigatok_jax.data import codes
+  num_shards = -(-num_images // per_shard)
+  os.makedirs(root, exist_ok=True)
+  for k in range(num_shards):
+    with records.ShardWriter(codes.shard_path(root, k, num_shards)) as w:
+      for i in range(k * per_shard, min((k + 1) * per_shard, num_images)):
+        w.write_raw(codes.encode_code_record(np.full((1, 4), i), i % 3))
+  fileio.atomic_write_json(os.path.join(root, records.METADATA_FILE), {
+      'format': 'gigatok_jax.codes.v1', 'num_images': num_images, 'num_shards': num_shards,
+      'images_per_shard': per_shard, 'num_tokens': 4, 'vocab_size': 16, 'num_classes': 3})
+  return root
+
+
+def test_code_shards_are_complete_or_refused(tmp_path):
+  from gigatok_jax.data import codes
+  good = _codes_dir(str(tmp_path / 'good'))
+  shards = codes.check_shards(good, 'data.codes_path')
+  assert [s.num_records for s in shards] == [2, 2, 1]
+  source = codes.CodeRecordSource(shards)
+  assert len(source) == 5 and source[4]['codes'][0, 0] == 4
+
+  deleted = _codes_dir(str(tmp_path / 'deleted'))
+  victim = codes.shard_path(deleted, 1, 3)
+  os.remove(victim)
+  with pytest.raises(DataError, match=f'{re.escape(victim)}: missing: .* holds 2 of 3 shards'):
+    codes.check_shards(deleted, 'data.codes_path')
+
+  truncated = _codes_dir(str(tmp_path / 'truncated'))
+  victim = codes.shard_path(truncated, 2, 3)
+  data = open(victim, 'rb').read()
+  with open(victim, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(DataError, match=f'{re.escape(victim)}: not a complete ArrayRecord file'):
+    codes.check_shards(truncated, 'data.codes_path')
+  short = _codes_dir(str(tmp_path / 'short'))
+  victim = codes.shard_path(short, 0, 3)
+  os.remove(victim)
+  with records.ShardWriter(victim) as w:
+    w.write_raw(codes.encode_code_record(np.zeros((1, 4)), 0))
+  with pytest.raises(DataError,
+                     match=f'{re.escape(victim)}: holds 1 records but its chunk has 2 images'):
+    codes.check_shards(short, 'data.codes_path')
+
+  extra = _codes_dir(str(tmp_path / 'extra'))
+  stray = os.path.join(extra, 'codes-00005-of-00003.array_record')
+  import shutil
+  shutil.copy(codes.shard_path(extra, 0, 3), stray)
+  with pytest.raises(DataError, match=f'{re.escape(stray)}: unexpected shard'):
+    codes.check_shards(extra, 'data.codes_path')
+  other = os.path.join(extra, 'data-00000-of-00001.array_record')
+  os.rename(stray, other)
+  with pytest.raises(DataError, match=f'{re.escape(other)}: unexpected shard'):
+    codes.check_shards(extra, 'data.codes_path')
+  # The GPT's training iterator runs the same checks.
+  cfg = _cfg(codes_path=extra)
+  with pytest.raises(DataError, match='unexpected shard'):
+    codes.make_train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1)

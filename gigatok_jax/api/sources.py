@@ -2,11 +2,13 @@
 
 `src` may be:
   - a run directory: a training run (config.json + checkpoints/) or one that
-    `python -m gigatok_jax.convert` made from a released file (config.json + pretrained/);
+    `python -m gigatok_jax.convert` made from a released file (config.json + pretrained/); local
+    or on an object store (`gs://bucket/run`: read through `fileio` and Orbax);
   - an official PyTorch file (.pt / .pth / .bin / .safetensors): converted once into the weights
     cache (`$GIGATOK_CACHE_DIR`, else ~/.cache/gigatok_jax) under converted/<name>-<key>/, where the
     key is a hash of the file's absolute path, size and modification time, so an edited or replaced
-    file is converted again and an unchanged one is read straight from the cache;
+    file is converted again and an unchanged one is read straight from the cache (local files
+    only: the converter reads PyTorch files from disk; copy a gs:// one first);
   - the name of a registered artefact (`python -m gigatok_jax.weights list`, e.g. gigatok_ss):
     fetched and converted by the weights cache.
 """
@@ -17,7 +19,7 @@ import hashlib
 import os
 import shutil
 
-from gigatok_jax import runs
+from gigatok_jax import fileio, runs
 from gigatok_jax.config import overrides as overrides_lib
 from gigatok_jax.errors import UserError
 
@@ -46,7 +48,7 @@ def convert_file(path: str, *, recipe: str = "", overrides=None, cache_dir: str 
   """
   from gigatok_jax.convert import release  # pylint: disable=import-outside-toplevel
   out = _converted_dir(path, cache_dir)
-  if _is_run(out) and os.path.isfile(os.path.join(out, runs.PRETRAINED, runs.INFO_FILE)):
+  if _is_run(out) and fileio.isfile(fileio.join(out, runs.PRETRAINED, runs.INFO_FILE)):
     info = runs.read_imported_info(os.path.join(out, runs.PRETRAINED))
     same_recipe = not recipe or recipe == info.get("recipe")
     same_overrides = not overrides or overrides_lib.overrides_record(overrides) == info.get("overrides")
@@ -68,19 +70,20 @@ def run_directory(src, *, recipe: str = "", overrides=None, cache_dir: str | Non
   """The run directory that `src` (see the module docstring) names; a UserError when none.
   `recipe` and `overrides` apply to an official file's conversion only."""
   src = os.fspath(src)
-  path = os.path.expanduser(src)
-  if overrides and not os.path.isfile(path):
+  path = src if fileio.is_remote(src) else os.path.expanduser(src)
+  if overrides and not fileio.isfile(path):
     raise UserError(f"{src}: overrides apply to the conversion of an official weight file, not "
                     "to a run directory or a registered model")
-  if os.path.isdir(path):
+  if fileio.isdir(path):
     if not _is_run(path):
       raise UserError(f"{src}: not a gigatok_jax run directory (no {runs.CONFIG_FILE}); pass a "
                       "training run, a directory made by `python -m gigatok_jax.convert`, or an "
                       "official .pt file")
     return path
-  if os.path.isfile(path):
+  if fileio.isfile(path):
     if not path.endswith(WEIGHT_FILE_SUFFIXES):
       raise UserError(f"{src}: not a weight file (expected one of {', '.join(WEIGHT_FILE_SUFFIXES)})")
+    fileio.local_only(path, "converting an official weight file")
     return convert_file(path, recipe=recipe, overrides=overrides, cache_dir=cache_dir,
                         log=log)
   from gigatok_jax import weights  # pylint: disable=import-outside-toplevel

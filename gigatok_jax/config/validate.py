@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
-from gigatok_jax import parallel
+from gigatok_jax import fileio, parallel
 from gigatok_jax.config import gpt as gpt_schema
 from gigatok_jax.config import tokenizer as tokenizer_schema
 from gigatok_jax.data import pipeline
@@ -317,6 +316,16 @@ def check_probe(config) -> None:
     raise ConfigError("probe.layer", f"must be in [1, {config.model.layers}] (0 = half), got {layer}")
 
 
+def check_file(key: str, path: str, *, local: bool = False) -> None:
+  """`path` (config key `key`) must be a file, local or gs:// (fileio); `local`: a converted weight
+  file, which the converters' readers take from local disks only."""
+  if local and fileio.is_remote(path):
+    raise ConfigError(key, f"{path}: converted weight files are read from local disks only; copy "
+                      "it to this machine first")
+  if not fileio.isfile(path):
+    raise ConfigError(key, f"{path} not found")
+
+
 def check_ar_probe_inputs(config) -> None:
   """--mode=ar_probe: everything its later stages need, before training starts."""
   for key in ("eval_codes_path",):
@@ -326,13 +335,23 @@ def check_ar_probe_inputs(config) -> None:
   for key in ("fid_reference", "inception_path"):
     if not config.eval[key]:
       raise ConfigError(f"eval.{key}", "AR probing computes gFID: set it (README, Evaluation)")
-    if not os.path.isfile(config.eval[key]):
-      raise ConfigError(f"eval.{key}", f"{config.eval[key]} not found")
+    check_file(f"eval.{key}", config.eval[key], local=key == "inception_path")
 
 
 def check_eval(config, num_devices: int | None = None) -> None:
-  """--mode=eval of a tokenizer recipe: its batch splits over the data-parallel devices."""
+  """--mode=eval of a tokenizer recipe: its batch splits over the data-parallel devices; the
+  files it is given exist (before the checkpoint is loaded)."""
   check_batch_divisible(config, num_devices, "eval.batch_size")
+  for key in ("inception_path", "fid_reference"):
+    if config.eval[key]:
+      check_file(f"eval.{key}", config.eval[key], local=key == "inception_path")
+
+
+def check_reconstruct(config) -> None:
+  """--mode=reconstruct: the image folder it is given exists (local or gs://)."""
+  folder = config.data.reconstruct_input
+  if folder and not fileio.isdir(folder):
+    raise ConfigError("data.reconstruct_input", f"image folder {folder!r} does not exist")
 
 
 GPT_MODE_CHECKS = {
@@ -344,6 +363,7 @@ GPT_MODE_CHECKS = {
 }
 TOKENIZER_MODE_CHECKS = {
     "eval": lambda config, n: check_eval(config, n),
+    "reconstruct": lambda config, n: check_reconstruct(config),
 }
 
 

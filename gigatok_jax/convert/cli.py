@@ -5,6 +5,9 @@ Import takes `--config.<key>=<value>` overrides on the recipe config (dotted key
 `python -m gigatok_jax.main`, e.g. `--config.model.enc_heads=10`; values are Python literals, text
 for text keys): the sizes the file does not determine, above all the head counts of transformers
 whose sizes are not the reference's (release.py's module docstring has the rules).
+
+Local paths only, for --src and --out: copy a file from a bucket first, and copy the converted
+run directory to a bucket afterwards (a gs:// path is refused with one line).
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
   if args.export and overrides:
     parser.error("--config.* overrides are for imports; an export writes the run as it is")
   from gigatok_jax.convert import release  # pylint: disable=import-outside-toplevel
+  from gigatok_jax import fileio  # pylint: disable=import-outside-toplevel
   try:
+    for path in (args.src, args.out, args.tokenizer_workdir):
+      fileio.local_only(path, "python -m gigatok_jax.convert")
     if args.export:
       release.export_run(args.src, args.out)
     else:

@@ -8,6 +8,10 @@ over; otherwise a CheckpointError lists the names (and shapes) at fault.
 PyTorch `.pt/.pth/.bin` files are read with `torch.load(weights_only=True)`, which never unpickles
 code (one loader, `torch_load`, for bare state dicts and training checkpoints alike);
 `.safetensors` files need no torch at all.
+
+Local files only (converters and converted weights: teachers, FID Inception): a gs:// path is
+refused with one line asking for a local copy, where Python's `open` would otherwise report a
+missing file or create a local `gs:` folder.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gigatok_jax import fileio
 from gigatok_jax.errors import CheckpointError
 
 FORMAT = "gigatok_jax.flat.v1"
+
+
+def _local(path: str) -> str:
+  return fileio.local_only(path, "weight conversion and converted weight files")
 
 
 def torch_load(path: str, *, no_torch: str, unreadable: str, allowed_globals: tuple = ()) -> Any:
@@ -58,6 +67,7 @@ def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.nda
   `key` picks e.g. "model" or "ema" from `{"model": ..., "ema": ..., "optimizer": ...}`; with
   key=None a file whose values are all tensors is taken as is.
   """
+  _local(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"weight file not found: {path}")
   if path.endswith(".safetensors"):
@@ -87,6 +97,7 @@ def read_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.nda
 def read_checkpoint(path: str) -> dict[str, Any]:
   """A training checkpoint `.pt`/`.pth` (the `args` Namespace allowed) or a `.safetensors` file,
   as nested dicts of float32 numpy arrays (ints kept, e.g. `steps`)."""
+  _local(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"checkpoint file not found: {path}")
   if path.endswith(".safetensors"):
@@ -148,6 +159,7 @@ def save_flat(path: str, flat: Mapping[str, np.ndarray], metadata: Mapping[str, 
   from safetensors.numpy import save_file
   meta = {"format": FORMAT}
   meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+  _local(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
   save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, tmp, metadata=meta)
@@ -156,6 +168,7 @@ def save_flat(path: str, flat: Mapping[str, np.ndarray], metadata: Mapping[str, 
 
 def read_metadata(path: str) -> dict:
   """The metadata of a converted file, without reading its tensors (cheap: header only)."""
+  _local(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"converted weight file not found: {path}")
   from safetensors import safe_open

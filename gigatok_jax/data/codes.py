@@ -7,9 +7,11 @@ Record format (version 1), one msgpack map per ArrayRecord record:
 
 V is the number of augmented views of the image (1 plain, 2 with flips, 10 for ten-crop); training
 picks one view at random each time the image comes up. A codes directory holds shards
-`codes-XXXXX-of-NNNNN.array_record` (one per chunk of images) and `metadata.json` (tokenizer, step,
-augmentation, vocabulary, length). Shards are written atomically (`records.ShardWriter`), so a
-directory is complete exactly when all N shards exist.
+`codes-XXXXX-of-NNNNN.array_record` (one per chunk of `images_per_shard` images) and
+`metadata.json` (tokenizer, step, augmentation, vocabulary, length, image and shard counts). Shards
+are written atomically (`records.ShardWriter`; on gs:// uploaded whole), so a directory is complete
+exactly when all N shards exist; `check_shards` also refuses extra shards and shards that do not
+open or hold fewer records than their chunk has images, with one line naming the file.
 
 Train batches: {'tokens': int32 [local_b, T], 'label': int32 [local_b]}; the iterator is a grain
 `DatasetIterator` (checkpointable), seeded and split over processes like the image pipeline.
@@ -17,14 +19,13 @@ Train batches: {'tokens': int32 [local_b, T], 'label': int32 [local_b]}; the ite
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import grain
 import msgpack
 import numpy as np
 
+from gigatok_jax import fileio
 from gigatok_jax.data import pipeline, records
 from gigatok_jax.errors import ConfigError, DataError
 
@@ -56,47 +57,77 @@ def decode_code_record(raw: bytes) -> dict:
 
 
 def shard_path(directory: str, index: int, num_shards: int) -> str:
-  return os.path.join(directory, records.shard_name(index, num_shards, prefix=SHARD_PREFIX))
+  return fileio.join(directory, records.shard_name(index, num_shards, prefix=SHARD_PREFIX))
 
 
 def read_metadata(directory: str) -> dict:
-  path = os.path.join(directory, records.METADATA_FILE)
-  if not os.path.isfile(path):
+  path = fileio.join(directory, records.METADATA_FILE)
+  if not fileio.isfile(path):
     raise DataError(f"{directory} has no {records.METADATA_FILE}: not a codes directory written by "
                     "--mode=extract_codes")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return fileio.read_json(path)
 
 
 def shard_files(directory: str) -> list[str]:
   """Names of the finished code shards in `directory` (sorted)."""
-  return sorted(f for f in os.listdir(directory) if _SHARD_RE.search(f))
+  return sorted(f for f in fileio.listdir(directory) if _SHARD_RE.search(f))
 
 
-def complete_shards(directory: str, key: str) -> list[str]:
-  """The shard files of a finished extraction; a clear error naming `key` otherwise."""
-  if not directory or not os.path.isdir(directory):
+def check_shards(directory: str, key: str) -> list[records.Shard]:
+  """The shards of a finished extraction with their record counts; a clear error otherwise: a
+  ConfigError naming `key` when there is no extraction, a DataError naming the shard file when one
+  is missing, unexpected, or does not open or holds another number of records than its chunk."""
+  if not directory or not fileio.isdir(directory):
     raise ConfigError(key, f"{directory!r} is not a directory (run --mode=extract_codes first)")
-  found = shard_files(directory)
+  names = fileio.listdir(directory)
+  found = sorted(f for f in names if _SHARD_RE.search(f))
   if not found:
     raise ConfigError(key, f"no codes shards in {directory} (run --mode=extract_codes first)")
   totals = {int(_SHARD_RE.search(f).group(2)) for f in found}
   if len(totals) > 1:
     raise ConfigError(key, f"{directory} mixes shards of extractions with {sorted(totals)} shards")
   total = totals.pop()
-  missing = sorted(set(range(total)) - {int(_SHARD_RE.search(f).group(1)) for f in found})
+  indices = {int(_SHARD_RE.search(f).group(1)) for f in found}
+  missing = sorted(set(range(total)) - indices)
   if missing:
-    raise ConfigError(key, f"{directory} holds {total - len(missing)} of {total} shards: the "
-                      "extraction is unfinished; run --mode=extract_codes again to complete it")
-  return [os.path.join(directory, f) for f in found]
+    raise DataError(f"{shard_path(directory, missing[0], total)}: missing: {directory} holds "
+                    f"{total - len(missing)} of {total} shards: the extraction is unfinished; run "
+                    "--mode=extract_codes again to complete it")
+  meta = read_metadata(directory)
+  expected = {records.shard_name(k, meta.get("num_shards", total), prefix=SHARD_PREFIX)
+              for k in range(meta.get("num_shards", total))}
+  for name in sorted(n for n in names if n.endswith(records.SHARD_SUFFIX)):
+    if name not in expected:
+      raise DataError(f"{fileio.join(directory, name)}: unexpected shard: {records.METADATA_FILE} "
+                      f"describes an extraction of {meta.get('num_shards', total)} shard(s) "
+                      f"(codes-XXXXX-of-{meta.get('num_shards', total):05d}); remove it, or "
+                      "extract again into an empty directory")
+  paths = [fileio.join(directory, f) for f in found]
+  counts = records.count_all(paths)
+  per_shard, num_images = meta.get("images_per_shard"), meta.get("num_images")
+  if per_shard and num_images is not None:
+    for k, (path, n) in enumerate(zip(paths, counts)):
+      want = min(per_shard, num_images - k * per_shard)
+      if n != want:
+        raise DataError(f"{path}: holds {n} records but its chunk has {want} images "
+                        f"({records.METADATA_FILE}: {num_images} images, {per_shard} per shard): "
+                        "the shard is truncated or was replaced; delete it and run "
+                        "--mode=extract_codes again")
+  return [records.Shard(p, n) for p, n in zip(paths, counts)]
+
+
+def complete_shards(directory: str, key: str) -> list[str]:
+  """The shard files of a finished extraction (checked: `check_shards`)."""
+  return [s.path for s in check_shards(directory, key)]
 
 
 class CodeRecordSource:
-  """Random access over code shards: i -> {'codes': int32 (V, T), 'label': int}."""
+  """Random access over code shards: i -> {'codes': int32 (V, T), 'label': int}. `shards`: paths
+  or counted `records.Shard`s (as `check_shards` returns them)."""
 
-  def __init__(self, paths):
-    self.paths = list(paths)
-    self._source = grain.sources.ArrayRecordDataSource(self.paths)
+  def __init__(self, shards):
+    self.paths = [s.path if isinstance(s, records.Shard) else s for s in shards]
+    self._source = records.array_record_source(list(shards))
 
   def __len__(self) -> int:
     return len(self._source)
@@ -105,7 +136,7 @@ class CodeRecordSource:
     try:
       return decode_code_record(self._source[int(index)])
     except ValueError as e:
-      raise DataError(f"codes record {int(index)} in {os.path.dirname(self.paths[0])}: {e}") from None
+      raise DataError(f"codes record {int(index)} in {fileio.dirname(self.paths[0])}: {e}") from None
 
 
 def _pick_view(record, rng: np.random.Generator) -> dict:
@@ -126,7 +157,7 @@ def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
                         process_index: int | None = None, process_count: int | None = None):
   """Infinite, checkpointable iterator of this process's token batches (module docstring)."""
   process_index, process_count = pipeline.process_info(process_index, process_count)
-  source = CodeRecordSource(complete_shards(data_cfg.codes_path, "data.codes_path"))
+  source = CodeRecordSource(check_shards(data_cfg.codes_path, "data.codes_path"))
   ds = grain.MapDataset.source(source).shuffle(seed=pipeline.derive_seed(seed, 11)).repeat()
   ds = ds.random_map(_pick_view, seed=pipeline.derive_seed(seed, 12))
   ds = ds[process_index::process_count]
@@ -138,7 +169,7 @@ def make_eval_iterator(data_cfg, *, global_batch_size: int, process_index: int |
                        process_count: int | None = None):
   """Finite iterator over the validation codes in file order (first view), full batches only."""
   process_index, process_count = pipeline.process_info(process_index, process_count)
-  source = CodeRecordSource(complete_shards(data_cfg.eval_codes_path, "data.eval_codes_path"))
+  source = CodeRecordSource(check_shards(data_cfg.eval_codes_path, "data.eval_codes_path"))
   # Whole global batches only, so that every process yields the same number of batches.
   usable = len(source) - len(source) % global_batch_size
   ds = grain.MapDataset.source(source)[:usable].map(_first_view)[process_index::process_count]
@@ -149,7 +180,7 @@ def make_eval_iterator(data_cfg, *, global_batch_size: int, process_index: int |
 def check_codes_dir(directory: str, key: str, *, vocab_size: int, num_tokens: int,
                     num_classes: int) -> dict:
   """Validates a codes directory against the GPT config before anything compiles; its metadata."""
-  complete_shards(directory, key)
+  check_shards(directory, key)
   meta = read_metadata(directory)
   if meta.get("num_tokens") != num_tokens:
     raise ConfigError("model.num_tokens", f"is {num_tokens} but the codes in {directory} have "
@@ -163,6 +194,6 @@ def check_codes_dir(directory: str, key: str, *, vocab_size: int, num_tokens: in
   return meta
 
 
-__all__ = ["CodeRecordSource", "check_codes_dir", "complete_shards", "decode_code_record",
-           "encode_code_record", "make_eval_iterator", "shard_files", "make_train_iterator", "read_metadata",
-           "shard_path"]
+__all__ = ["CodeRecordSource", "check_codes_dir", "check_shards", "complete_shards",
+           "decode_code_record", "encode_code_record", "make_eval_iterator", "shard_files",
+           "make_train_iterator", "read_metadata", "shard_path"]

@@ -2,18 +2,21 @@
 
 An image counts as readable when PIL can open it *and* decode all of its pixels (`Image.load()`), which
 catches truncated files that `Image.open` alone accepts. Unreadable files are skipped and reported
-(count plus the first few names), never fatal.
+(count plus the first few names), never fatal. Folders may be on gs:// too (`fileio`): one listing
+request per directory, one download per image.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import posixpath
 
 from absl import logging
 import numpy as np
 from PIL import Image
 
+from gigatok_jax import fileio
 from gigatok_jax.data import records
 from gigatok_jax.data import transforms
 from gigatok_jax.errors import ConfigError, DataError
@@ -29,6 +32,8 @@ class UnreadableImage(Exception):
 
 def list_files(folder: str, recursive: bool = False) -> list[str]:
   """Sorted paths (relative to `folder`) of the regular, non-hidden files in `folder`."""
+  if fileio.is_remote(folder):
+    return _list_remote(folder, recursive)
   found = []
   if recursive:
     for root, dirs, files in os.walk(folder):
@@ -44,6 +49,19 @@ def list_files(folder: str, recursive: bool = False) -> list[str]:
   return sorted(found)
 
 
+def _list_remote(folder: str, recursive: bool) -> list[str]:
+  """`list_files` on an object store: a listing per directory, files and prefixes told apart by
+  the listing itself (no request per entry)."""
+  found, todo = [], [""]
+  while todo:
+    rel = todo.pop()
+    dirs, files = fileio.scan(fileio.join(folder, rel) if rel else folder)
+    found += [posixpath.join(rel, f) for f in files if not f.startswith('.')]
+    if recursive:
+      todo += [posixpath.join(rel, d) for d in dirs if not d.startswith('.')]
+  return sorted(found)
+
+
 def read_image_file(path: str) -> tuple[bytes, Image.Image]:
   """Reads and fully decodes one image file.
 
@@ -51,8 +69,7 @@ def read_image_file(path: str) -> tuple[bytes, Image.Image]:
   its RGB conversion for other formats. Raises `UnreadableImage` with the reason otherwise.
   """
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = fileio.read_bytes(path)
   except OSError as e:
     raise UnreadableImage(f'cannot read file: {e.strerror or e}') from None
   if not data:
@@ -96,7 +113,7 @@ class FolderImageSource:
     self.skipped: list[tuple[str, str]] = []
     for name in list_files(folder):
       try:
-        read_image_file(os.path.join(folder, name))
+        read_image_file(fileio.join(folder, name))
       except UnreadableImage as e:
         self.skipped.append((name, str(e)))
       else:
@@ -108,9 +125,9 @@ class FolderImageSource:
   def __getitem__(self, index) -> dict:
     name = self.names[int(index)]
     try:
-      _, rgb = read_image_file(os.path.join(self.folder, name))
+      _, rgb = read_image_file(fileio.join(self.folder, name))
     except UnreadableImage as e:
-      raise DataError(f'{os.path.join(self.folder, name)}: became unreadable: {e}') from None
+      raise DataError(f'{fileio.join(self.folder, name)}: became unreadable: {e}') from None
     image = transforms.center_crop(np.asarray(rgb), self.image_size)
     return {'image': transforms.to_float(image), 'name': name}
 
@@ -132,7 +149,7 @@ def image_folder_source(path: str, image_size: int, *, key: str | None = None) -
       raise ConfigError(key, message)
     raise DataError(message)
 
-  if not path or not os.path.isdir(path):
+  if not path or not fileio.isdir(path):
     fail(f'image folder {path!r} does not exist')
   source = FolderImageSource(path, image_size)
   report_skipped(source.skipped, f'image folder {path}')

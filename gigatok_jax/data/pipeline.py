@@ -7,7 +7,8 @@ Sources (`data.source`), all random access and yielding {'image': uint8 HxWx3, '
 - 'digits': scikit-learn's 1797 8x8 handwritten digits upsampled to S x S, labels 0-9 (the AR demo's
   class-conditional data; `demo.DigitsSource`). No crop; set data.random_flip False for it.
 - 'array_record': our shards written by `prepare.py` (`records.py`); data.train_path / data.eval_path
-  is a prepared directory or a glob of shard files.
+  is a prepared directory or a glob of shard files, local or gs:// (read by array_record itself).
+  Every shard metadata.json lists must be there, whole, and nothing else (`records.check_shards`).
 - 'tfds': `tfds.data_source(data.tfds_name, split=data.tfds_{train,eval}_split,
   data_dir=data.tfds_data_dir)` over a prepared tfds ArrayRecord dataset (never downloads).
 
@@ -115,8 +116,10 @@ def _array_record_source(data_cfg, split: str) -> records.ImageRecordSource:
   if not paths:
     raise ConfigError(f'data.{key}',
                       f'no ArrayRecord files match {records.shard_pattern(path)!r}')
+  # Complete or refused: every shard metadata.json lists, with its record count (records.py).
+  shards = records.check_shards(path, paths, records.read_metadata(path))
   try:
-    source = records.ImageRecordSource(paths)
+    source = records.ImageRecordSource(shards)
   except Exception as e:  # array_record raises RuntimeError/ValueError for non-ArrayRecord files.
     raise ConfigError(f'data.{key}', f'cannot open the ArrayRecord files at {path!r}: '
                       f'{type(e).__name__}: {e}') from None

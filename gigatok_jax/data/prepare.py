@@ -10,12 +10,15 @@ image_folder: class sub-folders give the labels (sorted names -> 0..C-1, files f
 each); a folder without sub-folders is one class (label 0). Every file is opened and fully decoded with
 PIL; unreadable or truncated files are skipped, counted and reported, never fatal. Output: our record
 format (`records.py`) in `data-XXXXX-of-NNNNN.array_record` shards plus `metadata.json`, written last,
-so a directory with `metadata.json` is complete. Train on it with data.source='array_record'.
+so a directory with `metadata.json` is complete; it lists every shard with its record count, which
+training checks (`records.check_shards`). Train on it with data.source='array_record'. Input and
+output may be gs:// folders (`fileio`; shards are written locally and uploaded whole).
 
 imagenet2012: runs the tfds `imagenet2012` builder with file_format='array_record' over the manually
 downloaded tar files; it needs the optional [tfds] extra (`pip install -e '.[tfds]'`: TensorFlow
 Datasets and TensorFlow). Train on it with data.source='tfds', data.tfds_name='imagenet2012',
-data.tfds_data_dir=<prepare_output>.
+data.tfds_data_dir=<prepare_output>. The tfds builder and its tar files stay on local disks: a
+gs:// input or output is refused with one line.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import posixpath
 import time
 
 from absl import logging
 
-from gigatok_jax import console
+from gigatok_jax import console, fileio
 from gigatok_jax.data import folder as folder_lib
 from gigatok_jax.data import records
 from gigatok_jax.data import tfds_extra
@@ -64,16 +68,19 @@ def run_prepare(data_cfg, *, progress: bool = True) -> dict:
 
 def _collect_files(input_dir: str) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
   """Lists candidate files: ([(relative path, label)], class names, [(skipped name, reason)])."""
-  entries = sorted(e for e in os.listdir(input_dir) if not e.startswith('.'))
-  class_dirs = [e for e in entries if os.path.isdir(os.path.join(input_dir, e))]
+  dirs, plain = fileio.scan(input_dir)
+  entries = sorted(e for e in dirs + plain if not e.startswith('.'))
+  class_dirs = [e for e in dirs if not e.startswith('.')]
   skipped = []
   if not class_dirs:
-    class_names = [os.path.basename(os.path.normpath(input_dir))]
+    class_names = [fileio.basename(os.path.normpath(input_dir) if not fileio.is_remote(input_dir)
+                                   else input_dir)]
     return [(name, 0) for name in folder_lib.list_files(input_dir)], class_names, skipped
   files = []
+  join = posixpath.join if fileio.is_remote(input_dir) else os.path.join
   for label, class_name in enumerate(class_dirs):
-    for name in folder_lib.list_files(os.path.join(input_dir, class_name), recursive=True):
-      files.append((os.path.join(class_name, name), label))
+    for name in folder_lib.list_files(fileio.join(input_dir, class_name), recursive=True):
+      files.append((join(class_name, name), label))
   for e in entries:
     if e not in class_dirs:
       skipped.append((e, 'not inside a class sub-folder'))
@@ -81,13 +88,13 @@ def _collect_files(input_dir: str) -> tuple[list[tuple[str, int]], list[str], li
 
 
 def _check_output_dir(output_dir: str) -> None:
-  if os.path.isdir(output_dir):
+  if fileio.isdir(output_dir):
     existing = records.find_shard_files(output_dir)
-    if existing or os.path.exists(os.path.join(output_dir, records.METADATA_FILE)):
+    if existing or fileio.exists(fileio.join(output_dir, records.METADATA_FILE)):
       raise ConfigError('data.prepare_output',
                         f'{output_dir!r} already holds a prepared dataset; remove it or choose '
                         'another directory')
-  elif os.path.exists(output_dir):
+  elif fileio.exists(output_dir):
     raise ConfigError('data.prepare_output', f'{output_dir!r} exists and is not a directory')
 
 
@@ -102,14 +109,14 @@ def _read_one(path: str):
 def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
                          progress: bool = True, num_threads: int | None = None) -> dict:
   """Writes the images of `input_dir` as ArrayRecord shards; see the module docstring."""
-  if not os.path.isdir(input_dir):
+  if not fileio.isdir(input_dir):
     raise ConfigError('data.prepare_input', f'image folder {input_dir!r} does not exist')
   _check_output_dir(output_dir)
   files, class_names, skipped = _collect_files(input_dir)
   if not files:
     raise DataError(f'image folder {input_dir!r} holds no files')
   num_shards = max(1, min(num_shards, len(files)))
-  os.makedirs(output_dir, exist_ok=True)
+  fileio.makedirs(output_dir)
   # Shard k gets the contiguous candidate range [k*n/N, (k+1)*n/N); skipped files leave it short.
   bounds = [len(files) * k // num_shards for k in range(num_shards + 1)]
   class_counts = [0] * len(class_names)
@@ -120,11 +127,11 @@ def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
   try:
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
       for k in range(num_shards):
-        path = os.path.join(output_dir, records.shard_name(k, num_shards))
+        path = fileio.join(output_dir, records.shard_name(k, num_shards))
         with records.ShardWriter(path) as writer:
           for chunk_start in range(bounds[k], bounds[k + 1], _CHUNK):
             chunk = files[chunk_start:min(chunk_start + _CHUNK, bounds[k + 1])]
-            results = pool.map(_read_one, [os.path.join(input_dir, rel) for rel, _ in chunk])
+            results = pool.map(_read_one, [fileio.join(input_dir, rel) for rel, _ in chunk])
             for (rel, label), (data, reason) in zip(chunk, results):
               if data is None:
                 skipped.append((rel, reason))
@@ -133,11 +140,11 @@ def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
                 class_counts[label] += 1
               bar.update(1)
             bar.set_postfix(skipped=len(skipped))
-        shard_info.append({'file': os.path.basename(path), 'num_records': writer.num_records})
+        shard_info.append({'file': fileio.basename(path), 'num_records': writer.num_records})
   except BaseException:
     # Leave no partial dataset behind: a rerun into the same directory must be possible.
     for info in shard_info:
-      os.remove(os.path.join(output_dir, info['file']))
+      fileio.remove(fileio.join(output_dir, info['file']))
     raise
   finally:
     bar.close()
@@ -145,14 +152,14 @@ def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
   folder_lib.report_skipped(skipped, f'prepare {input_dir}')
   if not num_records:
     for info in shard_info:
-      os.remove(os.path.join(output_dir, info['file']))
+      fileio.remove(fileio.join(output_dir, info['file']))
     raise DataError(f'image folder {input_dir!r}: none of its {len(files)} file(s) is a readable '
                     f'image (first: {skipped[0][0]}: {skipped[0][1]})')
   metadata = {
       'format': 'gigatok_jax.image_records',
       'record_version': records.RECORD_VERSION,
       'source': 'image_folder',
-      'input': os.path.abspath(input_dir),
+      'input': fileio.resolve(input_dir),
       'num_records': num_records,
       'num_classes': len(class_names),
       'class_names': class_names,
@@ -161,10 +168,8 @@ def prepare_image_folder(input_dir: str, output_dir: str, num_shards: int, *,
       'num_skipped': len(skipped),
       'skipped': [{'file': n, 'reason': r} for n, r in skipped[:_MAX_SKIPPED_IN_METADATA]],
   }
-  tmp = os.path.join(output_dir, records.METADATA_FILE + '.tmp')
-  with open(tmp, 'w', encoding='utf-8') as f:
+  with fileio.atomic_write(fileio.join(output_dir, records.METADATA_FILE)) as f:
     json.dump(metadata, f, indent=1)
-  os.replace(tmp, os.path.join(output_dir, records.METADATA_FILE))
   summary = {k: metadata[k] for k in ('source', 'num_records', 'num_classes', 'num_skipped')}
   summary.update(output=output_dir, num_shards=num_shards,
                  skipped_files=[n for n, _ in skipped[:10]], seconds=round(time.time() - start, 2),
@@ -179,6 +184,10 @@ def prepare_imagenet2012(manual_dir: str, output_dir: str) -> dict:
   # The tfds builder decodes the tar files with TensorFlow: both come with the [tfds] extra (checked
   # first: installing it is quicker than downloading the tar files).
   needs = ('tensorflow_datasets', 'tensorflow')
+  for key, path in (('data.prepare_input', manual_dir), ('data.prepare_output', output_dir)):
+    if fileio.is_remote(path):
+      raise ConfigError(key, f'{path}: the imagenet2012 preparation reads and writes local disks '
+                        'only (prepare locally, then copy the output to the bucket)')
   tfds_extra.check_installed('data.prepare_source', 'imagenet2012', needs)
   missing = [f for f in IMAGENET_REQUIRED_TARS if not os.path.isfile(os.path.join(manual_dir, f))]
   if missing:

@@ -11,21 +11,31 @@ Record format (version 1). Each ArrayRecord record is one msgpack map (no pickle
 Unknown keys are ignored by the reader, so later versions can add fields.
 
 A prepared dataset is a directory of shard files `data-XXXXX-of-NNNNN.array_record` plus a
-`metadata.json` (see `prepare.py`). Shards are written with `group_size:1` for fast random access.
+`metadata.json` (see `prepare.py`) that lists every shard with its record count. Shards are written
+with `group_size:1` for fast random access.
+
+Complete or refused: `check_shards` compares the shards found with that list before a dataset is
+used (training, eval, the config check), so a deleted, extra, truncated or damaged shard stops the
+run with one line naming the file, instead of training on part of the data.
+
+Object stores: shards may be read from gs:// directly (array_record reads gs:// objects itself,
+through google-cloud-cpp with Application Default Credentials: one ranged request per record read,
+so a local disk or a gcsfuse mount is faster for large datasets). array_record cannot write there:
+`ShardWriter` writes a local temporary file and uploads it as one object when the shard is closed.
 """
 
 from __future__ import annotations
 
-import glob
+import concurrent.futures
 import io
-import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import msgpack
 import numpy as np
 from PIL import Image
 
+from gigatok_jax import fileio
 from gigatok_jax.errors import DataError
 
 RECORD_VERSION = 1
@@ -93,15 +103,23 @@ def shard_name(index: int, num_shards: int, prefix: str = 'data') -> str:
 
 
 class ShardWriter:
-  """Writes one shard atomically: records go to `<path>.tmp`, renamed to `path` on `close()`.
+  """Writes one shard atomically: records go to a temporary file, which becomes `path` on `close()`.
 
-  A crash leaves only a `.tmp` file, which readers never match, never a truncated shard.
+  A crash leaves only a `.tmp` file, which readers never match, never a truncated shard. Local
+  shards are written as `<path>.tmp` and renamed; shards on an object store are written to a local
+  temporary file and uploaded as one object on `close()` (array_record writes local files only).
   """
 
   def __init__(self, path: str):
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
     self.path = path
-    self._tmp_path = path + '.tmp'
+    self._remote = fileio.is_remote(path)
+    if self._remote:
+      import tempfile  # pylint: disable=import-outside-toplevel
+      fd, self._tmp_path = tempfile.mkstemp(prefix='gigatok_shard-', suffix=SHARD_SUFFIX + '.tmp')
+      os.close(fd)
+    else:
+      self._tmp_path = path + '.tmp'
     self._writer = array_record_module.ArrayRecordWriter(self._tmp_path, _WRITER_OPTIONS)
     self.num_records = 0
 
@@ -118,7 +136,13 @@ class ShardWriter:
       return
     self._writer.close()
     self._writer = None
-    os.replace(self._tmp_path, self.path)
+    if self._remote:
+      try:
+        fileio.upload(self._tmp_path, self.path)
+      finally:
+        os.remove(self._tmp_path)
+    else:
+      os.replace(self._tmp_path, self.path)
 
   def abort(self) -> None:
     if self._writer is not None:
@@ -143,8 +167,8 @@ def write_shards(records: Iterable[tuple[bytes, int, str]], output_dir: str,
 
   A convenience for small in-memory datasets and tests; `prepare.py` streams large folders itself.
   """
-  os.makedirs(output_dir, exist_ok=True)
-  paths = [os.path.join(output_dir, shard_name(k, num_shards)) for k in range(num_shards)]
+  fileio.makedirs(output_dir)
+  paths = [fileio.join(output_dir, shard_name(k, num_shards)) for k in range(num_shards)]
   writers = [ShardWriter(p) for p in paths]
   try:
     for i, (image_bytes, label, name) in enumerate(records):
@@ -165,39 +189,105 @@ def find_shard_files(path: str) -> list[str]:
   """
   if not path:
     return []
-  if os.path.isdir(path):
-    pattern = os.path.join(path, '*' + SHARD_SUFFIX)
-  else:
-    pattern = path
-  return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+  found = fileio.glob(shard_pattern(path))
+  if fileio.is_remote(path):
+    return [p for p in found if p.endswith(SHARD_SUFFIX) or fileio.isfile(p)]
+  return [p for p in found if os.path.isfile(p)]
 
 
 def shard_pattern(path: str) -> str:
   """The glob that `find_shard_files(path)` uses, for error messages."""
-  return os.path.join(path, '*' + SHARD_SUFFIX) if os.path.isdir(path) else path
+  return fileio.join(path, '*' + SHARD_SUFFIX) if fileio.isdir(path) else path
 
 
 def read_metadata(path: str) -> dict | None:
   """The `metadata.json` of a prepared directory, or None when absent."""
-  directory = path if os.path.isdir(path) else os.path.dirname(path)
-  meta_path = os.path.join(directory, METADATA_FILE)
-  if not os.path.isfile(meta_path):
+  directory = path if fileio.isdir(path) else fileio.dirname(path)
+  meta_path = fileio.join(directory, METADATA_FILE)
+  if not fileio.isfile(meta_path):
     return None
-  with open(meta_path, encoding='utf-8') as f:
-    return json.load(f)
+  return fileio.read_json(meta_path)
+
+
+# ------------------------------------------------------------------------------ complete or refused
+class Shard(NamedTuple):
+  path: str
+  num_records: int
+
+
+def count_records(path: str) -> int:
+  """Records in one ArrayRecord file (read from its footer); DataError naming the file when it does
+  not open: truncated, damaged, or not an ArrayRecord file."""
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+  except Exception as e:  # pylint: disable=broad-except  - pybind raises RuntimeError and friends
+    raise DataError(f'{path}: cannot open it as an ArrayRecord file ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else "no detail"})') from None
+  if not reader.ok():
+    try:
+      reader.close()      # the reader's status, e.g. "Failed to read RiegeliPostscript"
+      reason = 'no detail'
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DataError(f'{path}: not a complete ArrayRecord file, truncated or damaged ({reason})')
+  try:
+    return int(reader.num_records())
+  finally:
+    reader.close()
+
+
+def count_all(paths: Sequence[str]) -> list[int]:
+  """`count_records` of every file, in parallel (each is a footer read: a few requests on gs://)."""
+  if len(paths) <= 1:
+    return [count_records(p) for p in paths]
+  threads = 64 if fileio.is_remote(paths[0]) else 16     # network latency vs local disk seeks
+  with concurrent.futures.ThreadPoolExecutor(min(threads, len(paths))) as pool:
+    return list(pool.map(count_records, paths))
+
+
+def check_shards(path: str, paths: Sequence[str], meta: dict | None) -> list[Shard]:
+  """The shards of `path` (a prepared directory, or a glob / file inside one) with their record
+  counts, checked against `metadata.json`: a DataError naming the shard file for a listed shard
+  that is missing (directories only: a glob may select a subset on purpose), a shard file the
+  metadata does not list, or a shard that does not open or holds another number of records.
+  Without metadata (shards written by other tools) each file must still open.
+  """
+  listed = {s['file']: int(s['num_records']) for s in (meta or {}).get('shards', [])}
+  if listed:
+    directory = path if fileio.isdir(path) else fileio.dirname(path)
+    found = {fileio.basename(p) for p in paths}
+    for p in paths:
+      if fileio.basename(p) not in listed:
+        raise DataError(f'{p}: unexpected shard: {METADATA_FILE} in {directory} lists '
+                        f'{len(listed)} shard(s) and not this one (remove it, or prepare the '
+                        'dataset again)')
+    missing = sorted(set(listed) - found)
+    if missing and directory == path:
+      raise DataError(f'{fileio.join(directory, missing[0])}: missing: {METADATA_FILE} lists '
+                      f'{len(listed)} shard(s) and {len(missing)} of them are gone (restore them, '
+                      'or prepare the dataset again)')
+  counts = count_all(paths)
+  for p, n in zip(paths, counts):
+    want = listed.get(fileio.basename(p))
+    if want is not None and n != want:
+      raise DataError(f'{p}: holds {n} records but {METADATA_FILE} lists {want}: the shard is '
+                      'truncated or was replaced (prepare the dataset again)')
+  return [Shard(p, n) for p, n in zip(paths, counts)]
 
 
 class ImageRecordSource:
   """Random-access source over our shards: record i -> {'image': uint8 HxWx3, 'label': int}.
 
   Wraps `grain.sources.ArrayRecordDataSource` (which pickles, so this works in grain workers).
-  A record that cannot be decoded raises `DataError` naming the record.
+  `shards`: paths, or `Shard`s whose record counts were already read (`check_shards`), which
+  spares grain opening every file again. A record that cannot be decoded raises `DataError` naming
+  the record.
   """
 
-  def __init__(self, paths: Sequence[str]):
-    import grain  # pylint: disable=import-outside-toplevel
-    self.paths = list(paths)
-    self._source = grain.sources.ArrayRecordDataSource(self.paths)
+  def __init__(self, shards: Sequence[str | Shard]):
+    self.paths = [s.path if isinstance(s, Shard) else s for s in shards]
+    self._source = array_record_source(shards)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -221,7 +311,15 @@ class ImageRecordSource:
   def _describe(self) -> str:
     if len(self.paths) == 1:
       return self.paths[0]
-    return f'{len(self.paths)} shards in {os.path.dirname(self.paths[0]) or "."}'
+    return f'{len(self.paths)} shards in {fileio.dirname(self.paths[0]) or "."}'
 
   def __repr__(self) -> str:
     return f'ImageRecordSource({self._describe()}, num_records={len(self)})'
+
+
+def array_record_source(shards: Sequence[str | Shard]):
+  """grain's ArrayRecordDataSource over paths, or over counted `Shard`s: given as `path[0:n]`
+  (array_record's slice syntax), so that it does not open every file again to count records."""
+  import grain  # pylint: disable=import-outside-toplevel
+  return grain.sources.ArrayRecordDataSource(
+      [f'{s.path}[0:{s.num_records}]' if isinstance(s, Shard) else s for s in shards])

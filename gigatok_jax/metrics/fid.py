@@ -12,12 +12,14 @@ The protocol is the ADM TensorFlow evaluator's, the one GigaTok's numbers come f
 `iter_reference_images` streams `arr_0` out of the zip, and the distance matrices for precision/recall are
 built block by block. Results carry the sha256 of every reference file they were computed against, because a
 reference batch silently swapped for another gives a different FID and nothing else shows it.
+
+Every file is read and written through `fileio`, so samples and references may live on gs:// too (read with
+ranged requests: streaming `arr_0` never downloads more than the batches asked for plus the read-ahead).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from typing import Iterator, Sequence
 
@@ -292,8 +294,8 @@ def read_reference(path: str, *, load_images: bool = False) -> dict:
   ValueError names the file and the missing key when `mu` or `sigma` is absent (e.g. a samples file passed
   where a reference was expected) or when only one of `mu_s` / `sigma_s` is present.
   """
-  result = {"path": os.path.abspath(path), "sha256": fileio.sha256_file(path), "num_images": 0}
-  with np.load(path) as npz:
+  result = {"path": fileio.resolve(path), "sha256": fileio.sha256_file(path), "num_images": 0}
+  with fileio.open_read(path) as f, np.load(f) as npz:
     keys = set(npz.files)
     for key in ("mu", "sigma"):
       if key not in keys:
@@ -306,7 +308,7 @@ def read_reference(path: str, *, load_images: bool = False) -> dict:
     if load_images and "arr_0" in keys:
       result["arr_0"] = npz["arr_0"]
   if "arr_0" in keys:
-    with zipfile.ZipFile(path) as archive:
+    with fileio.open_read(path) as f, zipfile.ZipFile(f) as archive:
       fp, shape, _ = _open_npy_member(archive, "arr_0")
       fp.close()
     result["num_images"] = int(shape[0])
@@ -315,7 +317,7 @@ def read_reference(path: str, *, load_images: bool = False) -> dict:
 
 def iter_reference_images(path: str, batch_size: int = 500) -> Iterator[np.ndarray]:
   """Yields `arr_0` of an .npz in (<= batch_size, H, W, C) batches, reading only one batch at a time."""
-  with zipfile.ZipFile(path) as archive:
+  with fileio.open_read(path) as f, zipfile.ZipFile(f) as archive:
     fp, shape, dtype = _open_npy_member(archive, "arr_0")
     with fp:
       row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
@@ -337,7 +339,7 @@ def result_with_references(metrics: dict, references: Sequence[str | dict]) -> d
     if isinstance(ref, dict):
       records.append({"path": ref["path"], "sha256": ref["sha256"]})
     else:
-      records.append({"path": os.path.abspath(ref), "sha256": fileio.sha256_file(ref)})
+      records.append({"path": fileio.resolve(ref), "sha256": fileio.sha256_file(ref)})
   return {"metrics": {k: float(v) if isinstance(v, (np.floating, np.integer)) else v for k, v in metrics.items()},
           "references": records}
 
@@ -345,7 +347,6 @@ def result_with_references(metrics: dict, references: Sequence[str | dict]) -> d
 def write_result_json(path: str, metrics: dict, references: Sequence[str | dict]) -> dict:
   """Writes `result_with_references(...)` as indented JSON and returns it."""
   record = result_with_references(metrics, references)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  with fileio.atomic_write(path) as f:
     json.dump(record, f, indent=2)
   return record

@@ -11,9 +11,6 @@ checkpoint steps and the sha256 of the samples and reference files.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import time
 
 import numpy as np
@@ -24,8 +21,9 @@ from gigatok_jax.metrics import fid, sharded
 
 
 def newest_samples(workdir: str) -> str:
-  found = sorted(glob.glob(os.path.join(runs.samples_dir(workdir), "samples_*.npz")),
-                 key=os.path.getmtime)
+  # Newest by modification time (whole seconds on gs://: ties go to the later name).
+  found = sorted(fileio.glob(fileio.join(runs.samples_dir(workdir), "samples_*.npz")),
+                 key=lambda p: (fileio.mtime(p), p))
   if not found:
     raise ConfigError("eval.samples", f"no samples_*.npz in {runs.samples_dir(workdir)}: run --mode=sample "
                       "first or set eval.samples")
@@ -94,16 +92,15 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
         e.fid_reference, batch_size=e.batch_size), keep_pool=True)
     result["precision"], result["recall"] = fid.precision_recall(r_pool, s_pool)
   settings_path = samples[:-4] + ".json"
-  if os.path.isfile(settings_path):
-    with open(settings_path, encoding="utf-8") as f:
-      result["sample_settings"] = json.load(f)
+  if fileio.isfile(settings_path):
+    result["sample_settings"] = fileio.read_json(settings_path)
   if config.data.eval_codes_path:
     result.update(validation_loss(config, workdir))
   result["seconds"] = round(time.time() - t0, 2)
-  tag = os.path.basename(samples)[len("samples_"):-4]
+  tag = fileio.basename(samples)[len("samples_"):-4]
   out = result["json"] = runs.save_eval(workdir, f"gpt_{tag}", result)
   console.info(f"gFID {result['fid']:.3f}, IS {result['inception_score']:.2f} over "
-                 f"{result['num_samples']} samples ({os.path.basename(samples)}); {out}")
+                 f"{result['num_samples']} samples ({fileio.basename(samples)}); {out}")
   return result
 
 

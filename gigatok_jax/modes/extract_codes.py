@@ -7,13 +7,12 @@ Reads the images of `extract.split` from the tokenizer's data group (its saved c
 Sharded over hosts and resumable: the images are cut into chunks of `extract.images_per_shard`;
 process p encodes chunks p, p + P, ... on its own devices and writes one shard per chunk, atomically.
 A rerun skips the shards that exist, so an interrupted extraction continues where it stopped.
+The output may be on gs:// (`fileio`; each shard is written locally and uploaded whole on close).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import jax
 import ml_collections
@@ -51,7 +50,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   source = pipeline.make_source(tok.data, e.split)
   num_images = len(source) if e.max_images <= 0 else min(e.max_images, len(source))
   out_dir = e.output or runs.codes_dir(workdir, e.split)
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
 
   # Each process encodes its chunks on its own devices: no cross-host traffic, independent progress.
   # A plain data-parallel mesh over them (the recipe's mesh is sized for the whole job); the
@@ -67,18 +66,19 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
 
   num_shards = math.ceil(num_images / e.images_per_shard)
   mine = [k for k in range(jax.process_index(), num_shards, jax.process_count())]
-  todo = [k for k in mine if not os.path.exists(codes_lib.shard_path(out_dir, k, num_shards))]
+  done = set(codes_lib.shard_files(out_dir)) if fileio.isdir(out_dir) else set()
+  todo = [k for k in mine if fileio.basename(codes_lib.shard_path(out_dir, k, num_shards))
+          not in done]
   size, views = tok.data.image_size, AUGMENTS[e.augment]
   meta = {"format": "gigatok_jax.codes.v1", "num_images": num_images, "num_shards": num_shards,
           "num_tokens": config.model.num_tokens, "vocab_size": tok.model.codebook_size,
           "num_classes": config.model.num_classes, "variants": views, "augment": e.augment,
           "ten_crop_scale": e.ten_crop_scale, "images_per_shard": e.images_per_shard,
           "split": e.split, "tokenizer_workdir": config.tokenizer.workdir, "tokenizer_step": tok_step}
-  meta_path = os.path.join(out_dir, records.METADATA_FILE)
-  if os.path.isfile(meta_path):
+  meta_path = fileio.join(out_dir, records.METADATA_FILE)
+  if fileio.isfile(meta_path):
     # A rerun continues an extraction only if it is the same one; never mix codes of two runs.
-    with open(meta_path, encoding="utf-8") as f:
-      old = json.load(f)
+    old = fileio.read_json(meta_path)
     changed = sorted(k for k in meta if old.get(k) != meta[k])
     if changed and codes_lib.shard_files(out_dir):
       raise ConfigError("extract.output", f"{out_dir} holds an extraction with other settings "

@@ -8,8 +8,6 @@ is empty, the first `eval_num_images` images of the eval split. Writes
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
@@ -60,8 +58,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   out_dir = runs.reconstruct_dir(workdir)
   if jax.process_index() == 0:
     result["grid"] = image_lib.save_png(image_lib.comparison_grid(images, recon),
-                                        os.path.join(out_dir, f"grid_{step:08d}.png"))
-    fileio.atomic_write_json(os.path.join(out_dir, f"metrics_{step:08d}.json"), result)
+                                        fileio.join(out_dir, f"grid_{step:08d}.png"))
+    fileio.atomic_write_json(fileio.join(out_dir, f"metrics_{step:08d}.json"), result)
     print(f"reconstructed {result['num_images']} images at step {step}: PSNR "
           f"{result['psnr']:.2f} dB, {result['codes_used']} codes used "
           f"({100 * result['codebook_usage']:.2f}% of the codebook); grid: {result['grid']}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 
 import jax
@@ -115,16 +114,17 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
       "seconds": round(seconds, 2), "images_per_sec": round(len(images) / max(seconds, 1e-9), 3),
   }
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     # One set of files per (checkpoint, settings): a rerun with other settings keeps the earlier ones.
     tag = (f"{gpt_step:08d}_cfg{settings.cfg_scale:g}-{settings.cfg_schedule}_T{settings.temperature:g}"
            f"_k{settings.top_k}_p{settings.top_p:g}_seed{s.seed}_n{len(images)}")
-    stem = os.path.join(out_dir, f"samples_{tag}")
-    np.savez(stem + ".npz", arr_0=images, labels=labels)
+    stem = fileio.join(out_dir, f"samples_{tag}")
+    with fileio.atomic_write(stem + ".npz", "wb") as f:    # never a half-written .npz
+      np.savez(f, arr_0=images, labels=labels)
     n_grid = min(s.grid_images, len(images))
     result["npz"] = stem + ".npz"
     result["grid"] = image_lib.save_png(class_rows_grid(images[:n_grid], labels[:n_grid]),
-                                        os.path.join(out_dir, f"grid_{tag}.png"))
+                                        fileio.join(out_dir, f"grid_{tag}.png"))
     fileio.atomic_write_json(stem + ".json", result)
     print(f"sampled {len(images)} images at GPT step {gpt_step} ({result['images_per_sec']} img/s): "
           f"{result['npz']}; grid: {result['grid']}")

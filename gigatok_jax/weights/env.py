@@ -33,7 +33,11 @@ def default_cache_dir() -> str:
 
 
 def cache_root(cache_dir: str | None) -> str:
-  """`cache_dir` (None: the default) as an absolute path, `~` expanded."""
+  """`cache_dir` (None: the default) as an absolute path, `~` expanded. The cache is on a local
+  disk by design (downloads and conversions): a gs:// one is refused with one line."""
+  from gigatok_jax import fileio  # pylint: disable=import-outside-toplevel
+  fileio.local_only(cache_dir or os.environ.get("GIGATOK_CACHE_DIR") or "~",
+                    "the weights cache (GIGATOK_CACHE_DIR)")
   return os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
 
 
