@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing, distributed, parallel
+from gigatok_jax import checkpoint_integrity, checkpointing, distributed, parallel
 from gigatok_jax.config import validate
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.train.tokenizer import TokenizerTask
@@ -147,11 +147,13 @@ HYBRID = ["--config.mesh.data=1", "--config.mesh.dcn_data=2"]
 
 
 def wait_for_commit(workdir, step, procs, timeout=600):
-  """Waits until checkpoint `step` is committed (what `Checkpointer.latest_step` counts)."""
+  """Waits until checkpoint `step` is complete (what `Checkpointer.latest_step` counts): committed
+  by Orbax, then its checksums written by process 0."""
   step_dir = os.path.join(workdir, "checkpoints", str(step))
   start = time.time()
   while not (os.path.exists(os.path.join(step_dir, checkpointing._COMMIT_MARKER))
-             and os.path.isdir(os.path.join(step_dir, checkpointing.META_ITEM))):
+             and os.path.isdir(os.path.join(step_dir, checkpointing.META_ITEM))
+             and os.path.isfile(os.path.join(step_dir, checkpoint_integrity.MANIFEST))):
     for i, (p, log) in enumerate(procs):
       assert p.poll() is None, f"process {i} exited with {p.returncode}:\n{read(log)[-3000:]}"
     assert time.time() - start < timeout, read(procs[0][1])[-3000:]
