@@ -26,8 +26,10 @@ from jax.experimental import multihost_utils
 EXIT_PREEMPTED = 75
 
 
-class Preempted(Exception):
-  """SIGTERM arrived; the message says what was saved."""
+class Preempted(BaseException):
+  """SIGTERM arrived; the message says what was saved. A BaseException (like KeyboardInterrupt),
+  so that the `except Exception` blocks that turn library failures into one-line errors do not
+  swallow it when the signal lands inside them (e.g. while a checkpoint directory opens)."""
 
 
 _received = threading.Event()
