@@ -8,10 +8,13 @@
 `import gigatok_jax` stays light (the command line and the converters do not need them).
 """
 
+from gigatok_jax import absent_tpu as _absent_tpu
 from gigatok_jax import xla_cpu_flags as _xla_cpu_flags
 
 # Before any backend starts: XLA reads XLA_FLAGS once (see xla_cpu_flags.py for why and how to opt out).
 _xla_cpu_flags.configure()
+# libtpu installed on a machine without a TPU: JAX would start it only to print warnings (absent_tpu.py).
+_absent_tpu.configure()
 
 from gigatok_jax.version import VERSION as __version__  # noqa: E402
 

@@ -132,6 +132,30 @@ def test_path_strings():
     fileio.local_only("gs://b/x.pt", "converting")
 
 
+# ------------------------------------------------------------------------ checkpoint integrity
+def test_checkpoint_manifest_check_and_set_aside_work_in_a_bucket(gcs, in_tmp_cwd):
+  """The manifest, its check and the set-aside move (a directory rename, which object stores do
+  not have) on a step in the bucket; training's restore path calls exactly these."""
+  from etils import epath
+  from gigatok_jax import checkpoint_integrity as integrity
+  step_dir = epath.Path(f"gs://{BUCKET}/ckpt/checkpoints/200")
+  fileio.atomic_write_bytes(str(step_dir / "state" / "d" / "abc"), bytes(range(256)) * 40)
+  fileio.atomic_write_text(str(step_dir / "meta" / "metadata"), '{"step": 200}')
+  integrity.write_manifest(step_dir, 200)
+  assert integrity.has_manifest(step_dir) and integrity.verify(step_dir) is None
+  assert "checksums.json.tmp" not in " ".join(gcs.names(prefix="ckpt/"))
+  # Same size, one byte changed: only the sha256 notices.
+  fileio.atomic_write_bytes(str(step_dir / "state" / "d" / "abc"), b"\x01" + bytes(range(1, 256))
+                            + bytes(range(256)) * 39)
+  assert integrity.verify(step_dir) == "state/d/abc has changed since it was saved (sha256 differs)"
+  target = integrity.set_aside(step_dir, "damaged")
+  assert str(target).startswith(f"gs://{BUCKET}/ckpt/checkpoints/set_aside/200.damaged.")
+  assert not fileio.exists(str(step_dir))
+  moved = sorted(n.split("/", 4)[-1] for n in gcs.names(prefix="ckpt/checkpoints/set_aside/"))
+  assert moved == ["checksums.json", "meta/metadata", "state/d/abc"], moved
+  assert gcs.names(prefix="ckpt/checkpoints/200") == []
+
+
 # --------------------------------------------------------------------------------- TensorBoard
 def _read_events(logdir):
   # tensorboard's switch to its TensorFlow stub (as tests/test_reporting.py).
