@@ -77,3 +77,42 @@ def test_a_barrier_timeout_names_the_config_key():
   assert ("error: process 0 of 2: the other processes did not reach 'compiled sum' within 2 s "
           "(distributed.initialization_timeout_s)") in outs[0], outs[0]
   assert codes[1] != 0, outs[1]     # process 1 is stopped too (JAX's error poller), not left hanging
+
+
+def test_a_background_compile_is_the_one_the_first_call_uses():
+  """compile_in_background (the loop's later phases): the first call waits for it and compiles
+  nothing more; an error in the background compile is raised by the first call."""
+  import jax
+  import numpy as np
+  import pytest
+  from gigatok_jax import distributed
+
+  backend_compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _secs, **kw: backend_compiles.append(event)
+      if event.endswith("backend_compile_duration") else None)
+  mesh = jax.make_mesh((1,), ("d",), devices=jax.devices()[:1])
+  logged = []
+  step = distributed.StartTogether(jax.jit(lambda x, y: (x * 2 + y, x.sum()), donate_argnums=0),
+                                   "step", on_compiled=lambda c, s: logged.append(s))
+  # Committed arrays, as the loop's state and batches are (jit out_shardings, device_put).
+  # (Uncommitted ones, e.g. a fresh jnp.arange, would make the call compile again.)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  x = jax.device_put(np.arange(6.0, dtype=np.float32).reshape(2, 3), replicated)
+  y = jax.device_put(np.ones((2, 3), np.float32), replicated)
+  jax.block_until_ready((x, y))
+  step.compile_in_background(mesh, *distributed.abstract_like((x, y)))
+  step._background.join()
+  assert len(logged) == 1 and len(backend_compiles) == 1
+  with jax.set_mesh(mesh):
+    out, total = step(x, y)
+    assert float(total) == 15.0 and out.shape == (2, 3)
+    out, _ = step(out, y)
+  assert len(logged) == 1 and len(backend_compiles) == 1, backend_compiles
+
+  def broken(x):
+    raise ValueError("no such layer")
+  failing = distributed.StartTogether(jax.jit(broken), "broken")
+  failing.compile_in_background(mesh, distributed.abstract_like(x))
+  with pytest.raises(ValueError, match="no such layer"):
+    failing(x)

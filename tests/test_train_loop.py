@@ -72,6 +72,17 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
                             np.asarray(straight.gen_params["decoder"]["conv_out"]["kernel"]))
 
 
+def test_the_phases_a_run_enters_compile_ahead():
+  """Steps 0-1 aux losses, 2 plain, 3-5 GAN: later phases compile in the background at the start."""
+  from gigatok_jax.train.tokenizer import Phase
+  task = TokenizerTask(tiny_config(), parallel.make_mesh(tiny_config().mesh, ONE_DEVICE))
+  assert task.phase(0) == Phase(gan=False, aux=True)
+  assert loop.later_phases(task, 0, 6) == [Phase(gan=False, aux=False), Phase(gan=True, aux=False)]
+  assert loop.later_phases(task, 2, 6) == [Phase(gan=True, aux=False)]
+  assert loop.later_phases(task, 0, 3) == [Phase(gan=False, aux=False)]   # stop_at_step=3
+  assert loop.later_phases(task, 3, 6) == []
+
+
 def test_outputs_written(straight_run):
   workdir, _ = straight_run
   images = os.listdir(os.path.join(workdir, "images"))

@@ -76,6 +76,9 @@ class GPTTask:
     """The GPT step has no static switches: one executable for the whole run."""
     return None
 
+  def phase_boundaries(self) -> tuple[int, ...]:
+    return ()
+
   def steady_phase(self) -> None:
     return None
 

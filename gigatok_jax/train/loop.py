@@ -60,6 +60,16 @@ def checkpoint_or_stop(ckpt, step: int, end: int, state, data_iter, metrics) -> 
   return preempt
 
 
+def later_phases(task, step: int, end: int) -> list:
+  """The phases that steps step+1..end-1 enter after the phase of `step`, in order."""
+  seen, out = {task.phase(step)}, []
+  for boundary in sorted(task.phase_boundaries()):
+    if step < boundary < end and task.phase(boundary) not in seen:
+      seen.add(task.phase(boundary))
+      out.append(task.phase(boundary))
+  return out
+
+
 def task_and_hooks(config, mesh) -> tuple[Any, Any]:
   """The recipe's task and loop hooks (by `config.task`)."""
   if config.get("task") == "gpt":
@@ -101,17 +111,29 @@ def train(config, workdir: str, *, progress: bool = True, stop_at_step: int | No
   reporter = reporting.Reporter(workdir, config.total_steps, step, progress=progress,
                                 log_keys=hooks.log_keys, labels=getattr(hooks, "log_labels", None))
   hooks.start(state, step, reporter)
+  def make_step(phase):
+    what = "train step" + (f" ({phase.describe()})" if phase is not None else "")
+    return distributed.StartTogether(task.jitted_train_step(phase), what, config,
+                                     on_compiled=console.log_compiled(what))
+
   steps = {}   # phase -> the train step (one compile per phase)
+  ran = set()  # the phases that have run a step
   metrics, first_step, preempted = None, step, False
   with preemption.deferred(), jax.set_mesh(mesh):
     while step < end:
       batch = parallel.global_batch(next(data_iter), mesh, task.rules)
       phase = task.phase(step)
-      compiled = phase not in steps   # this step compiles: its time stays out of rates and ETA
-      if compiled:
-        what = "train step" + (f" ({phase.describe()})" if phase is not None else "")
-        steps[phase] = distributed.StartTogether(task.jitted_train_step(phase), what, config,
-                                                 on_compiled=console.log_compiled(what))
+      if not steps:
+        # The first phase compiles now; the later ones in a background thread at the same time.
+        steps[phase] = make_step(phase)
+        abstract_args = distributed.abstract_like((state, batch, *extra_args))
+        for later in later_phases(task, step, end):
+          steps[later] = make_step(later)
+          steps[later].compile_in_background(mesh, *abstract_args)
+      elif phase not in steps:   # (a phase no boundary announced)
+        steps[phase] = make_step(phase)
+      compiled = phase not in ran   # this step compiles (or waits for its compile): its time
+      ran.add(phase)                # stays out of rates and ETA
       state, metrics = steps[phase](state, batch, *extra_args)
       step += 1
       # The first step of a run is logged too: it is the baseline later values are read against.

@@ -158,6 +158,11 @@ class TokenizerTask:
     lc = self.config.loss
     return Phase(gan=lc.disc_weight > 0 and step >= lc.disc_start_step, aux=step < lc.aux_loss_end)
 
+  def phase_boundaries(self) -> tuple[int, ...]:
+    """The steps at which `phase(step)` may change."""
+    lc = self.config.loss
+    return (lc.aux_loss_end, lc.disc_start_step)
+
   def steady_phase(self) -> Phase:
     """The phase most of a run spends in (GAN on when it has one, aux losses over): what AOT plans."""
     return Phase(gan=self.config.loss.disc_weight > 0, aux=False)
