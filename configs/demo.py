@@ -30,6 +30,9 @@ def get_config(variant: str = ""):
   c.data.source = "demo"
   c.data.image_size = 64            # 64 px -> 8 x 8 grid -> 64 tokens
   c.global_batch_size = 8
+  # XLA:CPU's YNNPACK fusions (off by default, gigatok_jax/xla_cpu_flags.py) make this small model
+  # 10% faster end to end: aux-loss steps 4.0 against 3.3 steps/s, compiles 28 against 36 s.
+  c.xla_cpu_ynnpack = True
   # 850 steps end within 10 minutes on the 2-core CPU (9m27s, 19.1 dB measured); 1000 took
   # 10m50s for 19.4 dB (the switch out of the aux phase recompiles the step: ~40 s).
   # Batch 4 for 1700 steps reached the same PSNR in the same time.
