@@ -79,9 +79,10 @@ def run(cmd, *, kill_after: float | None = None, sig=signal.SIGKILL, on_line=Non
 
 
 def final_state(workdir: str) -> list[np.ndarray]:
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
+  # gigatok_jax first: its import sets JAX's platform before jax starts (absent_tpu.py).
   from gigatok_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=1)
   step = ckpt.latest_step()
   ckpt.close()

@@ -95,8 +95,7 @@ def main(argv) -> None:
   if config is None:
     print("error: --config is required (e.g. --config=configs/demo.py)", file=sys.stderr)
     sys.exit(2)
-  from gigatok_jax import distributed, xla_cpu_flags  # pylint: disable=import-outside-toplevel
-  xla_cpu_flags.use_recipe_choice(config)   # (no backend has started yet)
+  from gigatok_jax import distributed  # pylint: disable=import-outside-toplevel
   preemption.install()
   try:
     # Before anything touches a JAX backend: a multi-process job must connect its processes first.

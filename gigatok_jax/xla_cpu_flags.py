@@ -6,10 +6,10 @@ gradient is several times slower than XLA's own (Eigen) convolution: the S-S tra
 takes 42.4 s with YNNPACK and 23.3 s without it (MFU 0.30 -> 0.52). So we turn YNNPACK fusions
 off, for jaxlib 0.10.x only (the version we measured; newer releases may have fixed it).
 
-Small models go the other way: the demo recipe (16-32 channel convolutions at 64 px) runs 10%
-faster end to end with YNNPACK (aux-loss steps 4.0 against 3.3 steps/s, compiles 28 against 36 s).
-A recipe sets `xla_cpu_ynnpack = True` to keep XLA's default; `main.py` then calls
-`use_recipe_choice(config)` after reading the recipe and before any backend starts.
+Small models would go the other way (the demo recipe ran 10% faster end to end with YNNPACK:
+aux-loss steps 4.0 against 3.3 steps/s), but with YNNPACK a run resumed after kill -9 was not
+bit-identical to the uninterrupted one (bench/faults.py, demo:tiny, 24 steps: arrays off by ~1e-3
+after resuming from step 12; identical with the flag set, same kills), so it stays off everywhere.
 
 The flag only concerns the CPU backend; GPU and TPU runs ignore it. A user who sets
 `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS keeps their own value, and
@@ -47,22 +47,4 @@ def configure(environ=os.environ, jaxlib_version: str | None = None) -> bool:
   if YNN_FLAG in current:
     return False
   environ["XLA_FLAGS"] = f"{current} {YNN_FLAG}=".strip()
-  _ADDED.add(id(environ))
-  return True
-
-
-_ADDED: set[int] = set()   # the environments whose YNN_FLAG we appended (not the user's own)
-
-
-def use_recipe_choice(config, environ=os.environ) -> bool:
-  """Takes our YNNPACK-off flag back out of XLA_FLAGS when the recipe sets `xla_cpu_ynnpack`
-  (a user's own value stays). Call before any JAX backend starts; True if XLA_FLAGS changed."""
-  if not config.get("xla_cpu_ynnpack", False) or id(environ) not in _ADDED:
-    return False
-  tokens = environ.get("XLA_FLAGS", "").split()
-  if f"{YNN_FLAG}=" not in tokens:
-    return False
-  tokens.remove(f"{YNN_FLAG}=")
-  environ["XLA_FLAGS"] = " ".join(tokens)
-  _ADDED.discard(id(environ))
   return True

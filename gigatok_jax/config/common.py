@@ -41,10 +41,6 @@ def run_keys(c: ml_collections.ConfigDict, total_steps: int) -> None:
   # workdir's own pretrained/ when a converter made the workdir.
   c.init_from = ""
   c.log_every_steps = 50
-  # XLA:CPU's YNNPACK fusions (XLA's default): off unless a recipe turns them on, because their
-  # convolution weight gradients are several times slower at the paper's sizes; small models are
-  # faster with them (gigatok_jax/xla_cpu_flags.py). CPU runs of the command line only.
-  c.xla_cpu_ynnpack = False
 
 
 def mesh_config(axis_rules) -> ml_collections.ConfigDict:
