@@ -5,8 +5,9 @@ compile or restore), SIGTERM, and damaged checkpoints; prints one JSON object.
 
 1. A reference run trains `--steps` steps of configs/demo.py:tiny uninterrupted.
 2. The same command is started again and again in a second workdir; every start but the last is
-   killed with SIGKILL after a random delay (0.5 s to the reference run's duration), so kills land
-   anywhere, including while a checkpoint is being written. The final state must equal the
+   killed with SIGKILL after a random delay (0.5 s to the expected time of the work left: start-up
+   plus the unsaved steps at the reference run's pace), so kills land anywhere, including during
+   compile, restore and while a checkpoint is being written. The final state must equal the
    reference bit for bit; "steps lost" per kill = last step printed before it - step resumed from.
 3. SIGTERM during training: exit status 75 and a checkpoint at the printed step.
 4. Each kind of damage (4 KB overwritten with the size kept, truncated file, deleted file, missing
@@ -90,6 +91,14 @@ def final_state(workdir: str) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def saved_step(workdir: str) -> int:
+  """The newest step with its checksums in `workdir` (0 if none): where a rerun resumes."""
+  directory = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else [])
+           if n.isdigit() and os.path.exists(os.path.join(directory, n, "checksums.json"))]
+  return max(steps, default=0)
+
+
 def same(a, b) -> bool:
   return len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True)
                                   for x, y in zip(a, b))
@@ -142,8 +151,16 @@ def main() -> None:
 
   ref_dir = os.path.join(root, "reference")
   t0 = time.time()
-  code, out = run(command(ref_dir, args.steps, args.every))
+  first_step_at = []
+
+  def note_first_step(line: str) -> bool:
+    if STEP.search(line) and not first_step_at:
+      first_step_at.append(time.time() - t0)
+    return False
+  code, out = run(command(ref_dir, args.steps, args.every), on_line=note_first_step)
   reference_s = time.time() - t0
+  startup_s = first_step_at[0] if first_step_at else reference_s / 2
+  step_s = (reference_s - startup_s) / args.steps
   if code != 0:
     sys.exit(f"reference run failed ({code}):\n{out[-3000:]}")
   reference = final_state(ref_dir)
@@ -152,7 +169,12 @@ def main() -> None:
   faulty = os.path.join(root, "killed")
   kills, lost = [], []
   for _ in range(args.kills):
-    delay = rng.uniform(0.5, reference_s)
+    # A delay within the expected time of the work left (start-up + the steps not yet saved, at
+    # the reference run's pace), so that every kill interrupts something.
+    remaining = args.steps - saved_step(faulty)
+    if remaining <= 0:
+      break     # a run outlived its kill and finished: nothing is left to interrupt
+    delay = rng.uniform(0.5, startup_s + remaining * step_s)
     code, out = run(command(faulty, args.steps, args.every), kill_after=delay)
     printed = [int(s) for s in STEP.findall(out)]
     kills.append({"after_s": round(delay, 2), "status": code,
