@@ -157,9 +157,9 @@ class StartTogether:
   the first tokenizer step after it runs no slower than a later one).
 
   `compile_in_background(mesh, *abstract_args)` starts that compile in a thread instead, and the
-  first call waits for it: the training loop compiles the steps of a run's later phases this way
-  while the first phase trains (the demo's switch out of the aux losses stopped the run for 17-35 s
-  to compile).
+  first call waits for it: the training loop compiles the steps of a run's later phases this way,
+  so that on accelerators the host compiles while the devices train instead of stalling the run at
+  the phase switch.
   """
 
   def __init__(self, jitted: Callable, name: str, config=None,

@@ -62,11 +62,11 @@ def checkpoint_or_stop(ckpt, step: int, end: int, state, data_iter, metrics) -> 
 
 def later_phases(task, step: int, end: int) -> list:
   """The phases that steps step+1..end-1 enter after the phase of `step`, in order."""
-  seen, out = {task.phase(step)}, []
-  for boundary in sorted(task.phase_boundaries()):
-    if step < boundary < end and task.phase(boundary) not in seen:
-      seen.add(task.phase(boundary))
-      out.append(task.phase(boundary))
+  out = []
+  for boundary in sorted(b for b in task.phase_boundaries() if step < b < end):
+    phase = task.phase(boundary)
+    if phase != task.phase(step) and phase not in out:
+      out.append(phase)
   return out
 
 
