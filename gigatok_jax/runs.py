@@ -112,8 +112,8 @@ def gpt_tokenizer_config(config) -> ml_collections.ConfigDict:
 
 def check_tokenizer_fits(config, tok) -> None:
   """The GPT's vocabulary and sequence length must be the tokenizer's codebook and token count."""
-  from gigatok_jax.models.tokenizer import grid_size  # pylint: disable=import-outside-toplevel
-  n = grid_size(tok.model, tok.data.image_size) ** 2
+  from gigatok_jax.models.tokenizer import num_tokens  # pylint: disable=import-outside-toplevel
+  n = num_tokens(tok.model, tok.data.image_size)
   if config.model.vocab_size != tok.model.codebook_size:
     raise ConfigError("model.vocab_size", f"is {config.model.vocab_size} but the tokenizer "
                       f"in {config.tokenizer.workdir} has a codebook of {tok.model.codebook_size}")

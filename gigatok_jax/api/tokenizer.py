@@ -21,7 +21,7 @@ import numpy as np
 from gigatok_jax import inference, parallel, runs
 from gigatok_jax.api import batching, inputs, sources
 from gigatok_jax.errors import UserError
-from gigatok_jax.models.tokenizer import grid_size
+from gigatok_jax.models.tokenizer import num_tokens
 
 
 def to_uint8_device(images: jax.Array) -> jax.Array:
@@ -44,7 +44,7 @@ class Tokenizer:
     self._loaded = loaded
     self.config = loaded.config
     self.image_size = int(loaded.config.data.image_size)
-    self.num_tokens = grid_size(loaded.config.model, self.image_size) ** 2
+    self.num_tokens = num_tokens(loaded.config.model, self.image_size)
     self.codebook_size = int(loaded.config.model.codebook_size)
     self.step = loaded.step
     self.source = loaded.source

@@ -47,6 +47,11 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
       # query layout) contains it; short runs (configs/demo.py) get spatial layout much sooner.
       # Official checkpoints import with the reference values of both keys (convert/release.py).
       dec_query_init="first_token",
+      # 1d only: latent tokens per image; 0 = grid^2 (the reference). Any count from 1 to
+      # 2 * grid^2: the encoder's queries are the first N regions of the multi-level pooling series
+      # 1 + 1 + 2 + 4 + ... + grid^2 (models/qformer.py `_pool_regions` states the rule for counts
+      # that are no sum of the series), and the GPT's sequence length follows.
+      num_latent_tokens=0,
       codebook_size=16384,
       code_dim=8,
       commitment=0.25,

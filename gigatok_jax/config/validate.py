@@ -97,6 +97,16 @@ def check_model(m, image_size: int) -> None:
   if image_size % factor or grid < 2 or grid & (grid - 1):
     raise ConfigError("data.image_size", f"{image_size} / {factor} (the CNN downsampling of "
                       f"{len(m.cnn_ch_mult)} levels) must be a power-of-two grid >= 2")
+  n = m.get("num_latent_tokens", 0)
+  if not isinstance(n, int) or n < 0:
+    raise ConfigError("model.num_latent_tokens", f"must be an int >= 0 (0 = grid^2), got {n!r}")
+  if n and m.kind != "1d" and n != grid * grid:
+    raise ConfigError("model.num_latent_tokens", f"is {n}, but a 2d tokenizer has one token per "
+                      f"grid cell ({grid * grid}); set it to 0")
+  if n > 2 * grid * grid:
+    raise ConfigError("model.num_latent_tokens", f"is {n}; multi-level pooling of the {grid} x "
+                      f"{grid} grid gives at most {2 * grid * grid} tokens (1 + 1 + 2 + ... + "
+                      f"{grid * grid})")
   for key in ("dtype", "param_dtype"):
     if m[key] not in ("float32", "bfloat16"):
       raise ConfigError(f"model.{key}", f"must be 'float32' or 'bfloat16', got {m[key]!r}")

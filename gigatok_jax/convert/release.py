@@ -145,6 +145,9 @@ def tokenizer_dims(sd: Mapping[str, Any]) -> dict[str, Any]:
     raise CheckpointError(f"{enc}.positional_embedding has {positions} positions, not a square "
                           "grid")
   out["image_size"] = grid * 2 ** (len(mult) - 1)
+  if one_d:  # the latent queries' positions give the token count (0 = grid^2, the reference)
+    n = _shape(sd, f"{enc}.latent_token_positional_embedding")[0]
+    out["num_latent_tokens"] = 0 if n == positions else n
   return out
 
 
@@ -535,6 +538,11 @@ def export_run(workdir: str, out: str, log=print) -> str:
         raise CheckpointError(f"--src={workdir}: {key}={ours!r} has no counterpart in the "
                               f"reference code (it has {value!r}); the exported weights would "
                               "compute something else there")
+    from gigatok_jax.models.tokenizer import grid_size  # pylint: disable=import-outside-toplevel
+    n = config.model.get("num_latent_tokens", 0)
+    if n and n != grid_size(config.model, config.data.image_size) ** 2:
+      raise CheckpointError(f"--src={workdir}: model.num_latent_tokens={n} has no counterpart in "
+                            "the reference code (one token per grid cell)")
   loaded = inference.load(config, workdir, parallel.make_mesh(config.mesh, jax.devices()[:1]))
   flat = flatten(jax.device_get(loaded.params))
   step = loaded.step

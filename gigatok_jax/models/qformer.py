@@ -44,9 +44,10 @@ class QFormerLayer(nnx.Module):
     return t + self.mlp(self.norm3(t))
 
 
-def _pool_groups(h: int, w: int):
+def _pool_groups(h: int, w: int, full: bool = False):
   """(rows, cols) of the pooling groups after the global token: 1x1, 1x2, 2x2, 2x4, ... while a
-  group has at most h*w/2 regions (shared by `multi_level_pool` and `multi_level_unpool`)."""
+  group has at most h*w/2 regions, then (`full=True`) h x w, the grid itself (shared by
+  `multi_level_pool` and `multi_level_unpool`)."""
   rows, cols = 1, 1
   while rows * cols * 2 <= h * w:
     yield rows, cols
@@ -54,44 +55,73 @@ def _pool_groups(h: int, w: int):
       cols *= 2
     else:
       rows *= 2
+  if full:
+    yield h, w
 
 
-def multi_level_pool(grid: jax.Array) -> jax.Array:
-  """Coarse-to-fine average pooling of a (B, H, W, C) grid into H*W query tokens (docs/spec.md §2.4).
+def max_latent_tokens(h: int, w: int) -> int:
+  """The most query tokens multi-level pooling of an h x w grid gives: 1 + 1 + 2 + ... + h*w."""
+  return 1 + sum(r * c for r, c in _pool_groups(h, w, full=True))
+
+
+def _pool_regions(h: int, w: int, n: int):
+  """The first n pooling regions in coarse-to-fine order, as (top, left, height, width) cells.
+
+  The series is the global mean, then the groups of `_pool_groups` (regions row-major inside a
+  group), ending with the grid's own cells: 1 + 1 + 2 + 4 + ... + h*w = 2*h*w regions at most.
+  n = h*w (the reference) stops after the (h/2) x w group. A count that is not a sum of the series
+  takes the first regions of the next group in row-major order (32 tokens of a 16 x 16 grid:
+  1+1+2+4+8+16; 100 tokens of an 8 x 8 grid: the 64 of 1+...+32, then 36 of its 64 cells).
+  """
+  if not 1 <= n <= max_latent_tokens(h, w):
+    raise ValueError(f"{n} latent tokens: an {h} x {w} grid pools into 1 to "
+                     f"{max_latent_tokens(h, w)}")
+  regions = [(0, 0, h, w)]
+  for rows, cols in _pool_groups(h, w, full=True):
+    for r in range(rows):
+      for c in range(cols):
+        regions.append((r * (h // rows), c * (w // cols), h // rows, w // cols))
+  return regions[:n]
+
+
+def multi_level_pool(grid: jax.Array, num_tokens: int | None = None) -> jax.Array:
+  """Coarse-to-fine average pooling of a (B, H, W, C) grid into `num_tokens` query tokens
+  (default H*W; docs/spec.md §2.4; the regions and their order: `_pool_regions`).
 
   Groups (rows x cols): 1x1, 1x1 again, 1x2, 2x2, 2x4, 4x4, ... up to (H/2) x W; the column count
   grows first, each group is flattened row-major, groups are concatenated coarse to fine.
   For 16 x 16 that is 1+1+2+4+8+16+32+64+128 = 256 tokens.
   """
   b, h, w, c = grid.shape
+  n = h * w if num_tokens is None else num_tokens
+  regions = _pool_regions(h, w, n)
   groups = [grid.mean(axis=(1, 2))[:, None, :]]
-  for rows, cols in _pool_groups(h, w):
+  start = 1
+  for rows, cols in _pool_groups(h, w, full=True):
+    if start >= n:
+      break
+    take = min(rows * cols, n - start)
     pooled = grid.reshape(b, rows, h // rows, cols, w // cols, c).mean(axis=(2, 4))
-    groups.append(pooled.reshape(b, rows * cols, c))
+    groups.append(pooled.reshape(b, rows * cols, c)[:, :take])
+    start += take
   out = jnp.concatenate(groups, axis=1)
-  assert out.shape[1] == h * w, out.shape
+  assert out.shape[1] == n == len(regions), (out.shape, n)
   return out
 
 
-def unpool_matrix(h: int, w: int) -> np.ndarray:
-  """(h*w, h*w) float32 U with U[cell, token] = 1/levels where `token`'s pooling region (in the
-  coarse-to-fine order of `multi_level_pool`) contains grid cell `cell` (row-major), else 0."""
-  levels = 1 + len(list(_pool_groups(h, w)))
-  u = np.zeros((h, w, h * w), np.float32)
-  u[:, :, 0] = 1.0                                  # the global token covers every cell
-  start = 1
-  for rows, cols in _pool_groups(h, w):
-    for r in range(rows):
-      for c in range(cols):
-        u[r * (h // rows):(r + 1) * (h // rows), c * (w // cols):(c + 1) * (w // cols),
-          start + r * cols + c] = 1.0
-    start += rows * cols
-  assert start == h * w, (start, h, w)
-  return u.reshape(h * w, h * w) / levels
+def unpool_matrix(h: int, w: int, n: int | None = None) -> np.ndarray:
+  """(h*w, n) float32 U (n default h*w): U[cell, token] = 1/k where `token`'s pooling region
+  (`_pool_regions`) contains grid cell `cell` (row-major) and k regions of the n contain it."""
+  n = h * w if n is None else n
+  cover = np.zeros((h, w, n), np.float32)
+  for t, (top, left, rh, rw) in enumerate(_pool_regions(h, w, n)):
+    cover[top:top + rh, left:left + rw, t] = 1.0
+  cover = cover.reshape(h * w, n)
+  return cover / cover.sum(axis=1, keepdims=True)
 
 
 def multi_level_unpool(tokens: jax.Array, h: int, w: int) -> jax.Array:
-  """The mirror of `multi_level_pool`: (B, h*w, C) tokens in its coarse-to-fine order -> (B, h, w, C).
+  """The mirror of `multi_level_pool`: (B, N, C) tokens in its coarse-to-fine order -> (B, h, w, C).
 
   Each grid cell gets the mean of the tokens whose pooling region contains it (one per group), so
   that a decoder query starts from the tokens that describe its place. Computed as one matmul with
@@ -100,9 +130,7 @@ def multi_level_unpool(tokens: jax.Array, h: int, w: int) -> jax.Array:
   reductions per element and took 7% of the demo's train step.
   """
   b, n, c = tokens.shape
-  if n != h * w:
-    raise ValueError(f"multi_level_unpool: {n} tokens for a {h} x {w} grid")
-  u = jnp.asarray(unpool_matrix(h, w), tokens.dtype)
+  u = jnp.asarray(unpool_matrix(h, w, n), tokens.dtype)
   # HIGHEST: TPUs would otherwise multiply float32 in bfloat16 passes; the mean should be exact.
   out = jnp.einsum("pn,bnc->bpc", u, tokens, precision=jax.lax.Precision.HIGHEST)
   return out.reshape(b, h, w, c)
@@ -144,15 +172,16 @@ class _Stack(nnx.Module):
 
 
 class QFormerEncoder(nnx.Module):
-  """(B, h, w, z) CNN map -> (B, h*w, z) latent tokens."""
+  """(B, h, w, z) CNN map -> (B, N, z) latent tokens (N = num_tokens, default h*w)."""
 
   def __init__(self, *, grid: int, z_channels: int, width: int, layers: int, heads: int,
                mlp_ratio: float, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat="none", scan_layers=False):
+               remat="none", scan_layers=False, num_tokens: int | None = None):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    n = grid * grid
-    self.positional_embedding = _pos_embed(rngs, n, width, param_dtype)               # memory keys
-    self.latent_token_positional_embedding = _pos_embed(rngs, n, width, param_dtype)  # queries
+    self.num_tokens = grid * grid if num_tokens is None else num_tokens
+    self.positional_embedding = _pos_embed(rngs, grid * grid, width, param_dtype)     # memory keys
+    self.latent_token_positional_embedding = _pos_embed(rngs, self.num_tokens, width,
+                                                        param_dtype)                   # queries
     self.ln_pre = LayerNorm(z_channels, **kw)
     self.encoder_embed = Dense(z_channels, width, axes=("z_channels", "embed"), **kw)
     self.global_proj = Dense(width, width, axes=("embed", "mlp"), **kw)
@@ -163,10 +192,11 @@ class QFormerEncoder(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     memory = self.encoder_embed(self.ln_pre(x.reshape(b, h * w, c)))        # (B, hw, W)
-    queries = self.global_proj(multi_level_pool(memory.reshape(b, h, w, -1)))  # (B, hw, W)
+    queries = self.global_proj(multi_level_pool(memory.reshape(b, h, w, -1),
+                                                self.num_tokens))                  # (B, N, W)
     t, _ = self.stack.run(queries, self.latent_token_positional_embedding[...].astype(queries.dtype),
                           memory, self.positional_embedding[...].astype(memory.dtype))
-    return self.conv_out(self.ln_post(t))                                      # (B, hw, z)
+    return self.conv_out(self.ln_post(t))                                      # (B, N, z)
 
 
 class QFormerDecoder(nnx.Module):

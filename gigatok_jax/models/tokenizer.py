@@ -39,6 +39,12 @@ def grid_size(cfg: ml_collections.ConfigDict, image_size: int) -> int:
   return image_size // 2 ** (len(cfg.cnn_ch_mult) - 1)
 
 
+def num_tokens(cfg: ml_collections.ConfigDict, image_size: int) -> int:
+  """Tokens per image: `model.num_latent_tokens` for a 1D tokenizer that sets it, else grid^2."""
+  n = int(cfg.get("num_latent_tokens", 0) or 0)
+  return n if n > 0 and cfg.kind == "1d" else grid_size(cfg, image_size) ** 2
+
+
 class Tokenizer(nnx.Module):
   def __init__(self, cfg: ml_collections.ConfigDict, image_size: int, *, rngs: nnx.Rngs):
     rngs = KeyGen(rngs)
@@ -59,9 +65,10 @@ class Tokenizer(nnx.Module):
                heads=cfg.dec_heads, mlp_ratio=cfg.mlp_ratio, distill_depth=cfg.distill_depth,
                distill_dim=cfg.distill_dim, rngs=rngs, dtype=dtype, param_dtype=pdt,
                remat=cfg.remat, scan_layers=cfg.get("scan_layers", False))
+    self.num_tokens = num_tokens(cfg, image_size)
     if cfg.kind == "1d":
-      self.s2to1encoder = QFormerEncoder(**enc)
-      self.s1to2decoder = QFormerDecoder(num_tokens=grid * grid,
+      self.s2to1encoder = QFormerEncoder(num_tokens=self.num_tokens, **enc)
+      self.s1to2decoder = QFormerDecoder(num_tokens=self.num_tokens,
                                          query_init=cfg.get("dec_query_init", "first_token"), **dec)
     elif cfg.kind == "2d":
       self.s2dencoder = ViTEncoder2D(layer_type=cfg.vit_layer_type, **enc)
@@ -84,7 +91,7 @@ class Tokenizer(nnx.Module):
     """(B, H, W, 3) in [-1, 1] -> (CNN map (B, g, g, z), latents (B, N, code_dim))."""
     h = self.encoder(images)                                     # (B, g, g, z)
     if self.kind == "1d":
-      tokens = self.s2to1encoder(h)                              # (B, g*g, z)
+      tokens = self.s2to1encoder(h)                              # (B, N, z)
     else:
       tokens = self.s2dencoder(h).reshape(h.shape[0], -1, h.shape[-1])
     return h, self.quant_conv(tokens)                            # (B, N, code_dim)
