@@ -100,18 +100,20 @@ def test_config_checks_name_the_key():
   assert num_tokens(c.model, c.data.image_size) == 64
 
 
+def _reference_state_dict(model_config):
+  """The state dict, in the reference layout, of a fresh tokenizer of `model_config` at 64 px."""
+  model = Tokenizer(model_config, image_size=64, rngs=nnx.Rngs(0))
+  flat = {k: np.asarray(v) for k, v in
+          flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+  return gigatok.to_torch(gigatok.tokenizer_rules({k: v.shape for k, v in flat.items()}), flat)
+
+
 def test_official_layout_files_carry_their_token_count_and_export_refuses_other_counts(tmp_path):
   c = load_recipe("demo", "tiny")
   c.model.update(num_latent_tokens=32, cnn_norm_groups=32, dec_query_init="first_token")
-  model = Tokenizer(c.model, image_size=64, rngs=nnx.Rngs(0))
-  flat = {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
-  sd = gigatok.to_torch(gigatok.tokenizer_rules({k: v.shape for k, v in flat.items()}), flat)
-  assert release.tokenizer_dims(sd)["num_latent_tokens"] == 32
+  assert release.tokenizer_dims(_reference_state_dict(c.model))["num_latent_tokens"] == 32
   c.model.num_latent_tokens = 0              # one token per cell: the reference's 0
-  model = Tokenizer(c.model, image_size=64, rngs=nnx.Rngs(0))
-  flat = {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
-  sd = gigatok.to_torch(gigatok.tokenizer_rules({k: v.shape for k, v in flat.items()}), flat)
-  assert release.tokenizer_dims(sd)["num_latent_tokens"] == 0
+  assert release.tokenizer_dims(_reference_state_dict(c.model))["num_latent_tokens"] == 0
   c.model.num_latent_tokens = 32
   workdir = str(tmp_path / "run")
   runs.write_config(c, workdir)
