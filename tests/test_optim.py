@@ -1,4 +1,4 @@
-"""The tokenizer optimizer's per-group learning rate (optim.cnn_lr_scale)."""
+"""Per-group learning rates of the tokenizer optimizer (cnn_lr_scale, codebook_lr_scale)."""
 
 import jax
 import jax.numpy as jnp
@@ -57,3 +57,18 @@ def test_cnn_updates_are_scaled_and_the_rest_untouched():
                                     "decoder": {"norm_out": {"scale": True}},
                                     "s2to1encoder": {"stack": {"kernel": False}},
                                     "quantize": {"embedding": False}}
+
+
+def test_codebook_updates_are_scaled_apart_from_the_cnn():
+  params = _params()
+  plain, _ = optim.adamw(_cfg(), 100, 1e-3)
+  scaled, _ = optim.adamw(_cfg(), 100, 1e-3, cnn_lr_scale=5.0, codebook_lr_scale=3.0)
+  u_plain, _ = _updates(plain, params, steps=1)
+  u_scaled, _ = _updates(scaled, params, steps=1)
+  for group, factor in (("encoder", 5.0), ("decoder", 5.0), ("quantize", 3.0),
+                        ("s2to1encoder", 1.0)):
+    for a, b in zip(jax.tree.leaves(u_plain[group]), jax.tree.leaves(u_scaled[group])):
+      np.testing.assert_allclose(np.asarray(b), factor * np.asarray(a), rtol=1e-6)
+  assert optim.codebook_mask(params)["quantize"] == {"embedding": True}
+  assert not any(jax.tree.leaves({k: v for k, v in optim.codebook_mask(params).items()
+                                  if k != "quantize"}))

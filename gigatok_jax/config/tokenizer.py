@@ -121,6 +121,7 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       final_lr=1e-5,                # cosine floor
       disc_lr=1e-4,                 # same schedule shape as the generator
       cnn_lr_scale=1.0,             # the CNN encoder/decoder's lr = lr * this (reference: 1)
+      codebook_lr_scale=1.0,        # the codebook's lr = lr * this (reference: 1)
       ema_decay=0.0,                # 0 disables the EMA of generator weights (reference: 0.9999 if on)
   ))
 

@@ -427,7 +427,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
     _positive(config, key)
   check_model(config.model, config.data.image_size)
   check_losses(config.loss)
-  for key in ("lr", "disc_lr", "grad_clip", "cnn_lr_scale"):
+  for key in ("lr", "disc_lr", "grad_clip", "cnn_lr_scale", "codebook_lr_scale"):
     _positive(config, f"optim.{key}")
   if not 0.0 <= config.optim.ema_decay < 1.0:
     raise ConfigError("optim.ema_decay", f"must be in [0, 1), got {config.optim.ema_decay}")

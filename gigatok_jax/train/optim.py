@@ -51,19 +51,28 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def top_level_mask(params, names: tuple[str, ...]):
+  """True for every parameter under one of the top-level modules `names`."""
+  return {k: jax.tree.map(lambda _, on=k in names: on, v) for k, v in params.items()}
+
+
 def cnn_mask(params):
   """True for the tokenizer's CNN encoder and decoder (top-level 'encoder' / 'decoder')."""
-  return {k: jax.tree.map(lambda _, on=k in ("encoder", "decoder"): on, v)
-          for k, v in params.items()}
+  return top_level_mask(params, ("encoder", "decoder"))
+
+
+def codebook_mask(params):
+  """True for the tokenizer's codebook (top-level 'quantize')."""
+  return top_level_mask(params, ("quantize",))
 
 
 def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | None = None,
-          mask=decay_mask, cnn_lr_scale: float = 1.0
+          mask=decay_mask, cnn_lr_scale: float = 1.0, codebook_lr_scale: float = 1.0
           ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Clip + AdamW; the default schedule is the tokenizer's warm-up + cosine.
 
   `cnn_lr_scale` != 1 multiplies the updates of the CNN encoder/decoder (their lr and weight
-  decay) by it. At 1 the transformation and its state are exactly the reference's, so checkpoints
+  decay) by it, `codebook_lr_scale` those of the codebook. At 1 the transformation and its state are exactly the reference's, so checkpoints
   of other runs keep their layout.
   """
   if schedule is None:
@@ -76,6 +85,8 @@ def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | 
   ]
   if cnn_lr_scale != 1.0:
     parts.append(optax.masked(optax.scale(cnn_lr_scale), cnn_mask))
+  if codebook_lr_scale != 1.0:
+    parts.append(optax.masked(optax.scale(codebook_lr_scale), codebook_mask))
   return optax.chain(*parts), schedule
 
 

@@ -76,8 +76,9 @@ class TokenizerTask:
     self.mesh = mesh
     self.rules = build.axis_rules(config)
     c = config
-    self.gen_tx, self.gen_schedule = optim.adamw(c.optim, c.total_steps, c.optim.lr,
-                                                 cnn_lr_scale=c.optim.get("cnn_lr_scale", 1.0))
+    self.gen_tx, self.gen_schedule = optim.adamw(
+        c.optim, c.total_steps, c.optim.lr, cnn_lr_scale=c.optim.get("cnn_lr_scale", 1.0),
+        codebook_lr_scale=c.optim.get("codebook_lr_scale", 1.0))
     self.disc_tx, _ = optim.adamw(c.optim, c.total_steps, c.optim.disc_lr)
     self.gen = build.tokenizer(config, mesh)
     self.disc = build.discriminator(config, mesh)
