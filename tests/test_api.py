@@ -26,10 +26,11 @@ def tok_run(tmp_path_factory):
   from gigatok_jax.train.tokenizer import TokenizerTask
   config = load_recipe("demo", "tiny")
   config.optim.ema_decay = 0.0
-  # The reference architecture (not the demo's 8 groups / 'unpool'), so that the run exports to
-  # the official layout (test_official_pt_file_converts_once_into_the_cache).
+  # The reference architecture (not the demo's 8 groups / 'unpool' / 128 tokens), so that the run
+  # exports to the official layout (test_official_pt_file_converts_once_into_the_cache).
   config.model.cnn_norm_groups = 32
   config.model.dec_query_init = "first_token"
+  config.model.num_latent_tokens = 0
   workdir, _ = saved_run(tmp_path_factory.mktemp("tok"), config, TokenizerTask)
   return workdir, config
 

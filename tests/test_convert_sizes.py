@@ -423,11 +423,13 @@ def test_official_weights_get_the_reference_architecture_whatever_the_recipe(cus
     config = load(*args, **kwargs)
     config.model.cnn_norm_groups = 8
     config.model.dec_query_init = "unpool"
+    config.model.num_latent_tokens = 2 * 16 * 16    # the file's one token per cell wins
     return config
   monkeypatch.setattr(release.config_lib, "load_recipe", demo_like)
   out = release.import_checkpoint(custom["src"], str(tmp_path / "run"), overrides=HEADS, **QUIET)
   config, loaded = _load(out)
   assert (config.model.cnn_norm_groups, config.model.dec_query_init) == (32, "first_token")
+  assert config.model.num_latent_tokens == 0
   _assert_tokenizer_matches(custom["tok"], loaded, "official weights read through a demo-like recipe")
 
 

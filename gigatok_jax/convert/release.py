@@ -351,7 +351,8 @@ def configure(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] |
               args: Any = None, *, what: str = "the checkpoint", log=print):
   """The config of the weights `sd`: `recipe` ('' = base_recipe) with the file's sizes, the
   overrides and settled head counts (see the module docstring). With an explicit `recipe` the
-  sizes it states must be the file's (a GPT's vocabulary, classes and positions excepted)."""
+  sizes it states must be the file's (a GPT's vocabulary, classes and positions and a
+  tokenizer's token count excepted: the file sets those)."""
   return settle(recipe, sd, overrides, args, what=what, log=log)[0]
 
 
@@ -377,7 +378,7 @@ def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | No
     raise CheckpointError(f"{what}: the weights fix these sizes: " + ", ".join(conflicts))
   if recipe:
     mismatch = {k: (v, overrides_lib.get_key(config, _config_key(k))) for k, v in dims.items()
-                if not (kind == "gpt" and k in _GPT_FILE_KEYS)
+                if not (kind == "gpt" and k in _GPT_FILE_KEYS) and k != "num_latent_tokens"
                 and overrides_lib.get_key(config, _config_key(k)) != v}
     if mismatch:
       inferred = ""
