@@ -23,6 +23,9 @@ def test_summary_of_3b_recipe_without_allocating():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "2,893,970,443" in proc.stdout
   assert "s1to2decoder" in proc.stdout and "distill_mlp" in proc.stdout
+  assert "image 256px -> 256 tokens" in proc.stdout
+  demo = run_cli("--config=configs/demo.py", "--mode=summary")   # 128 tokens on an 8 x 8 grid
+  assert demo.returncode == 0 and "image 64px -> 128 tokens" in demo.stdout, demo.stderr[-2000:]
 
 
 def test_unknown_override_key_is_rejected():

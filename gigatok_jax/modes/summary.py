@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from gigatok_jax import build
+from gigatok_jax.models.tokenizer import num_tokens
 
 
 def count_tree(state) -> int:
@@ -44,7 +45,8 @@ def summarize(config, depth: int = 2) -> str:
   else:
     head = (f"tokenizer ({m.kind}): enc {m.enc_width}x{m.enc_layers} ({m.enc_heads} heads), "
             f"dec {m.dec_width}x{m.dec_layers} ({m.dec_heads} heads), codebook "
-            f"{m.codebook_size}x{m.code_dim}, image {config.data.image_size}px")
+            f"{m.codebook_size}x{m.code_dim}, image {config.data.image_size}px -> "
+            f"{num_tokens(m, config.data.image_size)} tokens")
   width = max(len(r[0]) for r in rows) + 2
   lines = [head, f"{'module':<{width}}{'params':>16}{'share':>8}"]
   for name, n in rows:
