@@ -34,9 +34,10 @@ def get_config(variant: str = ""):
   c.data.source = "demo"
   c.data.image_size = 64            # 64 px -> 8 x 8 grid (128 tokens, above)
   c.global_batch_size = 8
-  # 850 steps end within 10 minutes on the slower of the 2-core machines we measure on (9m27s;
-  # 4m45s on a 2-core Xeon with AMX, README). Batch 4 for 1700 steps reached the same PSNR in the
-  # same time. (XLA:CPU's YNNPACK would make it 10% faster but breaks bit-exact resume:
+  # 850 steps: 5m21s on a 2-core AMD EPYC (README); the previous recipe, whose step cost ~10%
+  # less, took 4m45s on a 2-core Xeon with AMX and 9m27s on the slowest 2-core kind, so this one
+  # should end near 10 minutes there (1000 steps: 20.31 dB, too long for it). Batch 4 for 1700
+  # steps reached the same PSNR in the same time. (XLA:CPU's YNNPACK would make it 10% faster but breaks bit-exact resume:
   # gigatok_jax/xla_cpu_flags.py.)
   c.total_steps = 850
   c.checkpoint_every_steps = 250
