@@ -119,3 +119,13 @@ def test_official_layout_files_carry_their_token_count_and_export_refuses_other_
   runs.write_config(c, workdir)
   with pytest.raises(CheckpointError, match="model.num_latent_tokens=32 has no counterpart"):
     release.export_run(workdir, str(tmp_path / "out.safetensors"), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("variant,tokens,width", [("", 32, 1024), ("64", 64, 768), ("128", 128, 512)])
+def test_titok_style_recipes_and_their_tiny_variants(variant, tokens, width):
+  for name, size in ((variant, 256), ((variant + "_tiny").lstrip("_"), 64)):
+    config = load_recipe("tokenizer_titok", name)
+    validate.validate(config, num_devices=1, check_data=False)
+    assert config.data.image_size == size
+    assert num_tokens(config.model, config.data.image_size) == tokens
+  assert load_recipe("tokenizer_titok", variant).model.enc_width == width
