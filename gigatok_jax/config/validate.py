@@ -20,6 +20,7 @@ from gigatok_jax.config import tokenizer as tokenizer_schema
 from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError, DataError, UserError
 from gigatok_jax.models.layers import REMAT_POLICIES
+from gigatok_jax.models.qformer import max_latent_tokens
 
 
 def _type_ok(expected, value) -> bool:
@@ -103,10 +104,10 @@ def check_model(m, image_size: int) -> None:
   if n and m.kind != "1d" and n != grid * grid:
     raise ConfigError("model.num_latent_tokens", f"is {n}, but a 2d tokenizer has one token per "
                       f"grid cell ({grid * grid}); set it to 0")
-  if n > 2 * grid * grid:
+  if n > max_latent_tokens(grid, grid):
     raise ConfigError("model.num_latent_tokens", f"is {n}; multi-level pooling of the {grid} x "
-                      f"{grid} grid gives at most {2 * grid * grid} tokens (1 + 1 + 2 + ... + "
-                      f"{grid * grid})")
+                      f"{grid} grid gives at most {max_latent_tokens(grid, grid)} tokens (1 + 1 + "
+                      f"2 + ... + {grid * grid})")
   for key in ("dtype", "param_dtype"):
     if m[key] not in ("float32", "bfloat16"):
       raise ConfigError(f"model.{key}", f"must be 'float32' or 'bfloat16', got {m[key]!r}")

@@ -344,7 +344,9 @@ def resolve_heads(config, kind: str, dims: Mapping[str, Any], *, overrides: Mapp
 
 
 # -------------------------------------------------------------------------------- configuring
-_GPT_FILE_KEYS = ("vocab_size", "num_classes", "position", "num_tokens")
+# Sizes the file sets even against an explicit --recipe (its positions, classes, token count).
+_FILE_KEYS = {"gpt": ("vocab_size", "num_classes", "position", "num_tokens"),
+              "tokenizer": ("num_latent_tokens",)}
 
 
 def configure(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -378,8 +380,7 @@ def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | No
     raise CheckpointError(f"{what}: the weights fix these sizes: " + ", ".join(conflicts))
   if recipe:
     mismatch = {k: (v, overrides_lib.get_key(config, _config_key(k))) for k, v in dims.items()
-                if not (kind == "gpt" and k in _GPT_FILE_KEYS) and k != "num_latent_tokens"
-                and overrides_lib.get_key(config, _config_key(k)) != v}
+                if k not in _FILE_KEYS[kind] and overrides_lib.get_key(config, _config_key(k)) != v}
     if mismatch:
       inferred = ""
       try:

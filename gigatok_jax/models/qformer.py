@@ -14,6 +14,8 @@ MLP). Position embeddings go to queries and keys, never to values:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -64,6 +66,12 @@ def max_latent_tokens(h: int, w: int) -> int:
   return 1 + sum(r * c for r, c in _pool_groups(h, w, full=True))
 
 
+def _check_count(h: int, w: int, n: int) -> None:
+  if not 1 <= n <= max_latent_tokens(h, w):
+    raise ValueError(f"{n} latent tokens: an {h} x {w} grid pools into 1 to "
+                     f"{max_latent_tokens(h, w)}")
+
+
 def _pool_regions(h: int, w: int, n: int):
   """The first n pooling regions in coarse-to-fine order, as (top, left, height, width) cells.
 
@@ -73,9 +81,7 @@ def _pool_regions(h: int, w: int, n: int):
   takes the first regions of the next group in row-major order (32 tokens of a 16 x 16 grid:
   1+1+2+4+8+16; 100 tokens of an 8 x 8 grid: the 64 of 1+...+32, then 36 of its 64 cells).
   """
-  if not 1 <= n <= max_latent_tokens(h, w):
-    raise ValueError(f"{n} latent tokens: an {h} x {w} grid pools into 1 to "
-                     f"{max_latent_tokens(h, w)}")
+  _check_count(h, w, n)
   regions = [(0, 0, h, w)]
   for rows, cols in _pool_groups(h, w, full=True):
     for r in range(rows):
@@ -94,7 +100,7 @@ def multi_level_pool(grid: jax.Array, num_tokens: int | None = None) -> jax.Arra
   """
   b, h, w, c = grid.shape
   n = h * w if num_tokens is None else num_tokens
-  regions = _pool_regions(h, w, n)
+  _check_count(h, w, n)
   groups = [grid.mean(axis=(1, 2))[:, None, :]]
   start = 1
   for rows, cols in _pool_groups(h, w, full=True):
@@ -105,19 +111,23 @@ def multi_level_pool(grid: jax.Array, num_tokens: int | None = None) -> jax.Arra
     groups.append(pooled.reshape(b, rows * cols, c)[:, :take])
     start += take
   out = jnp.concatenate(groups, axis=1)
-  assert out.shape[1] == n == len(regions), (out.shape, n)
+  assert out.shape[1] == n, (out.shape, n)
   return out
 
 
+@functools.lru_cache(maxsize=None)
 def unpool_matrix(h: int, w: int, n: int | None = None) -> np.ndarray:
   """(h*w, n) float32 U (n default h*w): U[cell, token] = 1/k where `token`'s pooling region
-  (`_pool_regions`) contains grid cell `cell` (row-major) and k regions of the n contain it."""
+  (`_pool_regions`) contains grid cell `cell` (row-major) and k regions of the n contain it.
+  Built once per shape (cached, read-only): every trace of the decoder asks for it."""
   n = h * w if n is None else n
   cover = np.zeros((h, w, n), np.float32)
   for t, (top, left, rh, rw) in enumerate(_pool_regions(h, w, n)):
     cover[top:top + rh, left:left + rw, t] = 1.0
   cover = cover.reshape(h * w, n)
-  return cover / cover.sum(axis=1, keepdims=True)
+  u = cover / cover.sum(axis=1, keepdims=True)
+  u.setflags(write=False)
+  return u
 
 
 def multi_level_unpool(tokens: jax.Array, h: int, w: int) -> jax.Array:

@@ -72,8 +72,8 @@ def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | 
   """Clip + AdamW; the default schedule is the tokenizer's warm-up + cosine.
 
   `cnn_lr_scale` != 1 multiplies the updates of the CNN encoder/decoder (their lr and weight
-  decay) by it, `codebook_lr_scale` those of the codebook. At 1 the transformation and its state are exactly the reference's, so checkpoints
-  of other runs keep their layout.
+  decay) by it, `codebook_lr_scale` those of the codebook. At 1 the transformation and its state
+  are exactly the reference's, so checkpoints of other runs keep their layout.
   """
   if schedule is None:
     schedule = warmup_cosine(lr, optim_cfg.final_lr, optim_cfg.warmup_steps, total_steps,
