@@ -192,6 +192,10 @@ def test_wsd_schedule():
   s = optim.warmup_stable_decay(1.0, warmup_steps=10, total_steps=100, decay_fraction=0.2)
   values = [float(s(i)) for i in (0, 5, 10, 50, 80, 85, 100)]
   np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 1.0, 1.0, 1 - np.sqrt(0.25), 0.0], atol=1e-6)
+  # The recipes' warm-up starts at lr / 100, as the official scheduler.
+  official = optim.warmup_stable_decay(1.0, warmup_steps=10, total_steps=100, decay_fraction=0.2,
+                                       warmup_init_ratio=0.01)
+  np.testing.assert_allclose([float(official(i)) for i in (0, 5, 10)], [0.01, 0.505, 1.0], atol=1e-6)
   constant = optim.warmup_stable_decay(1.0, warmup_steps=0, total_steps=100, decay_fraction=0.0)
   assert float(constant(0)) == float(constant(99)) == 1.0
   mask = optim.matrices_only({"w": np.zeros((2, 2)), "norm": np.zeros(2)})
@@ -255,18 +259,22 @@ def test_ar_probing_chain_scores_samples_and_probes(tok_dir, codes_dirs, tmp_pat
 
   def features_fn(images):
     pool = images.reshape(len(images), -1).astype(np.float32) / 255.0 @ projection
-    return pool, pool @ head
+    return pool, pool[:, :6] * 2.0, pool @ head      # (pool, spatial, logits) as the network
+
   # The reference: the samples this very run will produce (same settings, same seed).
   gpt_dir = str(tmp_path / "gpt")
   loop.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
   images = np.load(sample_images.run(cfg, gpt_dir, progress=False)["npz"])["arr_0"]
   ref = str(tmp_path / "ref.npz")
-  stats = fid.FeatureStats().update(features_fn(images)[0])
-  fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma, images=images)
+  pool, spatial, _ = features_fn(images)
+  stats, spatial_stats = fid.FeatureStats().update(pool), fid.FeatureStats().update(spatial)
+  fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma, images=images, mu_s=spatial_stats.mu,
+                      sigma_s=spatial_stats.sigma)
   cfg.eval.update(fid_reference=ref, batch_size=8)
   result = ar_probe.run(cfg, gpt_dir, progress=False, features_fn=features_fn)
   assert result["gpt_step"] == 2 and result["num_samples"] == 20
   assert abs(result["gfid"]) < 1e-6 and result["precision"] == result["recall"] == 1.0
+  assert abs(result["sfid"]) < 1e-6 and result["protocol"] == "adm"
   assert result["inception_score"] >= 1.0 and result["val_loss"] > 0
   assert 0.0 <= result["linear_probe_top1"] <= 1.0 and result["probe_layer"] == 1
   assert result["reference"]["sha256"] == fileio.sha256_file(ref)

@@ -383,7 +383,7 @@ def test_whole_chain_on_a_gs_workdir(gcs, tmp_path, in_tmp_cwd, repo_dir, capsys
 
   def features(images):       # stands in for the Inception network
     x = images.reshape(len(images), -1)[:, :4].astype(np.float64)
-    return x, np.tile(x[:, :1], (1, 10))
+    return x, x[:, :2], np.tile(x[:, :1], (1, 10))   # (pool, spatial, logits)
   eval_cfg = _gpt_config()
   eval_cfg.eval.fid_reference = reference
   eval_cfg.eval.batch_size = 8

@@ -13,6 +13,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from gigatok_jax.metrics import fid
 from gigatok_jax.metrics import image as image_metrics
+from gigatok_jax.metrics import inception_score as isc
+from gigatok_jax.metrics import precision_recall as prc
 
 
 def _sqrtm_reference(mu1, sigma1, mu2, sigma2, offset=0.0):
@@ -107,51 +109,65 @@ def test_frechet_rejects_bad_inputs():
 
 
 def test_inception_score_extremes():
-  uniform = np.full((100, 10), 0.1)
-  assert fid.inception_score(uniform) == pytest.approx((1.0, 0.0), abs=1e-9)
-  onehot = np.eye(10)[np.tile(np.arange(10), 20)]  # 200 rows, each split sees every class twice
-  mean, std = fid.inception_score(onehot, splits=10)
-  assert mean == pytest.approx(10.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
-  # Very confident logits behave like one-hot probabilities.
-  assert fid.inception_score(onehot * 100.0, splits=10, from_logits=True)[0] == pytest.approx(10.0, rel=1e-6)
-  with pytest.raises(ValueError, match="from_logits"):
-    fid.inception_score(onehot * 100.0)
+  uniform = np.zeros((100, 10))
+  for protocol in ("adm", "pytorch_fid"):
+    assert isc.inception_score(uniform, protocol)["inception_score"] == pytest.approx(1.0, abs=1e-12)
+  # Confident logits, every class equally often in each part: IS = number of classes.
+  onehot = np.eye(10)[np.tile(np.arange(10), 20)] * 100.0                 # 200 rows
+  adm = isc.inception_score(onehot, "adm", split_size=20)
+  assert adm["inception_score"] == pytest.approx(10.0, rel=1e-9) and adm["inception_score_parts"] == 10
+  assert adm["inception_score_std"] == pytest.approx(0.0, abs=1e-9)
+  # Logits 1e4 apart: probabilities underflow to exactly 0 and contribute their limit, not NaN.
+  assert isc.inception_score(onehot * 100.0, "adm", split_size=20)["inception_score"] == pytest.approx(10.0)
+  with pytest.raises(ValueError, match="protocol"):
+    isc.inception_score(onehot, "tf")
+  with pytest.raises(ValueError, match="at least 10"):
+    isc.inception_score(onehot[:9], "pytorch_fid")
 
 
-def test_inception_score_matches_direct_formula():
+def test_adm_parts_are_contiguous_with_a_short_last_part():
   rng = np.random.default_rng(4)
-  logits = rng.normal(size=(90, 7)) * 2
-  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-  expected = []
-  for part in np.split(probs, 3):
-    py = part.mean(0)
-    expected.append(np.exp(np.mean(np.sum(part * np.log(part / py), axis=1))))
-  mean, std = fid.inception_score(logits, splits=3, from_logits=True)
-  assert (mean, std) == pytest.approx((np.mean(expected), np.std(expected)), rel=1e-9)
+  logits = rng.normal(size=(23, 7)) * 2
+  parts = isc.adm_parts(logits, split_size=10)
+  assert parts == [isc.part_score(logits[:10]), isc.part_score(logits[10:20]),
+                   isc.part_score(logits[20:])]
 
 
 # ---------------------------------------------------------------------------------------------- precision/recall
 
 
-def test_manifold_radii_match_brute_force_across_blocks():
+@pytest.mark.parametrize("arithmetic", ["float32", "adm"])
+def test_manifold_radii_match_brute_force_across_blocks(arithmetic):
   rng = np.random.default_rng(5)
-  feats = rng.normal(size=(103, 6))
+  feats = np.round(rng.normal(size=(103, 6)) * 4) / 4     # float16-exact, small norms: no rounding
   brute = np.sort(cdist(feats, feats, "sqeuclidean"), axis=1)[:, 3]  # column 0 is the point itself
-  np.testing.assert_allclose(fid.manifold_radii(feats, k=3, block_size=17), brute, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(prc.manifold_radii(feats, k=3, arithmetic=arithmetic, block_size=17),
+                             brute, rtol=1e-3 if arithmetic == "adm" else 1e-5, atol=1e-5)
 
 
-def test_precision_recall_identical_disjoint_and_subset():
+def test_adm_distances_fall_back_to_float32_per_block_on_overflow():
+  rng = np.random.default_rng(7)
+  small = rng.normal(size=(5, 8)).astype(np.float32)
+  d = prc.distances_adm(small, small)
+  assert d.dtype == np.float32 and np.all(d == d.astype(np.float16))      # the float16 path
+  big = small * 200.0                                                     # |x|^2 > 65504: overflow
+  np.testing.assert_array_equal(prc.distances_adm(big, big), prc.distances_float32(big, big))
+
+
+@pytest.mark.parametrize("arithmetic", ["float32", "adm"])
+def test_precision_recall_identical_disjoint_and_subset(arithmetic):
   rng = np.random.default_rng(6)
   cluster_a = rng.normal(size=(120, 16))
-  cluster_b = rng.normal(size=(120, 16)) + 100.0
+  cluster_b = rng.normal(size=(120, 16)) + 10.0
   for block_size in (5000, 29):  # one block, and many uneven blocks
-    assert fid.precision_recall(cluster_a, cluster_a, block_size=block_size) == (1.0, 1.0)
-    assert fid.precision_recall(cluster_a, cluster_b, block_size=block_size) == (0.0, 0.0)
+    pr = lambda r, s: prc.precision_recall(r, s, arithmetic=arithmetic, block_size=block_size)  # noqa: E731
+    assert pr(cluster_a, cluster_a) == (1.0, 1.0)
+    assert pr(cluster_a, cluster_b) == (0.0, 0.0)
     # Samples cover only half of the reference: every sample is realistic (precision 1), half the
     # reference is missed (recall 0.5). Swapped roles swap the two numbers.
     reference = np.concatenate([cluster_a, cluster_b])
-    assert fid.precision_recall(reference, cluster_a, block_size=block_size) == (1.0, 0.5)
-    assert fid.precision_recall(cluster_a, reference, block_size=block_size) == (0.5, 1.0)
+    assert pr(reference, cluster_a) == (1.0, 0.5)
+    assert pr(cluster_a, reference) == (0.5, 1.0)
 
 
 # ------------------------------------------------------------------------------------ reference batches and sha256

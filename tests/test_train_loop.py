@@ -129,14 +129,19 @@ def test_eval_mode_rfid_and_lpips_plumbing(straight_run, tmp_path, monkeypatch):
   """rFID against the originals' own statistics and against a reference .npz holding those very
   statistics agree; padding rows never reach the statistics; the reference's sha256 is recorded.
   Features come from a fixed random projection here (the Inception port has its own parity test)."""
-  from gigatok_jax.metrics import fid
+  from gigatok_jax import images as image_lib
+  from gigatok_jax.metrics import evaluator, fid
   from gigatok_jax.modes import eval_tokenizer as tokenizer_eval
   projection = np.random.default_rng(0).normal(size=(64 * 64 * 3, 32)).astype(np.float32)
 
-  def fake_features(path, mesh):
-    assert path == "inception.safetensors"
-    return lambda images: np.asarray(images, np.float32).reshape(len(images), -1) @ projection
-  monkeypatch.setattr(tokenizer_eval, "_inception_features", fake_features)
+  def fake_pool(images):      # uint8 images, as the network gets them
+    return np.asarray(images, np.float32).reshape(len(images), -1) @ projection
+
+  def fake_measure(config, mesh):
+    assert config.eval.inception_path == "inception.safetensors"
+    return lambda images: evaluator.Measured(fake_pool(images), fake_pool(images)[:, :5],
+                                             fake_pool(images)[:, :10])
+  monkeypatch.setattr(tokenizer_eval, "_measure", fake_measure)
   workdir, _ = straight_run
   config = tiny_config()
   config.eval.update(num_images=6, batch_size=4, inception_path="inception.safetensors")
@@ -151,16 +156,22 @@ def test_eval_mode_rfid_and_lpips_plumbing(straight_run, tmp_path, monkeypatch):
                          metadata={"model": lpips_convert.MODEL_NAME})
   own = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
   assert own["rfid"] > 0 and own["rfid_reference"] == "the evaluated originals"
+  assert own["sfid"] > 0 and own["protocol"] == "adm" and own["inception_score"] >= 1.0
+  assert 0 <= own["precision"] <= 1 and 0 <= own["recall"] <= 1
   assert own["lpips"] > 0
   it = pipeline.make_eval_iterator(config.data, batch_size=6, num_images=6)
   batch = next(iter(it))
-  stats = fid.FeatureStats().update(fake_features("inception.safetensors", None)(
-      batch["image"][batch["mask"]]))
+  originals = image_lib.to_uint8(batch["image"][batch["mask"]])
+  stats = fid.FeatureStats().update(fake_pool(originals))
+  spatial = fid.FeatureStats().update(fake_pool(originals)[:, :5])
   ref = str(tmp_path / "ref.npz")
-  sha = fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma)
+  sha = fid.write_reference(ref, mu=stats.mu, sigma=stats.sigma, mu_s=spatial.mu,
+                            sigma_s=spatial.sigma, images=originals)
   config.eval.fid_reference = ref
   other = tokenizer_eval.run(config, workdir, progress=False, devices=ONE_DEVICE)
   assert other["rfid"] == pytest.approx(own["rfid"], rel=1e-6)
+  assert other["sfid"] == pytest.approx(own["sfid"], rel=1e-6)
+  assert (other["precision"], other["recall"]) == (own["precision"], own["recall"])
   assert other["rfid_reference"] == {"path": ref, "sha256": sha}
 
 

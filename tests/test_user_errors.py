@@ -134,6 +134,8 @@ CASES = [
     ("eval inception missing", lambda t: [
         DEMO, "--mode=eval", f"--workdir={t}/w",
         f"--config.eval.inception_path={t}/inception.safetensors"], ["eval.inception_path"]),
+    ("eval protocol unknown", lambda t: [DEMO, "--mode=eval", f"--workdir={t}/w",
+                                         "--config.eval.protocol=tf1"], ["eval.protocol", "adm"]),
     ("gpt without tokenizer", lambda t: [GPT, "--mode=sample", f"--workdir={t}/g",
                                          "--config.tokenizer.workdir="], ["tokenizer.workdir"]),
     ("gpt tokenizer not a run", lambda t: [GPT, "--mode=sample", f"--workdir={t}/g",

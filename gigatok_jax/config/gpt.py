@@ -67,6 +67,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       grad_clip=1.0,
       schedule="wsd",                # 'wsd' (warmup, stable, sqrt decay) or 'constant' (+ warmup)
       warmup_steps=5000,
+      warmup_init_ratio=0.01,        # warm-up starts at lr / 100, as the official scheduler
       decay_fraction=0.2,            # wsd: the last 20% of total_steps decay to 0 (sqrt shape)
   ))
 
@@ -114,6 +115,7 @@ def gpt_config(size: str = "B", position: str = "learned_1d") -> ml_collections.
       inception_path="",             # converted FID Inception (python -m gigatok_jax.convert.inception)
       batch_size=100,
       precision_recall=True,         # needs the reference's arr_0 images
+      protocol="adm",                # 'adm' (the papers' numbers) or 'pytorch_fid' (docs/evaluation.md)
   ))
 
   # --mode=probe: linear probe on the frozen GPT's mean-pooled features (docs/spec.md §4.5); train on

@@ -77,6 +77,8 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       num_images=50_000, batch_size=64,
       inception_path="",            # converted FID Inception (python -m gigatok_jax.convert.inception); '' = no rFID
       fid_reference="",             # ADM-style .npz with mu/sigma; '' = statistics of the evaluated originals
+      protocol="adm",               # 'adm' (the papers' numbers) or 'pytorch_fid' (docs/evaluation.md)
+      precision_recall=True,        # keeps every pool row of both sets (8 KB per image each)
   ))
 
   c.model = model_config(enc, dec, kind)
@@ -115,6 +117,8 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       b1=0.9,
       b2=0.95,
       weight_decay=1e-4,
+      decay_norms=False,            # True: decay norm scales/biases too (the official DDP trainer);
+                                    # False: skip them (the official FSDP trainer, XL-XXL)
       grad_clip=10.0,
       warmup_steps=0,               # linear from lr * warmup_init_ratio
       warmup_init_ratio=0.01,

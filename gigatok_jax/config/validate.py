@@ -337,6 +337,14 @@ def check_file(key: str, path: str, *, local: bool = False) -> None:
     raise ConfigError(key, f"{path} not found")
 
 
+def check_eval_protocol(config) -> None:
+  """eval.protocol names one of the evaluation protocols (metrics/evaluator.py)."""
+  from gigatok_jax.metrics import evaluator  # pylint: disable=import-outside-toplevel
+  if config.eval.protocol not in evaluator.PROTOCOLS:
+    raise ConfigError("eval.protocol", f"must be one of {', '.join(evaluator.PROTOCOLS)}, got "
+                      f"{config.eval.protocol!r}")
+
+
 def check_ar_probe_inputs(config) -> None:
   """--mode=ar_probe: everything its later stages need, before training starts."""
   for key in ("eval_codes_path",):
@@ -399,6 +407,7 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
   check_batch_divisible(config, num_devices)
   check_init_from(config)
   check_sampling(config)
+  check_eval_protocol(config)
   for key in ("batch_size", "images_per_shard"):
     _positive(config, f"extract.{key}")
   if check_data:
@@ -440,6 +449,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
 
   check_batch_divisible(config, num_devices)
   check_init_from(config)
+  check_eval_protocol(config)
   if check_data if check_teachers is None else check_teachers:
     check_teachers_config(config)
   if check_data:

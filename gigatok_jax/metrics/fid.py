@@ -24,7 +24,7 @@ import zipfile
 from typing import Iterator, Sequence
 
 import numpy as np
-from scipy import linalg, special
+from scipy import linalg
 
 from gigatok_jax import fileio
 
@@ -164,90 +164,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   return max(distance, 0.0) if method == "eigh" else distance
 
 
-# ------------------------------------------------------------------------------------------------ Inception Score
-
-
-def inception_score(predictions: np.ndarray, splits: int = 10, *,
-                    from_logits: bool = False) -> tuple[float, float]:
-  """Mean and std over splits of exp(E_x KL(p(y|x) || p(y))); (N, K) softmax probabilities or logits.
-
-  The set is cut into `splits` contiguous, near-equal parts and p(y) is the mean prediction within a part. The
-  ADM evaluator cuts into parts of 5000 and reports the mean only; for 50k images the 10 parts are the same.
-  """
-  x = np.asarray(predictions, np.float64)
-  if x.ndim != 2:
-    raise ValueError(f"predictions must be (N, classes), got {x.shape}")
-  if from_logits:
-    probs = special.softmax(x, axis=1)
-  else:
-    probs = x
-    if probs.min() < 0 or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
-      raise ValueError("rows are not probability vectors; pass from_logits=True for logits")
-  if not 1 <= splits <= len(probs):
-    raise ValueError(f"splits must be in [1, {len(probs)}], got {splits}")
-  scores = []
-  for part in np.array_split(probs, splits):  # (n_i, K) each
-    marginal = part.mean(axis=0, keepdims=True)  # (1, K)
-    # xlogy: 0 log 0 = 0, so exactly-zero probabilities (one-hot rows) do not give NaN.
-    kl = special.xlogy(part, part) - special.xlogy(part, marginal)  # (n_i, K)
-    scores.append(np.exp(kl.sum(axis=1).mean()))
-  return float(np.mean(scores)), float(np.std(scores))
-
-
-# ---------------------------------------------------------------------------------------------- precision/recall
-
-
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """(A, D), (B, D) float32 -> (A, B) squared euclidean distances, clipped at 0 (rounding)."""
-  d = np.sum(a * a, axis=1)[:, None] - 2 * (a @ b.T) + np.sum(b * b, axis=1)[None, :]
-  return np.maximum(d, 0.0)
-
-
-def manifold_radii(features: np.ndarray, k: int = 3, block_size: int = 5000) -> np.ndarray:
-  """(N, D) features -> (N,) squared distance from each point to its k-th nearest other point.
-
-  The point itself is in the set at distance 0, so this is the (k+1)-th smallest distance of each row, as in
-  the ADM evaluator. Memory: one (block, block) distance matrix plus (block, k+1) running minima.
-  """
-  x = np.asarray(features, np.float32)
-  n = x.shape[0]
-  if n <= k:
-    raise ValueError(f"need more than k={k} points for k-NN radii, got {n}")
-  radii = np.empty(n, np.float32)
-  for r0 in range(0, n, block_size):
-    rows = x[r0:r0 + block_size]
-    nearest = np.full((rows.shape[0], k + 1), np.inf, np.float32)  # k+1 smallest distances so far
-    for c0 in range(0, n, block_size):
-      candidates = np.concatenate([nearest, _squared_distances(rows, x[c0:c0 + block_size])], axis=1)
-      nearest = np.partition(candidates, k, axis=1)[:, :k + 1]
-    radii[r0:r0 + block_size] = np.max(nearest, axis=1)
-  return radii
-
-
-def precision_recall(reference_features: np.ndarray, sample_features: np.ndarray, k: int = 3,
-                     block_size: int = 5000) -> tuple[float, float]:
-  """Improved precision and recall (Kynkaenniemi et al. 2019) of samples against a reference set.
-
-  Each set's manifold is the union of balls around its points, the radius being the distance to the k-th
-  nearest neighbour within the set. precision = fraction of samples inside the reference manifold (fidelity);
-  recall = fraction of reference points inside the sample manifold (coverage). A point on a ball's boundary
-  counts as inside. Distances are computed in float32, block by block, one pass for both directions.
-  """
-  ref = np.asarray(reference_features, np.float32)
-  sam = np.asarray(sample_features, np.float32)
-  ref_radii = manifold_radii(ref, k, block_size)  # (R,)
-  sam_radii = manifold_radii(sam, k, block_size)  # (S,)
-  sample_inside = np.zeros(len(sam), bool)  # precision: inside some reference ball
-  reference_inside = np.zeros(len(ref), bool)  # recall: inside some sample ball
-  for r0 in range(0, len(ref), block_size):
-    ref_block, ref_block_radii = ref[r0:r0 + block_size], ref_radii[r0:r0 + block_size]
-    for s0 in range(0, len(sam), block_size):
-      d = _squared_distances(ref_block, sam[s0:s0 + block_size])  # (r, s)
-      sample_inside[s0:s0 + block_size] |= np.any(d <= ref_block_radii[:, None], axis=0)
-      reference_inside[r0:r0 + block_size] |= np.any(d <= sam_radii[None, s0:s0 + block_size], axis=1)
-  return float(sample_inside.mean()), float(reference_inside.mean())
-
-
 # ------------------------------------------------------------------------------------ reference batches and sha256
 
 
@@ -313,6 +229,16 @@ def read_reference(path: str, *, load_images: bool = False) -> dict:
       fp.close()
     result["num_images"] = int(shape[0])
   return result
+
+
+def read_reference_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of `arr_0` in an .npz, read from the header only; ValueError when absent."""
+  with fileio.open_read(path) as f, zipfile.ZipFile(f) as archive:
+    if "arr_0.npy" not in archive.namelist():
+      raise ValueError(f"{path} has no arr_0 array (keys: {sorted(n[:-4] for n in archive.namelist())})")
+    fp, shape, dtype = _open_npy_member(archive, "arr_0")
+    fp.close()
+  return tuple(int(d) for d in shape), dtype
 
 
 def iter_reference_images(path: str, batch_size: int = 500) -> Iterator[np.ndarray]:

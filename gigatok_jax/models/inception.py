@@ -1,4 +1,15 @@
-"""The FID InceptionV3 of pytorch-fid (2015-12-05 TF weights), for FID / IS evaluation under JAX.
+"""The FID InceptionV3 (2015-12-05 TF weights) under JAX, with the front ends of both protocols.
+
+One network, two ways to feed it (`eval.protocol`, docs/evaluation.md):
+  - 'adm': what OpenAI's ADM evaluator computes with the TF graph `classify_image_graph_def.pb`:
+    images in [0, 255] -> TF-1 `ResizeBilinear` to 299 (align_corners=False, no half-pixel
+    centres: source = destination x in/out) -> (x - 128) / 128. Features: `pool_3` (2048) and
+    `mixed_6/conv` (the ReLU output of Mixed_6d's 1x1 branch, (17, 17, 192)), of which sFID keeps
+    channels 0..6, flattened row-major with the channel fastest (2023).
+  - 'pytorch_fid': pytorch-fid's wrapper: [0, 1] images -> torch bilinear resize (half-pixel
+    centres) -> 2x - 1. Same trunk and weights.
+The graph's own softmax logits are pool3 @ W with the bias added; ADM and torch-fidelity compute the
+Inception Score from softmax(pool3 @ W) without it, so `measure` returns the unbiased logits.
 
 Why our own module: the reference FID network is pytorch-fid's `FIDInceptionA/C/E_1/E_2` variant of
 torchvision's `Inception3` (num_classes=1008, aux_logits=False); neither runs under JAX, and the
@@ -32,6 +43,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gigatok_jax.models.layers import KeyGen, ones, param, zeros
@@ -47,9 +59,21 @@ NUM_CLASSES = 1008                # the 2015-12-05 graph's 1008-way classifier (
 _TRUNC_01 = nnx.initializers.truncated_normal(stddev=0.1)
 
 
+PROTOCOLS = ("adm", "pytorch_fid")
+SPATIAL_CHANNELS = 7              # ADM's sFID keeps mixed_6/conv[..., :7]
+SPATIAL_FEATURES = 17 * 17 * SPATIAL_CHANNELS   # 2023
+
+
 class InceptionOutput(NamedTuple):
   pool: jax.Array     # (B, 2048) float32: pool3 features (the FID statistics are taken on these)
-  logits: jax.Array   # (B, 1008) float32: fc(pool3) (the Inception Score uses softmax of these)
+  logits: jax.Array   # (B, 1008) float32: fc(pool3) with the bias (pytorch-fid's classifier)
+
+
+class Measurements(NamedTuple):
+  """What the evaluation protocols take from one batch (`FIDInception.measure`)."""
+  pool: jax.Array     # (B, 2048) float32: pool_3 (FID, precision/recall)
+  spatial: jax.Array  # (B, 2023) float32: mixed_6/conv[..., :7] flattened (h, w, c) (sFID)
+  logits: jax.Array   # (B, 1008) float32: pool3 @ W, no bias (Inception Score)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,6 +121,46 @@ def resize_bilinear(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
   return jax.image.resize(x, (b, size, size, c), method="bilinear", antialias=False)
 
 
+def resize_bilinear_tf1(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
+  """TF-1 `ResizeBilinear` (align_corners=False, half_pixel_centers=False) on NHWC, float32.
+
+  (B, H, W, C) -> (B, size, size, C). Output pixel i reads the source at i * (in / out) (a float32
+  product, as TF's legacy scaler), between floor and min(ceil, in - 1), and interpolates as TF's
+  kernel does: top = tl + (tr - tl) * dx; bottom likewise; out = top + (bottom - top) * dy. The
+  indices and weights are numpy constants computed at trace time. Unlike torch's resize this one
+  samples from the top-left corner, which shifts the image by half a source pixel.
+  """
+  b, h, w, c = images.shape
+  x = images.astype(jnp.float32)
+  ylo, yhi, dy = _tf1_axis(h, size)
+  xlo, xhi, dx = _tf1_axis(w, size)
+  top, bottom = x[:, ylo], x[:, yhi]                                     # (B, size, W, C)
+  dx = jnp.asarray(dx)[None, None, :, None]
+  dy = jnp.asarray(dy)[None, :, None, None]
+  top = top[:, :, xlo] + (top[:, :, xhi] - top[:, :, xlo]) * dx          # (B, size, size, C)
+  bottom = bottom[:, :, xlo] + (bottom[:, :, xhi] - bottom[:, :, xlo]) * dx
+  return top + (bottom - top) * dy
+
+
+def _tf1_axis(in_size: int, out_size: int):
+  """(lower index, upper index, fraction) per output position of TF-1's legacy bilinear scaler."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  position = np.arange(out_size, dtype=np.float32) * scale               # float32, as TF
+  lower = np.floor(position)
+  upper = np.minimum(np.ceil(position), in_size - 1).astype(np.int32)
+  return lower.astype(np.int32), upper, (position - lower).astype(np.float32)
+
+
+def protocol_inputs(images: jax.Array, protocol: str) -> jax.Array:
+  """(B, H, W, 3) pixel values in [0, 255] -> (B, 299, 299, 3) network inputs of `protocol`."""
+  x = images.astype(jnp.float32)
+  if protocol == "adm":
+    return (resize_bilinear_tf1(x) - 128.0) / 128.0     # the graph's Sub(128), Mul(1/128)
+  if protocol == "pytorch_fid":
+    return resize_bilinear(x / 127.5 - 1.0)
+  raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
 # ------------------------------------------------------------------------------------------------
 # layers
 # ------------------------------------------------------------------------------------------------
@@ -122,7 +186,8 @@ class ConvNoBias(nnx.Module):
     return jax.lax.conv_general_dilated(
         x.astype(self.dtype), self.kernel[...].astype(self.dtype),
         window_strides=(self.stride, self.stride), padding=self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST)   # full float32 on TPU/GPU too, as the TF graph
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -324,16 +389,24 @@ class FIDInception(nnx.Module):
 
   def features(self, x: jax.Array) -> jax.Array:
     """The trunk on already-resized [-1, 1] images: (B, 299, 299, 3) -> (B, 8, 8, 2048)."""
+    return self._trunk(x)[0]
+
+  def _trunk(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B, 299, 299, 3) -> ((B, 8, 8, 2048), mixed_6/conv (B, 17, 17, 192))."""
     h = x.astype(self.dtype)
     h = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(h)))   # (B, 147, 147, 64)
     h = max_pool_3x3_s2(h)                                               # (B, 73, 73, 64)
     h = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(h))                        # (B, 71, 71, 192)
     h = max_pool_3x3_s2(h)                                               # (B, 35, 35, 192)
     for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                  self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-                  self.Mixed_7c):
+                  self.Mixed_6c):
       h = block(h)
-    return h
+    # The TF graph's `mixed_6/conv` is the ReLU of Mixed_6d's 1x1 branch (torch-fidelity's weight
+    # map pairs `mixed_6/conv/*` with `Mixed_6d.branch1x1.*`); XLA shares it with the block's own.
+    mixed_6_conv = self.Mixed_6d.branch1x1(h)                            # (B, 17, 17, 192)
+    for block in (self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+      h = block(h)
+    return h, mixed_6_conv
 
   def __call__(self, images: jax.Array) -> InceptionOutput:
     """images (B, H, W, 3) in [-1, 1] -> pool3 (B, 2048) and logits (B, 1008), float32."""
@@ -343,3 +416,17 @@ class FIDInception(nnx.Module):
     h = self.features(x)                                                 # (B, 8, 8, 2048)
     pool = jnp.mean(h.astype(jnp.float32), axis=(1, 2))                  # (B, 2048)
     return InceptionOutput(pool=pool, logits=self.fc(pool))
+
+  def measure(self, images: jax.Array, protocol: str = "adm") -> Measurements:
+    """images (B, H, W, 3) with pixel values in [0, 255] (uint8 or float) -> Measurements.
+
+    `protocol` picks the front end (module docstring); the trunk and weights are the same.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"FIDInception: expected NHWC RGB images, got shape {images.shape}")
+    h, mixed_6_conv = self._trunk(protocol_inputs(images, protocol))
+    pool = jnp.mean(h.astype(jnp.float32), axis=(1, 2))                  # (B, 2048)
+    spatial = mixed_6_conv[..., :SPATIAL_CHANNELS].astype(jnp.float32)   # (B, 17, 17, 7)
+    logits = jnp.dot(pool, self.fc.kernel[...].astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)                # (B, 1008), no bias
+    return Measurements(pool=pool, spatial=spatial.reshape(spatial.shape[0], -1), logits=logits)

@@ -28,12 +28,14 @@ def run(config, workdir: str, *, progress: bool = True, options=None, features_f
   probe = stage("probe")
   step = int(probe["gpt_step"])
   result = {
-      "gpt_step": step, "gfid": scores["fid"], "inception_score": scores["inception_score"],
+      "gpt_step": step, "protocol": scores["protocol"], "gfid": scores["fid"],
+      "sfid": scores.get("sfid"), "inception_score": scores["inception_score"],
       "precision": scores.get("precision"), "recall": scores.get("recall"),
       "val_loss": scores.get("val_loss"), "val_accuracy": scores.get("val_accuracy"),
       "linear_probe_top1": probe["top1"], "probe_layer": probe["layer"],
       "sampling": samples["sampling"], "num_samples": samples["num_samples"],
       "samples": scores["samples"], "reference": scores["reference"],
+      "inception": scores["inception"],
       "details": {"eval": scores.get("json"), "probe": probe.get("json")},
   }
   out = result["json"] = runs.save_eval(workdir, f"ar_probe_{step:08d}", result)

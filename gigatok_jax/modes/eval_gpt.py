@@ -1,9 +1,11 @@
-"""`--mode=eval` for GPT recipes: gFID, IS, precision/recall of sampled images, validation loss.
+"""`--mode=eval` for GPT recipes: gFID, sFID, IS, precision/recall of sampled images, validation loss.
 
 Reads a `--mode=sample` output (`eval.samples`, default: the newest samples_*.npz of
-<workdir>/samples) in batches, never all at once, takes FID Inception pool3 features and logits,
-and compares them with the reference batch `eval.fid_reference` (ADM layout: mu / sigma, and
-arr_0 images for precision/recall, whose features are computed here in the same streamed way).
+<workdir>/samples) in batches, never all at once, measures it with the FID Inception under
+`eval.protocol` ('adm' or 'pytorch_fid', metrics/evaluator.py) and compares it with the reference
+batch `eval.fid_reference` (ADM layout: mu / sigma, mu_s / sigma_s for sFID, and arr_0 images for
+precision/recall, whose features are computed here in the same streamed way). A reference measured
+under the other protocol is refused.
 Adds the validation loss of the latest GPT checkpoint when data.eval_codes_path is set. The JSON
 (<workdir>/eval/gpt_<samples tag>.json) carries the sampling settings of the samples' JSON, the
 checkpoint steps and the sha256 of the samples and reference files.
@@ -13,11 +15,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from gigatok_jax import console, fileio, runs
 from gigatok_jax.errors import ConfigError
-from gigatok_jax.metrics import fid, sharded
+from gigatok_jax.metrics import evaluator, fid
 
 
 def newest_samples(workdir: str) -> str:
@@ -30,67 +31,54 @@ def newest_samples(workdir: str) -> str:
   return found[-1]
 
 
-def stream_features(features_fn, batches, *, keep_pool: bool):
-  """Runs `features_fn` (uint8 (N,H,W,3) -> (pool (N, 2048), logits (N, 1008))) over batches."""
-  stats, probs, pools = fid.FeatureStats(), [], []
-  for images in batches:
-    pool, logits = features_fn(images)
-    stats.update(pool)
-    z = logits - logits.max(-1, keepdims=True)
-    probs.append(np.exp(z) / np.exp(z).sum(-1, keepdims=True))
-    if keep_pool:
-      pools.append(pool.astype(np.float32))
-  return stats, np.concatenate(probs), (np.concatenate(pools) if keep_pool else None)
+def inception_record(path: str) -> dict:
+  """{"path", "sha256"} of the converted Inception file the numbers were measured with."""
+  return {"path": fileio.resolve(path), "sha256": fileio.sha256_file(path)}
 
 
-def inception_features(path: str, batch_size: int):
-  """uint8 images -> (pool3, logits) with the converted FID Inception at `path`."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
-  graph, params = nnx.split(inception_convert.load(path))
-  # Batch split over every device of every host; each process gets all features back.
-  apply = sharded.data_parallel(lambda p, x: tuple(nnx.merge(graph, p)(x)), params)
-
-  def fn(images: np.ndarray):
-    n = len(images)
-    x = np.zeros((batch_size,) + images.shape[1:], np.float32)   # one compiled shape
-    x[:n] = images.astype(np.float32) / 127.5 - 1.0
-    pool, logits = apply(x)
-    return pool[:n], logits[:n]
-  return fn
+def check_reference_protocol(reference: dict, protocol: str, key: str = "eval.fid_reference") -> None:
+  """A reference measured under another protocol gives a meaningless FID: refuse it."""
+  measured = evaluator.reference_protocol(reference)
+  if measured != protocol:
+    raise ConfigError(key, f"{reference['path']} was measured under protocol '{measured}', this "
+                      f"evaluation uses eval.protocol='{protocol}'; use a reference of the same "
+                      "protocol (python -m gigatok_jax.convert.reference_batch)")
 
 
 def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
-  """`options['features_fn']` replaces the Inception network (tests)."""
+  """`options['features_fn']` (a metrics.evaluator.MeasureFn) replaces the Inception network (tests)."""
   del progress
-  features_fn = (options or {}).get("features_fn")
+  measure = (options or {}).get("features_fn")
   e = config.eval
+  protocol = evaluator.check_protocol(e.protocol)
   if not e.fid_reference:
     raise ConfigError("eval.fid_reference", "is empty; set it to the reference batch .npz "
                       "(e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
-  if features_fn is None:
+  ref = fid.read_reference(e.fid_reference)
+  check_reference_protocol(ref, protocol)
+  if e.precision_recall and not ref.get("num_images"):
+    raise ConfigError("eval.fid_reference", f"{e.fid_reference} has no arr_0 images, which "
+                      "precision/recall needs (or set eval.precision_recall=False)")
+  if measure is None:
     if not e.inception_path:
-      raise ConfigError("eval.inception_path", "is empty; convert pytorch-fid's Inception with "
+      raise ConfigError("eval.inception_path", "is empty; convert the FID Inception with "
                         "python -m gigatok_jax.convert.inception and set it")
-    features_fn = inception_features(e.inception_path, e.batch_size)
+    measure = evaluator.inception_measure(e.inception_path, protocol, e.batch_size)
   samples = e.samples or newest_samples(workdir)
   t0 = time.time()
-  sample_batches = fid.iter_reference_images(samples, batch_size=e.batch_size)
-  s_stats, s_probs, s_pool = stream_features(features_fn, sample_batches,
-                                             keep_pool=e.precision_recall)
-  ref = fid.read_reference(e.fid_reference)
+  sample_set = evaluator.measure_batches(
+      measure, fid.iter_reference_images(samples, batch_size=e.batch_size), keep_logits=True,
+      keep_pool=e.precision_recall)
+  reference_pool = None
+  if e.precision_recall:
+    reference_pool = evaluator.measure_batches(
+        measure, fid.iter_reference_images(e.fid_reference, batch_size=e.batch_size),
+        keep_pool=True).pool
   result = {"samples": {"path": samples, "sha256": fileio.sha256_file(samples)},
             "reference": {"path": e.fid_reference, "sha256": ref["sha256"]},
-            "num_samples": s_stats.count}
-  result["fid"] = fid.frechet_distance(s_stats.mu, s_stats.sigma, ref["mu"], ref["sigma"])
-  result["inception_score"], result["inception_score_std"] = fid.inception_score(s_probs)
-  if e.precision_recall:
-    if not ref.get("num_images"):
-      raise ConfigError("eval.fid_reference", f"{e.fid_reference} has no arr_0 images, which "
-                        "precision/recall needs (or set eval.precision_recall=False)")
-    _, _, r_pool = stream_features(features_fn, fid.iter_reference_images(
-        e.fid_reference, batch_size=e.batch_size), keep_pool=True)
-    result["precision"], result["recall"] = fid.precision_recall(r_pool, s_pool)
+            "inception": (inception_record(e.inception_path) if e.inception_path
+                          and not (options or {}).get("features_fn") else "stand-in (tests)"),
+            **evaluator.compare(sample_set, ref, protocol, reference_pool=reference_pool)}
   settings_path = samples[:-4] + ".json"
   if fileio.isfile(settings_path):
     result["sample_settings"] = fileio.read_json(settings_path)
@@ -99,8 +87,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   result["seconds"] = round(time.time() - t0, 2)
   tag = fileio.basename(samples)[len("samples_"):-4]
   out = result["json"] = runs.save_eval(workdir, f"gpt_{tag}", result)
-  console.info(f"gFID {result['fid']:.3f}, IS {result['inception_score']:.2f} over "
-                 f"{result['num_samples']} samples ({fileio.basename(samples)}); {out}")
+  console.info(f"{evaluator.summary_line(result)} over {result['num_samples']} samples "
+               f"({fileio.basename(samples)}, protocol {protocol}); {out}")
   return result
 
 

@@ -8,11 +8,12 @@ and code perplexity (exp of the entropy of the code histogram) over all those im
 running sums and the code histogram is kept, so 50k images need no more memory than one batch.
 Writes <workdir>/eval/tokenizer_<step>.json with every setting that produced the numbers.
 
-rFID (when `eval.inception_path` names a converted FID Inception file): pool features of every
-reconstruction are accumulated (streaming mean / covariance, `fid.FeatureStats`) and compared with
-`eval.fid_reference` (an ADM-style `.npz` with mu / sigma; its sha256 goes into the JSON) or, when
-that is empty, with the statistics of the evaluated originals themselves, accumulated in the same
-pass (the usual rFID protocol when the reference set is the eval split).
+rFID, sFID, IS and precision/recall (when `eval.inception_path` names a converted FID Inception
+file), measured under `eval.protocol` (metrics/evaluator.py): the reconstructions' features are
+accumulated (streaming mean / covariance) and compared with `eval.fid_reference` (an ADM-style
+`.npz`; its sha256 goes into the JSON) or, when that is empty, with the originals' own features,
+measured in the same pass (the usual rFID protocol when the reference set is the eval split).
+Precision/recall (`eval.precision_recall`) keep every pool row of both sets (8 KB per image each).
 """
 
 from __future__ import annotations
@@ -24,24 +25,19 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gigatok_jax import console, distributed, images as image_lib, inference, parallel, runs
+from gigatok_jax import console, distributed, fileio, images as image_lib, inference, parallel, runs
 from gigatok_jax.data import pipeline
-from gigatok_jax.metrics import fid, sharded
+from gigatok_jax.errors import ConfigError
+from gigatok_jax.metrics import evaluator, fid, sharded
+from gigatok_jax.modes import eval_gpt
 from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.codes import code_statistics
 
 
-def _inception_features(path: str, mesh):
-  """A function (N, H, W, 3) images in [-1, 1] -> (N, 2048) float pool3 features (host arrays)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from gigatok_jax.convert import inception as inception_convert  # pylint: disable=import-outside-toplevel
-  graph, params = nnx.split(inception_convert.load(path))
-  apply = sharded.data_parallel(lambda p, x: nnx.merge(graph, p)(x).pool, params, mesh)
-
-  def features(images: np.ndarray) -> np.ndarray:
-    # Images are quantised to uint8 first, as saved reconstructions and reference images are.
-    return apply(image_lib.to_uint8(images).astype(np.float32) / 127.5 - 1.0)
-  return features
+def _measure(config, mesh) -> evaluator.MeasureFn:
+  """The FID Inception of `eval.inception_path` under `eval.protocol` (tests replace this)."""
+  return evaluator.inception_measure(config.eval.inception_path, config.eval.protocol,
+                                     config.eval.batch_size, mesh)
 
 
 def _lpips_distance(path: str, mesh):
@@ -66,9 +62,17 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
                                    batch_size_key="eval.batch_size")
   available = len(pipeline.make_source(config.data, "eval"))
   n_total = available if num is None else min(num, available)
-  inception = _inception_features(e.inception_path, mesh) if e.inception_path else None
+  protocol = evaluator.check_protocol(e.protocol)
+  reference = fid.read_reference(e.fid_reference) if e.inception_path and e.fid_reference else None
+  if reference is not None:
+    eval_gpt.check_reference_protocol(reference, protocol)
+    if e.precision_recall and not reference.get("num_images"):
+      raise ConfigError("eval.fid_reference", f"{e.fid_reference} has no arr_0 images, which "
+                        "precision/recall needs (or set eval.precision_recall=False)")
+  measure = _measure(config, mesh) if e.inception_path else None
   lpips = _lpips_distance(config.teachers.lpips_path, mesh) if config.teachers.lpips_path else None
-  recon_stats, original_stats = fid.FeatureStats(), fid.FeatureStats()
+  recon_set = evaluator.FeatureSet(keep_logits=True, keep_pool=e.precision_recall)
+  original_set = evaluator.FeatureSet(keep_pool=e.precision_recall)
   sums = {"psnr": 0.0, "ssim": 0.0}
   histogram = np.zeros(config.model.codebook_size, np.int64)
   seen = 0
@@ -89,10 +93,10 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
       mask = np.asarray(mask, bool)
       recon, codes = np.asarray(jax.device_get(recon)), np.asarray(jax.device_get(codes))
       originals = np.asarray(originals)
-      if inception is not None:   # whole (padded) batches: one compiled shape; padding dropped after
-        recon_stats.update(inception(recon)[mask])
-        if not e.fid_reference:
-          original_stats.update(inception(originals)[mask])
+      if measure is not None:   # whole (padded) batches: one compiled shape; padding dropped after
+        recon_set.add(measure(image_lib.to_uint8(recon)), mask)
+        if reference is None:
+          original_set.add(measure(image_lib.to_uint8(originals)), mask)
       if lpips is not None:
         sums["lpips"] = sums.get("lpips", 0.0) + float(lpips(originals, recon)[mask].sum())
       recon, codes, originals = recon[mask], codes[mask], originals[mask]
@@ -103,15 +107,22 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
       bar.update(1)
   bar.close()
   rfid = {}
-  if inception is not None:
-    if e.fid_reference:
-      ref = fid.read_reference(e.fid_reference)
-      mu, sigma, reference = ref["mu"], ref["sigma"], {"path": e.fid_reference,
-                                                       "sha256": ref["sha256"]}
+  if measure is not None:
+    if reference is not None:
+      reference_pool = None
+      if e.precision_recall:
+        reference_pool = evaluator.measure_batches(
+            measure, fid.iter_reference_images(e.fid_reference, e.batch_size), keep_pool=True).pool
+      scores = evaluator.compare(recon_set, reference, protocol, reference_pool=reference_pool)
+      named = {"path": e.fid_reference, "sha256": reference["sha256"]}
     else:
-      mu, sigma, reference = original_stats.mu, original_stats.sigma, "the evaluated originals"
-    rfid = {"rfid": fid.frechet_distance(recon_stats.mu, recon_stats.sigma, mu, sigma),
-            "rfid_reference": reference, "inception": e.inception_path}
+      scores = evaluator.compare(recon_set, original_set.statistics(), protocol,
+                                 reference_pool=original_set.pool)
+      named = "the evaluated originals"
+    scores.pop("num_samples")
+    rfid = {"rfid": scores.pop("fid"), **scores, "rfid_reference": named,
+            "inception": (eval_gpt.inception_record(e.inception_path)
+                          if fileio.isfile(e.inception_path) else e.inception_path)}
   result = {
       "step": step, "workdir": workdir, "num_images": seen, "image_size": config.data.image_size,
       "eval_split": {"source": config.data.source, **(
@@ -129,7 +140,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   if jax.process_index() == 0:
     out = result["json"] = runs.save_eval(workdir, f"tokenizer_{step:08d}", result)
     console.info(f"eval at step {step} on {seen} images: "
-                 + (f"rFID {result['rfid']:.3f}, " if rfid else "") + f"PSNR {result['psnr']:.2f} dB, SSIM "
+                 + (evaluator.summary_line({**result, "fid": result["rfid"]}, "rFID") + ", "
+                    if rfid else "") + f"PSNR {result['psnr']:.2f} dB, SSIM "
                    f"{result['ssim']:.4f}, codebook usage {result['codebook_usage']:.4f}, "
                    f"perplexity {result['code_perplexity']:.1f}; {out}")
   return result
