@@ -12,4 +12,7 @@ def get_config(variant: str = ""):
   c = config.gpt_config("B")
   c.optim.warmup_steps = 5000         # README of the reference for GPT-B
   c.sample.cfg_scale = 2.5            # step schedule starting value for GPT-B (docs/spec.md §4.4)
+  # Official GPT training sees augmented images; of its two routes we take the pre-extracted one:
+  # ten-crop codes at crop range 1.1 (scripts/extract_code_c2i.sh), one view drawn per step.
+  c.extract.augment = "ten_crop"
   return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

@@ -19,4 +19,7 @@ def get_config(variant: str = ""):
   # The probing script uses a constant CFG schedule; the scale is searched (steps of 0.25).
   c.sample.cfg_schedule = "constant"
   c.sample.cfg_scale = 2.0
+  # Official GPT training sees augmented images; of its two routes we take the pre-extracted one:
+  # ten-crop codes at crop range 1.1 (scripts/extract_code_c2i.sh), one view drawn per step.
+  c.extract.augment = "ten_crop"
   return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

@@ -11,4 +11,11 @@ def get_config(variant: str = ""):
   c.global_batch_size = 256
   c.total_steps = 1_000_000
   c.loss.entropy_weight = 0.005
+  # As configs/vq/VQ_BL256_2d.yaml (docs/official_settings.md): feature reconstruction and the shortcut
+  # (direct) reconstruction for the first 15k steps; the DDP trainer decays norm parameters too.
+  # Differs on purpose: float32 compute where the official scripts use fp16 (model.dtype; fp16
+  # needs loss scaling, and TPUs run bf16; set model.dtype='bfloat16' for speed).
+  c.loss.aux_loss_end = 15_000
+  c.loss.shortcut_reconstruction = True
+  c.optim.decay_norms = True
   return config.with_variant(c, variant)

@@ -10,7 +10,11 @@ def get_config(variant: str = ""):
   c = config.tokenizer_config(enc="S", dec="B", kind="1d")
   c.global_batch_size = 128
   c.total_steps = 2_000_000       # 200 epochs at batch 256, scaled to batch 128
-  # Feature-reconstruction aux loss for the first 15k steps (reference configs; the released
-  # VQ_BL256_train_new.yaml keeps use_direct_rec_loss off, so the shortcut term stays off).
+  # As configs/vq/VQ_SB256.yaml (docs/official_settings.md): feature reconstruction and the shortcut
+  # (direct) reconstruction for the first 15k steps; the DDP trainer decays norm parameters too.
+  # Differs on purpose: float32 compute where the official scripts use fp16 (model.dtype; fp16
+  # needs loss scaling, and TPUs run bf16; set model.dtype='bfloat16' for speed).
   c.loss.aux_loss_end = 15_000
+  c.loss.shortcut_reconstruction = True
+  c.optim.decay_norms = True
   return config.with_variant(c, variant)

@@ -72,3 +72,40 @@ def test_codebook_updates_are_scaled_apart_from_the_cnn():
   assert optim.codebook_mask(params)["quantize"] == {"embedding": True}
   assert not any(jax.tree.leaves({k: v for k, v in optim.codebook_mask(params).items()
                                   if k != "quantize"}))
+
+
+def test_decay_norms_decays_norm_parameters_too():
+  """optim.decay_norms (the official DDP trainer) decays every parameter; the default skips norms."""
+  params = _params()
+  assert optim.decay_mask(params)["decoder"]["norm_out"]["scale"] is False
+  assert all(jax.tree.leaves(optim.decay_all(params)))
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  for mask, shrinks in ((optim.decay_mask, False), (optim.decay_all, True)):
+    tx, _ = optim.adamw(_cfg(), 100, 1e-3, mask=mask)
+    update, _ = tx.update(zero_grads, tx.init(params), params)
+    # With zero gradients the update is the decay alone: -lr * wd * param where decayed.
+    assert bool(jnp.any(update["decoder"]["norm_out"]["scale"] != 0)) == shrinks
+
+
+def test_tokenizer_task_uses_the_mask_of_its_recipe(monkeypatch):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from gigatok_jax import parallel  # pylint: disable=import-outside-toplevel
+  from gigatok_jax.train import tokenizer as tokenizer_train  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tokenizer_ss.py")
+  spec = importlib.util.spec_from_file_location("tokenizer_ss", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.loss.update(perceptual_weight=0.0, semantic_weight=0.0)   # no teacher files here
+  seen = []
+  original = optim.adamw
+  monkeypatch.setattr(optim, "adamw", lambda *a, mask=None, **k: (seen.append(mask),
+                                                                   original(*a, mask=mask, **k))[1])
+  mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
+  tokenizer_train.TokenizerTask(config, mesh)
+  assert config.optim.decay_norms and seen == [optim.decay_all, optim.decay_all]
+  config.optim.decay_norms = False
+  seen.clear()
+  tokenizer_train.TokenizerTask(config, mesh)
+  assert seen == [optim.decay_mask, optim.decay_mask]

@@ -25,14 +25,16 @@ def warmup_cosine(lr: float, final_lr: float, warmup_steps: int, total_steps: in
 
 
 def warmup_stable_decay(lr: float, warmup_steps: int, total_steps: int,
-                        decay_fraction: float) -> optax.Schedule:
-  """WSD (docs/spec.md §4.2): linear warm-up from 0, constant, then the last `decay_fraction` of the steps
-  decay to 0 with a 1 - sqrt(progress) shape. decay_fraction 0 = constant after warm-up."""
+                        decay_fraction: float, warmup_init_ratio: float = 0.0) -> optax.Schedule:
+  """WSD (docs/spec.md §4.2): linear warm-up from lr * warmup_init_ratio (the official scheduler
+  starts at lr / 100), constant, then the last `decay_fraction` of the steps decay to 0 with a
+  1 - sqrt(progress) shape. decay_fraction 0 = constant after warm-up."""
   decay_start = total_steps - int(round(decay_fraction * total_steps))
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = jnp.minimum(1.0, step / max(warmup_steps, 1)) if warmup_steps > 0 else 1.0
+    warm = (jnp.minimum(1.0, warmup_init_ratio + (1.0 - warmup_init_ratio) * step / warmup_steps)
+            if warmup_steps > 0 else 1.0)
     progress = jnp.clip((step - decay_start) / max(total_steps - decay_start, 1), 0.0, 1.0)
     return lr * warm * (1.0 - jnp.sqrt(progress))
   return schedule
@@ -41,6 +43,11 @@ def warmup_stable_decay(lr: float, warmup_steps: int, total_steps: int,
 def matrices_only(params):
   """True for tensors with >= 2 dims: the GPT's weight-decay mask (LlamaGen)."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def decay_all(params):
+  """True for every parameter: the official DDP tokenizer trainer decays norms too."""
+  return jax.tree.map(lambda _: True, params)
 
 
 def decay_mask(params):
@@ -93,5 +100,6 @@ def adamw(optim_cfg, total_steps: int, lr: float, *, schedule: optax.Schedule | 
 def gpt_adamw(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The GPT optimizer (docs/spec.md §4.2): WSD or constant lr, decay on >= 2-D tensors only."""
   decay = optim_cfg.decay_fraction if optim_cfg.schedule == "wsd" else 0.0
-  schedule = warmup_stable_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps, decay)
+  schedule = warmup_stable_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps, decay,
+                                 optim_cfg.get("warmup_init_ratio", 0.0))
   return adamw(optim_cfg, total_steps, optim_cfg.lr, schedule=schedule, mask=matrices_only)

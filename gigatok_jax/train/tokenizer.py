@@ -76,10 +76,12 @@ class TokenizerTask:
     self.mesh = mesh
     self.rules = build.axis_rules(config)
     c = config
+    mask = optim.decay_all if c.optim.get("decay_norms", False) else optim.decay_mask
     self.gen_tx, self.gen_schedule = optim.adamw(
-        c.optim, c.total_steps, c.optim.lr, cnn_lr_scale=c.optim.get("cnn_lr_scale", 1.0),
+        c.optim, c.total_steps, c.optim.lr, mask=mask,
+        cnn_lr_scale=c.optim.get("cnn_lr_scale", 1.0),
         codebook_lr_scale=c.optim.get("codebook_lr_scale", 1.0))
-    self.disc_tx, _ = optim.adamw(c.optim, c.total_steps, c.optim.disc_lr)
+    self.disc_tx, _ = optim.adamw(c.optim, c.total_steps, c.optim.disc_lr, mask=mask)
     self.gen = build.tokenizer(config, mesh)
     self.disc = build.discriminator(config, mesh)
 
