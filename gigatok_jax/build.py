@@ -91,9 +91,15 @@ def tokenizer(config, mesh=None) -> ModelSpec:
 
 
 def discriminator(config, mesh=None) -> ModelSpec:
-  """The PatchGAN discriminator of a tokenizer recipe (parameters + BatchNorm statistics)."""
+  """The discriminator of a tokenizer recipe (parameters + state): PatchGAN (BatchNorm running
+  statistics) or the DINO discriminator's trained heads (spectral-norm vectors; its frozen backbone
+  is a teacher, train/teachers.py)."""
+  from gigatok_jax.models import dino_discriminator  # pylint: disable=import-outside-toplevel
   from gigatok_jax.models.discriminator import PatchGANDiscriminator  # pylint: disable=import-outside-toplevel
   d = config.discriminator
+  if d.get("kind", "patchgan") == "dinodisc":
+    return spec_of(lambda seed: dino_discriminator.DinoDiscriminatorHeads(
+        rngs=nnx.Rngs(seed), kernel_size=d.kernel_size, depth=d.depth), mesh, axis_rules(config), with_stats=True)
   return spec_of(lambda seed: PatchGANDiscriminator(ndf=d.ndf, n_layers=d.n_layers,
                                                     rngs=nnx.Rngs(seed)),
                  mesh, axis_rules(config), with_stats=True)

@@ -25,7 +25,6 @@ import contextlib
 import importlib
 import importlib.util
 import io
-import os
 import sys
 import types
 
@@ -37,7 +36,6 @@ assert importlib.util.find_spec("torch_fidelity"), "torch-fidelity is a test dep
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from gigatok_jax.convert import inception as convert_inception  # noqa: E402
 from gigatok_jax.metrics import evaluator  # noqa: E402

@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 
 from gigatok_jax import build, inference, parallel, runs, tree_names  # noqa: E402
 from gigatok_jax import config as config_lib  # noqa: E402
-from gigatok_jax.convert import cli, release  # noqa: E402
+from gigatok_jax.convert import cli, gigatok, release  # noqa: E402
 from gigatok_jax.convert import gigatok as conv  # noqa: E402
 from gigatok_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from gigatok_jax.models.discriminator import PatchGANDiscriminator  # noqa: E402
@@ -205,16 +205,37 @@ def test_strict_errors_name_the_tensors(released):
     release.infer_recipe({k: v for k, v in sd.items() if k != "s1to2decoder.ln_post.weight"})
 
 
-def test_other_discriminators_are_skipped_with_a_note(released, tmp_path):
-  """The B-L DINO-discriminator release keeps another discriminator: generator only, and a note."""
+def test_dino_discriminator_heads_are_imported_and_unknown_ones_skipped(released, tmp_path):
+  """The B-L DINO-discriminator release: its heads (the official DinoDisc's `heads.*`, spectral
+  vectors included) become the run's discriminator, kind 'dinodisc'; an unknown discriminator is
+  skipped with a note."""
+  from test_dino_discriminator import TDisc  # pylint: disable=import-outside-toplevel
+  heads = TDisc()
   src = str(tmp_path / "dino_disc.pt")
-  torch.save({"model": released["sd"], "discriminator": {"dino.blocks.0.weight": torch.zeros(2)}},
-             src)
+  torch.save({"model": released["sd"], "discriminator": heads.state_dict()}, src)
   notes = []
   out = release.import_checkpoint(src, str(tmp_path / "run"), recipe=released["recipe"],
                                   log=notes.append)
+  info = runs.read_imported_info(os.path.join(out, "pretrained"))
+  assert info["items"] == ["disc_params", "disc_stats", "gen_params"]
+  config = runs.read_config(out)
+  assert (config.discriminator.kind, config.discriminator.depth) == ("dinodisc", 12)
+  assert any("DINO discriminator" in n and "teachers.dino_disc_path" in n for n in notes), notes
+  _, disc, stats = gigatok.abstract_tokenizer(config)
+  trees = runs.restore_imported(os.path.join(out, "pretrained"),
+                                {"disc_params": disc, "disc_stats": stats})
+  np.testing.assert_array_equal(np.asarray(trees["disc_stats"]["heads"][4]["conv2"]["u"]),
+                                heads.heads[4][1].fn[0].weight_u.numpy())
+  np.testing.assert_array_equal(np.asarray(trees["disc_params"]["heads"][0]["conv1"]["weight"]),
+                                heads.heads[0][0][0].weight_orig.detach().numpy().transpose(2, 1, 0))
+  src = str(tmp_path / "other_disc.pt")
+  torch.save({"model": released["sd"], "discriminator": {"dino.blocks.0.weight": torch.zeros(2)}},
+             src)
+  notes = []
+  out = release.import_checkpoint(src, str(tmp_path / "run2"), recipe=released["recipe"],
+                                  log=notes.append)
   assert runs.read_imported_info(os.path.join(out, "pretrained"))["items"] == ["gen_params"]
-  assert any("non-PatchGAN discriminator" in n for n in notes), notes
+  assert any("unknown kind" in n for n in notes), notes
 
 
 # Every recipe kind in the reference naming, built from torch re-creations of the reference modules

@@ -574,7 +574,8 @@ def test_builtin_artefacts_and_their_pins():
   assert arts["fid_inception"].files[0].sha256_prefix == "6726825d"
   assert arts["dinov2_vitb14"].files[0].sha256 is None
   assert not arts["dinov2_vitb14"].files[0].pinned
-  for name in ("dinov2_vitb14", "lpips_vgg16", "fid_inception"):
+  assert arts["dino_vits16"].files[0].sha256 is None
+  for name in ("dinov2_vitb14", "lpips_vgg16", "fid_inception", "dino_vits16"):
     assert callable(getattr(weights, arts[name].converter.split(":")[1]))
   for name, art in arts.items():
     if name.startswith("gigatok_"):

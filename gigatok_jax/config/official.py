@@ -16,6 +16,7 @@ _TOKENIZER = {
     "model.cnn_ch_mult": (1, 1, 2, 2, 4), "model.z_channels": 256,
     "loss.reconstruction_weight": 1.0, "loss.perceptual_weight": 1.0, "loss.semantic_weight": 0.5,
     "loss.feature_rec_weight": 1.0, "loss.disc_weight": 0.5, "loss.disc_start_step": 20000,
+    "discriminator.kind": "patchgan", "discriminator.ndf": 64, "discriminator.n_layers": 3,
     "model.distill_depth": 3, "model.distill_dim": 768,
     "optim.lr": 1e-4, "optim.b1": 0.9, "optim.b2": 0.95, "optim.weight_decay": 1e-4,
     "optim.grad_clip": 10.0, "optim.final_lr": 1e-5, "optim.warmup_init_ratio": 0.01,
@@ -57,6 +58,13 @@ RECIPES = {
         "source": "configs/vq/VQ_BL256.yaml (VQ_BL256_e200.pt)",
         "values": {**_TOKENIZER, **_DDP, "global_batch_size": 256, "total_steps": 1_000_000,
                    "loss.entropy_weight": 0.0, "optim.warmup_steps": 0},
+        "on_purpose": {"model.dtype": _FP32},
+    },
+    "tokenizer_bl_dino_disc": {
+        "source": "configs/vq/VQ_BL256_dino_disc.yaml (VQ_BL256_dino_disc.pt)",
+        "values": {**_TOKENIZER, **_DDP, "global_batch_size": 256, "total_steps": 1_000_000,
+                   "loss.entropy_weight": 0.0, "optim.warmup_steps": 0,
+                   "discriminator.kind": "dinodisc", "loss.disc_start_step": 80000},
         "on_purpose": {"model.dtype": _FP32},
     },
     "tokenizer_xlxxl": {

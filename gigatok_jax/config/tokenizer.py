@@ -106,10 +106,16 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
   c.teachers = ml_collections.ConfigDict(dict(
       dinov2_path="",               # from `python -m gigatok_jax.convert.dinov2`
       lpips_path="",                # from `python -m gigatok_jax.convert.lpips`
+      dino_disc_path="",            # discriminator.kind='dinodisc': the DINO ViT-S/16 backbone, from
+                                    # `python -m gigatok_jax.convert.dino_discriminator`
   ))
 
   c.discriminator = ml_collections.ConfigDict(dict(
-      kind="patchgan", ndf=64, n_layers=3,
+      kind="patchgan",              # 'patchgan' or 'dinodisc' (frozen DINO ViT-S/16 + trained heads;
+                                    # needs teachers.dino_disc_path; models/dino_discriminator.py)
+      ndf=64, n_layers=3,           # PatchGAN sizes
+      kernel_size=9,                # dinodisc: the residual conv1d's kernel
+      depth=12,                     # dinodisc: backbone blocks (12 = DINO ViT-S/16; fewer for tests)
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

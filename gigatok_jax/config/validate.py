@@ -337,6 +337,18 @@ def check_file(key: str, path: str, *, local: bool = False) -> None:
     raise ConfigError(key, f"{path} not found")
 
 
+def check_discriminator(config) -> None:
+  """discriminator.kind is known; the DINO discriminator's grouped norm fits the batch."""
+  kind = config.discriminator.kind
+  if kind not in ("patchgan", "dinodisc"):
+    raise ConfigError("discriminator.kind", f"must be 'patchgan' or 'dinodisc', got {kind!r}")
+  if kind == "dinodisc":
+    from gigatok_jax.models import dino_discriminator  # pylint: disable=import-outside-toplevel
+    problem = dino_discriminator.check_batch(config.global_batch_size)
+    if problem:
+      raise ConfigError("global_batch_size", f"the DINO discriminator's BatchNormLocal: {problem}")
+
+
 def check_eval_protocol(config) -> None:
   """eval.protocol names one of the evaluation protocols (metrics/evaluator.py)."""
   from gigatok_jax.metrics import evaluator  # pylint: disable=import-outside-toplevel
@@ -450,6 +462,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
   check_batch_divisible(config, num_devices)
   check_init_from(config)
   check_eval_protocol(config)
+  check_discriminator(config)
   if check_data if check_teachers is None else check_teachers:
     check_teachers_config(config)
   if check_data:

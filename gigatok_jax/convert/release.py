@@ -49,6 +49,7 @@ import numpy as np
 from gigatok_jax import config as config_lib
 from gigatok_jax.config import overrides as overrides_lib
 from gigatok_jax import fileio, runs
+from gigatok_jax.convert import dino_discriminator as dino_disc_convert
 from gigatok_jax.convert import gigatok
 from gigatok_jax.convert import weight_files
 from gigatok_jax.errors import CheckpointError
@@ -484,8 +485,14 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
               source_steps=int(steps) if isinstance(steps, (int, np.integer)) else 0)
   disc_sd = raw.get("discriminator")
   patchgan = kind == "tokenizer" and isinstance(disc_sd, Mapping) and "main.0.weight" in disc_sd
+  dino_disc = (kind == "tokenizer" and isinstance(disc_sd, Mapping)
+               and "heads.0.0.0.weight_orig" in disc_sd)
   if patchgan:
     config.discriminator.update(_patchgan_sizes(disc_sd))
+  if dino_disc:
+    config.discriminator.update(_dino_disc_sizes(disc_sd))
+    if not recipe:   # the released VQ_BL256_dino_disc.yaml's other difference from VQ_BL256.yaml
+      config.loss.disc_start_step = 80_000
   if kind == "tokenizer" and not any(".distill_mlp." in k for k in sd):
     _fresh_projector(sd, config)
   if kind == "tokenizer":
@@ -502,9 +509,15 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
                                         if not k.startswith("stats:")}, disc)
       trees["disc_stats"] = unflatten({k[len("stats:"):]: v for k, v in flat.items()
                                        if k.startswith("stats:")}, stats)
+    elif dino_disc:
+      params, spectral = dino_disc_convert.heads_from_torch(
+          weight_files.tensor_to_numpy(disc_sd), f"{src} [discriminator]")
+      trees["disc_params"], trees["disc_stats"] = unflatten(params, disc), unflatten(spectral, stats)
+      log(f"note: {src} has the DINO discriminator; its heads are imported, and training from these "
+          "weights needs the DINO ViT-S/16 backbone file (teachers.dino_disc_path)")
     elif disc_sd is not None:
-      log(f"note: {src} has a non-PatchGAN discriminator (e.g. the B-L DINO discriminator); it is "
-          "not imported, and training from these weights starts a fresh PatchGAN")
+      log(f"note: {src} has a discriminator of an unknown kind; it is not imported, and training "
+          "from these weights starts a fresh PatchGAN")
   else:
     if tokenizer_workdir:
       config.tokenizer.workdir = os.path.abspath(tokenizer_workdir)
@@ -519,6 +532,16 @@ def import_checkpoint(src: str, out: str, *, weights: str = "auto", recipe: str 
   log(f"converted {kind} {src} ({picked} weights, {n:,} parameters, recipe {recipe_used} with the "
       f"file's sizes; heads: {heads_text}) -> {out}")
   return out
+
+
+def _dino_disc_sizes(disc_sd: Mapping) -> dict:
+  """discriminator.kind / depth / kernel_size of an official DinoDisc state dict (its heads)."""
+  heads = len({k.split(".")[1] for k in disc_sd if k.startswith("heads.")})
+  depths = [d + 1 for d in dino_disc_convert.dd.KEY_DEPTHS]       # the depth that keeps n readouts
+  if not 2 <= heads <= len(depths) + 1:
+    raise CheckpointError(f"DINO discriminator with {heads} heads: expected 2..{len(depths) + 1}")
+  kernel = np.shape(disc_sd["heads.0.1.fn.0.weight_orig"])[-1]
+  return {"kind": "dinodisc", "depth": depths[heads - 2], "kernel_size": int(kernel)}
 
 
 def convert_release_file(src_paths: list[str], out_path: str) -> None:

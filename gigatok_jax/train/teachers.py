@@ -1,4 +1,5 @@
-"""The frozen networks of tokenizer training: DINOv2 (semantic regularization) and LPIPS-VGG.
+"""The frozen networks of tokenizer training: DINOv2 (semantic regularization), LPIPS-VGG, and the
+DINO ViT-S/16 backbone of the DINO discriminator (`discriminator.kind = 'dinodisc'`).
 
 They are not part of the train state: their weights come from converted local files named in
 `config.teachers`, are placed on the mesh once (sharded by their logical axis names like the
@@ -7,7 +8,8 @@ gradients, no optimizer state and no checkpoint space. They compute in the token
 dtype (bf16 when the model runs in bf16).
 
 A loss weight > 0 is the switch: `loss.semantic_weight > 0` needs `teachers.dinov2_path`,
-`loss.perceptual_weight > 0` needs `teachers.lpips_path`. `config/validate.py` (check_teachers)
+`loss.perceptual_weight > 0` needs `teachers.lpips_path`, `loss.disc_weight > 0` with the DINO
+discriminator needs `teachers.dino_disc_path`. `config/validate.py` (check_teachers)
 verifies the files (exist, right model, DINOv2 width == model.distill_dim) before anything
 compiles; there is no fallback to random weights in training (`init_random` exists for benchmarks and AOT planning only).
 """
@@ -25,7 +27,8 @@ from flax import nnx
 from gigatok_jax import parallel
 from gigatok_jax.convert import lpips as lpips_convert
 from gigatok_jax.convert import weight_files
-from gigatok_jax.models import dinov2, lpips
+from gigatok_jax.convert import dino_discriminator as dino_disc_convert
+from gigatok_jax.models import dino_discriminator, dinov2, lpips
 from gigatok_jax.models.tokenizer import DTYPES, grid_size
 
 PATCH = 14  # DINOv2 patch size: the teacher sees 14 x grid pixels, one patch token per query
@@ -35,10 +38,15 @@ CONVERT_HINT = {
                "--out=dinov2_vitb14.safetensors"),
     "lpips": ("python -m gigatok_jax.convert.lpips --vgg=vgg16-397923af.pth "
               "--out=lpips_vgg16.safetensors"),
+    "dino_disc": ("python -m gigatok_jax.convert.dino_discriminator "
+                  "--src=dino_deitsmall16_pretrain.pth --out=dino_vits16.safetensors"),
 }
-WEIGHT_KEY = {"dinov2": "loss.semantic_weight", "lpips": "loss.perceptual_weight"}
-PATH_KEY = {"dinov2": "teachers.dinov2_path", "lpips": "teachers.lpips_path"}
-MODEL_NAME = {"dinov2": dinov2.MODEL_NAME, "lpips": lpips_convert.MODEL_NAME}
+WEIGHT_KEY = {"dinov2": "loss.semantic_weight", "lpips": "loss.perceptual_weight",
+              "dino_disc": "loss.disc_weight"}
+PATH_KEY = {"dinov2": "teachers.dinov2_path", "lpips": "teachers.lpips_path",
+            "dino_disc": "teachers.dino_disc_path"}
+MODEL_NAME = {"dinov2": dinov2.MODEL_NAME, "lpips": lpips_convert.MODEL_NAME,
+              "dino_disc": dino_disc_convert.dd.MODEL_NAME}
 
 
 def active(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -48,6 +56,8 @@ def active(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     out.append("dinov2")
   if config.loss.perceptual_weight > 0:
     out.append("lpips")
+  if config.discriminator.get("kind", "patchgan") == "dinodisc" and config.loss.disc_weight > 0:
+    out.append("dino_disc")
   return tuple(out)
 
 
@@ -88,6 +98,9 @@ class FrozenTeachers:
     rngs = nnx.Rngs(seed)
     if name == "dinov2":
       return dinov2.DinoV2(self._dinov2_config(), rngs=rngs, dtype=self.dtype)
+    if name == "dino_disc":
+      return dino_discriminator.DinoViTSmall(rngs=rngs, dtype=self.dtype,
+                                             depth=self.config.discriminator.depth)
     return lpips.LPIPS(rngs=rngs, dtype=self.dtype)
 
   # --- parameters -------------------------------------------------------------------------------
@@ -132,6 +145,13 @@ class FrozenTeachers:
     model = nnx.merge(self._graphs["dinov2"], params["dinov2"])
     x = dinov2.teacher_input(images, size=PATCH * self.grid)
     return jax.lax.stop_gradient(model(x.astype(self.dtype)).patch_tokens.astype(jnp.float32))
+
+  def dino_disc_readouts(self, params: dict[str, Any], images: jax.Array,
+                         key: jax.Array) -> list[jax.Array]:
+    """The DINO discriminator's backbone on [-1, 1] images (random crop or resize to 224, as the
+    official): five (B, 196, 384) readouts; gradients flow to the images."""
+    model = nnx.merge(self._graphs["dino_disc"], params["dino_disc"])
+    return model(dino_discriminator.random_backbone_input(images, key).astype(self.dtype))
 
   def perceptual_loss(self, params: dict[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean LPIPS distance between image batches in [-1, 1] (gradients flow to x and y only)."""

@@ -31,6 +31,7 @@ from gigatok_jax import build, console, distributed, inference, parallel, runs
 from gigatok_jax import images as image_lib
 from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.image import psnr_float
+from gigatok_jax.models import diffaug
 from gigatok_jax.models.layers import block_output_sharding
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
@@ -201,8 +202,16 @@ class TokenizerTask:
     # DINOv2 patch tokens of the input: a constant of the generator loss.
     teacher_tokens = teachers.semantic_target(frozen, images) if teachers.semantic else None
 
-    def disc_apply(disc_params, stats, x):
+    # The DINO discriminator sees augmented images through its frozen backbone, with fresh random
+    # draws per call (generator pass, then fake, then real, as the official loss orders them).
+    dino = c.discriminator.get("kind", "patchgan") == "dinodisc"
+    disc_keys = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), state.step), 3)
+
+    def disc_apply(disc_params, stats, x, key):
       disc = self.disc.merge(disc_params, stats)
+      if dino:
+        k_aug, k_crop = jax.random.split(key)
+        x = teachers.dino_disc_readouts(frozen, diffaug.random_augment(x, k_aug), k_crop)
       logits = disc(x, train=True)
       return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
 
@@ -236,15 +245,21 @@ class TokenizerTask:
             short_perc = teachers.perceptual_loss(frozen, out.shortcut, images)
             loss = loss + lc.perceptual_weight * short_perc
             terms["shortcut_lpips"] = short_perc
+      gen_stats = state.disc_stats
       if gan:
-        logits_fake, _ = disc_apply(state.disc_params, state.disc_stats, out.reconstruction)
+        logits_fake, new_stats = disc_apply(state.disc_params, state.disc_stats, out.reconstruction,
+                                            disc_keys[0])
+        # The spectral norm's power iteration of this call counts (the official module is in
+        # training mode here too); PatchGAN's running statistics are left to its own step.
+        gen_stats = new_stats if dino else state.disc_stats
         g_adv = -jnp.mean(logits_fake)
         loss = loss + lc.disc_weight * g_adv
         terms["gen_adv_loss"] = g_adv
       terms["gen_loss"] = loss
-      return loss, (out, terms)
+      return loss, (out, terms, gen_stats)
 
-    (_, (out, metrics)), gen_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(state.gen_params)
+    (_, (out, metrics, gen_stats)), gen_grads = jax.value_and_grad(
+        gen_loss_fn, has_aux=True)(state.gen_params)
     gen_updates, gen_opt = self.gen_tx.update(gen_grads, state.gen_opt, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, gen_updates)
     metrics["gen_grad_norm"] = optax.tree.norm(gen_grads)
@@ -254,9 +269,13 @@ class TokenizerTask:
       fake = jax.lax.stop_gradient(out.reconstruction)
 
       def disc_loss_fn(dp):
-        both = jnp.concatenate([images, fake], axis=0)
-        logits, new_stats = disc_apply(dp, state.disc_stats, both)
-        real_l, fake_l = jnp.split(logits, 2, axis=0)
+        if dino:   # two calls, fake then real: two power iterations, groups within each set
+          fake_l, new_stats = disc_apply(dp, jax.lax.stop_gradient(gen_stats), fake, disc_keys[1])
+          real_l, new_stats = disc_apply(dp, new_stats, images, disc_keys[2])
+        else:
+          both = jnp.concatenate([images, fake], axis=0)
+          logits, new_stats = disc_apply(dp, state.disc_stats, both, disc_keys[1])
+          real_l, fake_l = jnp.split(logits, 2, axis=0)
         loss = lc.disc_weight * hinge_d_loss(real_l, fake_l)
         return loss, (new_stats, real_l.mean(), fake_l.mean())
 

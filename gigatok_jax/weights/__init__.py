@@ -57,8 +57,9 @@ from gigatok_jax.fileio import sha256_file
 from gigatok_jax.weights import download
 from gigatok_jax.weights.cache import RECORD_FORMAT, entry_paths, fetch, read_record, resolve
 from gigatok_jax.weights.cli import main
-from gigatok_jax.weights.converters import (DINOV2_POS_GRID, convert_dinov2_vitb14,
-                                            convert_fid_inception, convert_lpips_vgg16)
+from gigatok_jax.weights.converters import (DINOV2_POS_GRID, convert_dino_vits16,
+                                            convert_dinov2_vitb14, convert_fid_inception,
+                                            convert_lpips_vgg16)
 from gigatok_jax.weights.env import default_cache_dir, offline_from_env
 from gigatok_jax.weights.registry import (Artefact, SourceFile, WeightsError, get_artefact,
                                           list_artefacts, register, unregister)
@@ -66,7 +67,7 @@ from gigatok_jax.weights.sources import Fetched
 
 __all__ = [
     "Artefact", "DINOV2_POS_GRID", "Fetched", "RECORD_FORMAT", "SourceFile", "WeightsError",
-    "convert_dinov2_vitb14", "convert_fid_inception", "convert_lpips_vgg16", "default_cache_dir",
+    "convert_dino_vits16", "convert_dinov2_vitb14", "convert_fid_inception", "convert_lpips_vgg16", "default_cache_dir",
     "entry_paths", "fetch", "get_artefact", "list_artefacts", "main", "offline_from_env",
     "read_record", "register", "resolve", "sha256_file", "unregister",
 ]

@@ -43,3 +43,11 @@ def convert_fid_inception(src_paths: list[str], out_path: str) -> None:
   from gigatok_jax.convert import inception, weight_files
   flat = inception.convert(weight_files.read_torch_state_dict(src_paths[0]))
   weight_files.save_flat(out_path, flat, metadata={"model": inception.MODEL_NAME})
+
+
+def convert_dino_vits16(src_paths: list[str], out_path: str) -> None:
+  """DINO ViT-S/16 (dino_deitsmall16_pretrain.pth) -> the DINO discriminator's backbone file."""
+  from gigatok_jax.convert import dino_discriminator, weight_files
+  flat = dino_discriminator.backbone_from_torch(weight_files.read_torch_state_dict(src_paths[0]),
+                                                src_paths[0])
+  weight_files.save_flat(out_path, flat, metadata={"model": dino_discriminator.dd.MODEL_NAME})

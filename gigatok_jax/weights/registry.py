@@ -137,6 +137,16 @@ register(Artefact(
     description="pytorch-fid's InceptionV3 (FID / IS features)",
     how_to_get="the pytorch-fid GitHub release fid_weights"))
 
+register(Artefact(
+    name="dino_vits16",
+    files=(SourceFile("dino_deitsmall16_pretrain.pth", (
+        "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
+        "dino_deitsmall16_pretrain.pth",)),),
+    converter="gigatok_jax.weights:convert_dino_vits16", output="dino_vits16.safetensors",
+    description="DINO ViT-S/16: the frozen backbone of the DINO discriminator (dinodisc)",
+    how_to_get="the facebookresearch/dino release the official discriminator downloads; no "
+               "sha256 is published with it"))
+
 _GIGATOK_REPO = "YuuTennYi/GigaTok"   # unverified: a fork points there (docs/spec.md §6)
 _GIGATOK_HINT = ("also linked (Google Drive) from the GigaTok README at "
                  "github.com/SilentView/GigaTok; the Hugging Face repo and file name are "
