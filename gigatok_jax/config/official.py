@@ -39,6 +39,13 @@ _GPT = {
     "model.num_classes": 1000, "model.position": "learned_1d", "checkpoint_every_steps": 5000,
     "extract.augment": "ten_crop", "extract.ten_crop_scale": 1.1, "model.dtype": "float16",
 }
+def _gpt_run(width, layers, heads, *, batch=256, steps=1_500_000, warmup=5000) -> dict:
+  """Model sizes and the WSD run of 300 epochs (train_c2i_and_eval.sh defaults)."""
+  return {"model.width": width, "model.layers": layers, "model.heads": heads,
+          "global_batch_size": batch, "total_steps": steps, "optim.warmup_steps": warmup,
+          "optim.schedule": "wsd", "optim.decay_fraction": 0.2}
+
+
 _BF16 = "bf16 compute: TPUs have no fp16 matmul path and bf16 needs no loss scaling"
 
 RECIPES = {
@@ -95,22 +102,17 @@ RECIPES = {
     },
     "gpt_b": {
         "source": "GPT-B, scripts/composite_cmd/train_c2i_and_eval.sh; Detailed_instructions.md:248-266",
-        "values": {**_GPT, "model.width": 768, "model.layers": 12, "model.heads": 12,
-                   "global_batch_size": 256, "total_steps": 1_500_000, "optim.warmup_steps": 5000,
-                   "optim.schedule": "wsd", "optim.decay_fraction": 0.2},
+        "values": {**_GPT, **_gpt_run(768, 12, 12)},
         "on_purpose": {"model.dtype": _BF16},
     },
     "gpt_xl": {
         "source": "GPT_XL256_e300_VQ_BL.pt (README.md:87); batch and warm-up from the script defaults",
-        "values": {**_GPT, "model.width": 1280, "model.layers": 36, "model.heads": 20,
-                   "global_batch_size": 256, "total_steps": 1_500_000, "optim.warmup_steps": 5000,
-                   "optim.schedule": "wsd", "optim.decay_fraction": 0.2},
+        "values": {**_GPT, **_gpt_run(1280, 36, 20)},
         "on_purpose": {"model.dtype": _BF16},
     },
     "gpt_xxl": {
         "source": "GPT-XXL FSDP recipe, Detailed_instructions.md:270-291",
-        "values": {**_GPT, "global_batch_size": 512, "total_steps": 750_000,
-                   "optim.warmup_steps": 200, "optim.schedule": "wsd", "optim.decay_fraction": 0.2},
+        "values": {**_GPT, **_gpt_run(1536, 48, 24, batch=512, steps=750_000, warmup=200)},
         "on_purpose": {"model.dtype": _BF16},
     },
     "gpt_b_probe": {
