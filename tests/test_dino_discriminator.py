@@ -294,3 +294,17 @@ def test_dino_discriminator_trains_on_the_tiny_recipe(tmp_path):
   assert max(jax.tree.leaves(moved)) > 0
   u = task_state.disc_stats["heads"][0]["conv1"]["u"]
   assert abs(float(jnp.linalg.norm(u)) - 1.0) < 1e-5
+
+
+def test_diffaug_keeps_the_batch_sharded():
+  """The augmentation has no op that gathers across the batch: on 8 devices its lowered program
+  has no collective, and its output keeps the input's batch sharding."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]), ("data",))
+  sharding = NamedSharding(mesh, P("data"))
+  x = jax.device_put(jnp.zeros((8, 32, 32, 3)), sharding)
+  draws = jax.device_put(jnp.full((7, 8), 0.3), NamedSharding(mesh, P(None, "data")))
+  fn = jax.jit(diffaug.augment)
+  text = fn.lower(x, draws).compile().as_text()
+  assert not any(op in text for op in ("all-reduce", "all-gather", "all-to-all")), "collective"
+  assert fn(x, draws).sharding.spec[0] == "data"

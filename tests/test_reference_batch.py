@@ -87,3 +87,11 @@ def test_missing_inception_file_is_named(tmp_path, capsys):
     rc = reference_batch.main([f"--images={images}", f"--inception={tmp_path}/none.safetensors",
                                f"--out={tmp_path / 'ref.npz'}"])
   assert rc == 2 and "--inception: " in capsys.readouterr().err
+
+
+def test_eval_set_sizes_are_checked_with_the_reason():
+  assert evaluator.set_size_problem(1, "adm", False).startswith("1 image(s)")
+  assert "k=3" in evaluator.set_size_problem(3, "adm", True)
+  assert evaluator.set_size_problem(3, "adm", False) is None
+  assert "10 parts" in evaluator.set_size_problem(9, "pytorch_fid", False)
+  assert evaluator.set_size_problem(10, "pytorch_fid", True) is None

@@ -131,14 +131,26 @@ def compare(samples: FeatureSet, reference: dict, protocol: str, *,
   if "mu_s" in reference and samples.spatial_stats.count:
     result["sfid"] = fid.frechet_distance(samples.spatial_stats.mu, samples.spatial_stats.sigma,
                                           reference["mu_s"], reference["sigma_s"])
-  if samples.logits is not None:
-    scores = isc.inception_score(samples.logits, protocol)
+  logits, pool = samples.logits, samples.pool          # each concatenated once
+  if logits is not None:
+    scores = isc.inception_score(logits, protocol)
     result["inception_score"] = scores["inception_score"]
     result["inception_score_std"] = scores["inception_score_std"]
-  if reference_pool is not None and samples.pool is not None:
+  if reference_pool is not None and pool is not None:
     result["precision"], result["recall"] = prc.precision_recall(
-        reference_pool, samples.pool, arithmetic=PR_ARITHMETIC[protocol])
+        reference_pool, pool, arithmetic=PR_ARITHMETIC[protocol])
   return result
+
+
+def set_size_problem(n: int, protocol: str, precision_recall: bool) -> str | None:
+  """Why `n` images are too few for what the protocol computes, or None."""
+  if n < 2:
+    return f"{n} image(s): a covariance (FID) needs at least 2"
+  if precision_recall and n <= prc.K:
+    return f"{n} images: precision/recall's k-NN radii need more than k={prc.K}"
+  if protocol == "pytorch_fid" and n < isc.TORCH_FIDELITY_SPLITS:
+    return f"{n} images: protocol 'pytorch_fid' cuts the Inception Score into 10 parts"
+  return None
 
 
 def reference_protocol(reference: dict) -> str:

@@ -27,14 +27,15 @@ def augment(images: jax.Array, draws: jax.Array) -> jax.Array:
   x = images.astype(jnp.float32)
   b, h, w, _ = x.shape
   r = draws.astype(jnp.float32)
-  # translation: out[i, j] = x[i - 1 + t_h + 1 ...] read from a 1-pixel zero-padded copy
+  # translation: out[i, j] = x[i + t_h, j + t_w], 0 outside (the official clamps its indices into a
+  # 1-pixel zero border, which reads 0 for every outside pixel too). One slice per image of a copy
+  # padded by the largest shift: no gather across the batch, so the batch stays sharded.
   dh, dw = round(h * TRANSLATION), round(w * TRANSLATION)
   t_h = jnp.floor(r[0] * (2 * dh + 1)).astype(jnp.int32) - dh              # (B,)
   t_w = jnp.floor(r[1] * (2 * dw + 1)).astype(jnp.int32) - dw
-  rows = jnp.clip(jnp.arange(h)[None, :] + t_h[:, None] + 1, 0, h + 1)     # (B, H) into padded
-  cols = jnp.clip(jnp.arange(w)[None, :] + t_w[:, None] + 1, 0, w + 1)     # (B, W)
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  x = padded[jnp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  padded = jnp.pad(x, ((0, 0), (dh, dh), (dw, dw), (0, 0)))
+  x = jax.vmap(lambda img, i, j: jax.lax.dynamic_slice(img, (i, j, 0), (h, w, img.shape[-1])))(
+      padded, t_h + dh, t_w + dw)
   # colour
   x = x + (r[2] - 0.5)[:, None, None, None]
   m = x.mean(axis=-1, keepdims=True)

@@ -17,8 +17,9 @@ official configs/vq/VQ_BL256_dino_disc.yaml and its discriminator (docs/official
      every conv1d has a bias and spectral normalisation (one power iteration per call in training)
   -> logits (B, 5 x 196).
 
-BatchNormLocal normalises with the statistics of each group of ceil(B / 8) consecutive samples
-(over samples and tokens, biased variance, eps 1e-6) and keeps no running statistics. Spectral
+BatchNormLocal splits the batch into G = ceil(B / 8) groups of B / G consecutive samples and
+normalises with each group's statistics (over its samples and tokens, biased variance, eps 1e-6);
+it keeps no running statistics. Spectral
 normalisation divides each conv weight W (out, in * k) by sigma = u . W v; in training every call
 first does one power iteration (v = normalise(W^T u), u = normalise(W v), with torch's
 max(norm, 1e-12)), and u, v are state (`nnx.BatchStat`) carried in the train state. The backbone is

@@ -38,7 +38,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None, features_f
       "inception": scores["inception"],
       "details": {"eval": scores.get("json"), "probe": probe.get("json")},
   }
-  out = result["json"] = runs.save_eval(workdir, f"ar_probe_{step:08d}", result)
+  result["json"] = runs.save_eval(workdir, f"ar_probe_{step:08d}", result)
   console.info(f"AR probing at step {step}: gFID {result['gfid']:.3f}, validation loss "
-                 f"{result['val_loss']:.4f}, linear probe top-1 {100 * result['linear_probe_top1']:.2f}%")
+                 f"{result['val_loss']:.4f}, linear probe top-1 {100 * result['linear_probe_top1']:.2f}%; "
+                 f"{result['json']}")
   return result

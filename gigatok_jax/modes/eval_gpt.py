@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 
 from gigatok_jax import console, fileio, runs
-from gigatok_jax.errors import ConfigError
+from gigatok_jax.errors import ConfigError, DataError
 from gigatok_jax.metrics import evaluator, fid
+from gigatok_jax.metrics import precision_recall as prc
 
 
 def newest_samples(workdir: str) -> str:
@@ -65,6 +67,15 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
                         "python -m gigatok_jax.convert.inception and set it")
     measure = evaluator.inception_measure(e.inception_path, protocol, e.batch_size)
   samples = e.samples or newest_samples(workdir)
+  shape, dtype = fid.read_reference_header(samples)
+  if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+    raise DataError(f"{samples}: arr_0 must be uint8 (N, H, W, 3) images, got {dtype} {shape}")
+  problem = evaluator.set_size_problem(shape[0], protocol, e.precision_recall)
+  if problem:
+    raise ConfigError("eval.samples", f"{samples}: {problem}")
+  if e.precision_recall and ref["num_images"] <= prc.K:
+    raise ConfigError("eval.fid_reference", f"{e.fid_reference}: {ref['num_images']} images are "
+                      f"too few for precision/recall (more than {prc.K} needed)")
   t0 = time.time()
   sample_set = evaluator.measure_batches(
       measure, fid.iter_reference_images(samples, batch_size=e.batch_size), keep_logits=True,

@@ -63,6 +63,10 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   available = len(pipeline.make_source(config.data, "eval"))
   n_total = available if num is None else min(num, available)
   protocol = evaluator.check_protocol(e.protocol)
+  problem = evaluator.set_size_problem(n_total, protocol, e.precision_recall) if e.inception_path else None
+  if problem:
+    raise ConfigError("eval.num_images", f"{problem} (or set eval.precision_recall=False)"
+                      if "precision" in problem else problem)
   reference = fid.read_reference(e.fid_reference) if e.inception_path and e.fid_reference else None
   if reference is not None:
     eval_gpt.check_reference_protocol(reference, protocol)

@@ -33,6 +33,7 @@ from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.image import psnr_float
 from gigatok_jax.models import diffaug
 from gigatok_jax.models.layers import block_output_sharding
+from gigatok_jax.models.layers import constrain_block_output as block_output_constraint
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
@@ -211,7 +212,8 @@ class TokenizerTask:
       disc = self.disc.merge(disc_params, stats)
       if dino:
         k_aug, k_crop = jax.random.split(key)
-        x = teachers.dino_disc_readouts(frozen, diffaug.random_augment(x, k_aug), k_crop)
+        x = block_output_constraint(diffaug.random_augment(x, k_aug))     # batch stays sharded
+        x = teachers.dino_disc_readouts(frozen, x, k_crop)
       logits = disc(x, train=True)
       return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
 

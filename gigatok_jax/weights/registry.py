@@ -134,7 +134,7 @@ register(Artefact(
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
         "pt_inception-2015-12-05-6726825d.pth",), sha256_prefix="6726825d"),),
     converter="gigatok_jax.weights:convert_fid_inception", output="fid_inception.safetensors",
-    description="pytorch-fid's InceptionV3 (FID / IS features)",
+    description="the FID InceptionV3 (2015-12-05 TF graph; both eval protocols)",
     how_to_get="the pytorch-fid GitHub release fid_weights"))
 
 register(Artefact(
