@@ -6,22 +6,13 @@ python -m gigatok_jax.main --config=configs/tokenizer_bl_dino_disc.py --workdir=
     --config.data.train_path=... --config.teachers.dino_disc_path=dino_vits16.safetensors
 """
 
-import importlib.util
 import os
 
 from gigatok_jax import config
 
 
-def _bl_recipe():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer_bl.py")
-  spec = importlib.util.spec_from_file_location("tokenizer_bl", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(variant: str = ""):
-  c = _bl_recipe().get_config("")
+  c = config.load_recipe(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer_bl.py"))
   # The only differences of VQ_BL256_dino_disc.yaml from VQ_BL256.yaml.
   c.discriminator.kind = "dinodisc"
   c.loss.disc_start_step = 80_000

@@ -3,21 +3,12 @@
 Each official value must be the recipe's value, unless the table lists the key as a difference kept
 on purpose, with its reason; such a key must really differ (a stale entry fails too)."""
 
-import importlib.util
 import os
 
 import pytest
 
 from gigatok_jax.config import official
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _recipe(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("")
+from helpers import REPO, load_recipe
 
 
 def _get(config, dotted):
@@ -30,7 +21,7 @@ def _get(config, dotted):
 @pytest.mark.parametrize("name", sorted(official.RECIPES))
 def test_recipe_equals_its_official_config(name):
   entry = official.RECIPES[name]
-  config = _recipe(name)
+  config = load_recipe(name)
   mismatches = []
   for key, want in entry["values"].items():
     got = _get(config, key)

@@ -88,15 +88,10 @@ def test_decay_norms_decays_norm_parameters_too():
 
 
 def test_tokenizer_task_uses_the_mask_of_its_recipe(monkeypatch):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   from gigatok_jax import parallel  # pylint: disable=import-outside-toplevel
   from gigatok_jax.train import tokenizer as tokenizer_train  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tokenizer_ss.py")
-  spec = importlib.util.spec_from_file_location("tokenizer_ss", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  from helpers import load_recipe  # pylint: disable=import-outside-toplevel
+  config = load_recipe("tokenizer_ss", "tiny")
   config.loss.update(perceptual_weight=0.0, semantic_weight=0.0)   # no teacher files here
   seen = []
   original = optim.adamw

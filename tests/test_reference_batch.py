@@ -13,7 +13,6 @@ import pytest
 from gigatok_jax.convert import reference_batch
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.metrics import evaluator, fid
-from gigatok_jax.modes import eval_gpt
 
 PROJECTION = np.random.default_rng(0).normal(size=(8 * 8 * 3, 12)) / 100   # float64: exact enough
 
@@ -49,8 +48,8 @@ def test_reference_holds_both_statistics_the_images_and_the_protocol(tmp_path, p
   # Evaluating under the other protocol is refused, naming the config key.
   other = "pytorch_fid" if protocol == "adm" else "adm"
   with pytest.raises(ConfigError, match=f"eval.fid_reference.*protocol '{protocol}'"):
-    eval_gpt.check_reference_protocol(ref, other)
-  eval_gpt.check_reference_protocol(ref, protocol)
+    evaluator.check_reference(ref, other)
+  evaluator.check_reference(ref, protocol)
 
 
 def test_no_images_and_adm_batches_without_a_protocol_entry(tmp_path):

@@ -32,7 +32,6 @@ import re
 import sys
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -41,6 +40,7 @@ from gigatok_jax.convert import weight_files
 from gigatok_jax.convert.dinov2 import _linear
 from gigatok_jax.errors import CheckpointError, UserError
 from gigatok_jax.models import dino_discriminator as dd
+from gigatok_jax.tree_names import flat_shapes
 
 D, H, HD = dd.WIDTH, dd.HEADS, dd.WIDTH // dd.HEADS
 IGNORED = ("norm.weight", "norm.bias")
@@ -82,12 +82,11 @@ def backbone_from_torch(sd: Mapping[str, np.ndarray], source: str = "DINO ViT-S/
 
 def _backbone_shapes() -> dict[str, tuple[int, ...]]:
   model = nnx.eval_shape(lambda: dd.DinoViTSmall(rngs=nnx.Rngs(0)))
-  return {k: tuple(v.shape) for k, v in _flat_state(model, nnx.Param).items()}
+  return _shapes(model, nnx.Param)
 
 
-def _flat_state(module, kind) -> dict:
-  return {".".join(str(p) for p in path): var.get_value()
-          for path, var in nnx.to_flat_state(nnx.state(module, kind))}
+def _shapes(module, kind) -> dict[str, tuple[int, ...]]:
+  return flat_shapes(nnx.to_pure_dict(nnx.state(module, kind)))
 
 
 def _check_shapes(flat, want, source):
@@ -117,21 +116,16 @@ def heads_from_torch(sd: Mapping[str, np.ndarray], source: str = "DINO discrimin
       a = a.transpose(2, 1, 0)                                  # (out, in, k) -> (k, in, out)
     (stats if leaf in ("u", "v") else params)[name] = a
   model = nnx.eval_shape(lambda: dd.DinoDiscriminatorHeads(rngs=nnx.Rngs(0)))
-  _check_shapes(params, {k: tuple(v.shape) for k, v in _flat_state(model, nnx.Param).items()}, source)
-  _check_shapes(stats, {k: tuple(v.shape) for k, v in _flat_state(model, nnx.BatchStat).items()},
-                source)
+  _check_shapes(params, _shapes(model, nnx.Param), source)
+  _check_shapes(stats, _shapes(model, nnx.BatchStat), source)
   return params, stats
 
 
 def load_backbone(path: str, dtype=jnp.float32) -> dd.DinoViTSmall:
   """The backbone from a file written by this converter (strict)."""
   flat, _ = weight_files.load_flat(path, expect_model=dd.MODEL_NAME)
-  model = nnx.eval_shape(lambda: dd.DinoViTSmall(rngs=nnx.Rngs(0), dtype=dtype))
-  graph, params = nnx.split(model, nnx.Param)
-  model = nnx.merge(graph, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                        nnx.to_pure_dict(params)))
-  weight_files.assign_flat(model, flat, path)
-  return model
+  return weight_files.module_from_flat(
+      nnx.eval_shape(lambda: dd.DinoViTSmall(rngs=nnx.Rngs(0), dtype=dtype)), flat, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,6 @@ import re
 import sys
 from typing import Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -310,11 +309,7 @@ def model_from_flat(flat: Mapping[str, np.ndarray], config: DinoV2Config, *, dty
   """
   abstract = nnx.eval_shape(lambda: DinoV2(config, rngs=nnx.Rngs(0), dtype=dtype,
                                            param_dtype=param_dtype))
-  graph, params = nnx.split(abstract, nnx.Param)
-  model = nnx.merge(graph, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                        nnx.to_pure_dict(params)))
-  weight_files.assign_flat(model, flat, source)
-  return model
+  return weight_files.module_from_flat(abstract, flat, source)
 
 
 def load_dinov2(path: str, dtype=jnp.float32, *, param_dtype=jnp.float32,

@@ -26,7 +26,6 @@ import argparse
 import sys
 from typing import Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -109,11 +108,7 @@ def model_from_flat(flat: Mapping[str, np.ndarray], *, dtype=jnp.float32,
 
   Built abstractly, then filled with zeros and the weights: no random init.
   """
-  graph, params = nnx.split(_abstract_model(dtype, param_dtype), nnx.Param)
-  model = nnx.merge(graph, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                        nnx.to_pure_dict(params)))
-  weight_files.assign_flat(model, flat, source)
-  return model
+  return weight_files.module_from_flat(_abstract_model(dtype, param_dtype), flat, source)
 
 
 def load(path: str, dtype=jnp.float32, param_dtype=jnp.float32) -> FIDInception:

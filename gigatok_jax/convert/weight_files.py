@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -152,6 +153,16 @@ def assign_flat(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str)
     raise CheckpointError(f"{source}: does not fit the model: " + " | ".join(problems))
   for k, var in params.items():
     var[...] = jnp.asarray(flat[k], dtype=var[...].dtype)
+
+
+def module_from_flat(abstract: nnx.Module, flat: Mapping[str, np.ndarray], source: str) -> nnx.Module:
+  """The abstract module (from `nnx.eval_shape`) made concrete with zeros, then filled with `flat`
+  (strict, `assign_flat`): no random init of frozen networks of up to 1B parameters."""
+  graph, params = nnx.split(abstract, nnx.Param)
+  module = nnx.merge(graph, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                         nnx.to_pure_dict(params)))
+  assign_flat(module, flat, source)
+  return module
 
 
 def save_flat(path: str, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:

@@ -19,6 +19,8 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
+from gigatok_jax import fileio
+from gigatok_jax.errors import ConfigError
 from gigatok_jax.metrics import fid
 from gigatok_jax.metrics import inception_score as isc
 from gigatok_jax.metrics import precision_recall as prc
@@ -151,6 +153,29 @@ def set_size_problem(n: int, protocol: str, precision_recall: bool) -> str | Non
   if protocol == "pytorch_fid" and n < isc.TORCH_FIDELITY_SPLITS:
     return f"{n} images: protocol 'pytorch_fid' cuts the Inception Score into 10 parts"
   return None
+
+
+def inception_record(path: str) -> dict:
+  """{"path", "sha256"} of the converted Inception file the numbers were measured with."""
+  return {"path": fileio.resolve(path), "sha256": fileio.sha256_file(path)}
+
+
+def check_reference(reference: dict, protocol: str, *, precision_recall: bool = False,
+                    key: str = "eval.fid_reference") -> None:
+  """ConfigError (naming `key`) for a reference batch this evaluation cannot use: one measured
+  under another protocol (its FID would be meaningless), or, for precision/recall, one without
+  enough `arr_0` images."""
+  measured = reference_protocol(reference)
+  if measured != protocol:
+    raise ConfigError(key, f"{reference['path']} was measured under protocol '{measured}', this "
+                      f"evaluation uses eval.protocol='{protocol}'; use a reference of the same "
+                      "protocol (python -m gigatok_jax.convert.reference_batch)")
+  if precision_recall and not reference.get("num_images"):
+    raise ConfigError(key, f"{reference['path']} has no arr_0 images, which precision/recall "
+                      "needs (or set eval.precision_recall=False)")
+  if precision_recall and reference["num_images"] <= prc.K:
+    raise ConfigError(key, f"{reference['path']}: {reference['num_images']} images are too few "
+                      f"for precision/recall (more than {prc.K} needed)")
 
 
 def reference_protocol(reference: dict) -> str:

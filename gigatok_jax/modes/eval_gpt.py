@@ -20,7 +20,6 @@ import numpy as np
 from gigatok_jax import console, fileio, runs
 from gigatok_jax.errors import ConfigError, DataError
 from gigatok_jax.metrics import evaluator, fid
-from gigatok_jax.metrics import precision_recall as prc
 
 
 def newest_samples(workdir: str) -> str:
@@ -33,20 +32,6 @@ def newest_samples(workdir: str) -> str:
   return found[-1]
 
 
-def inception_record(path: str) -> dict:
-  """{"path", "sha256"} of the converted Inception file the numbers were measured with."""
-  return {"path": fileio.resolve(path), "sha256": fileio.sha256_file(path)}
-
-
-def check_reference_protocol(reference: dict, protocol: str, key: str = "eval.fid_reference") -> None:
-  """A reference measured under another protocol gives a meaningless FID: refuse it."""
-  measured = evaluator.reference_protocol(reference)
-  if measured != protocol:
-    raise ConfigError(key, f"{reference['path']} was measured under protocol '{measured}', this "
-                      f"evaluation uses eval.protocol='{protocol}'; use a reference of the same "
-                      "protocol (python -m gigatok_jax.convert.reference_batch)")
-
-
 def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   """`options['features_fn']` (a metrics.evaluator.MeasureFn) replaces the Inception network (tests)."""
   del progress
@@ -57,10 +42,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
     raise ConfigError("eval.fid_reference", "is empty; set it to the reference batch .npz "
                       "(e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
   ref = fid.read_reference(e.fid_reference)
-  check_reference_protocol(ref, protocol)
-  if e.precision_recall and not ref.get("num_images"):
-    raise ConfigError("eval.fid_reference", f"{e.fid_reference} has no arr_0 images, which "
-                      "precision/recall needs (or set eval.precision_recall=False)")
+  evaluator.check_reference(ref, protocol, precision_recall=e.precision_recall)
   if measure is None:
     if not e.inception_path:
       raise ConfigError("eval.inception_path", "is empty; convert the FID Inception with "
@@ -73,9 +55,6 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   problem = evaluator.set_size_problem(shape[0], protocol, e.precision_recall)
   if problem:
     raise ConfigError("eval.samples", f"{samples}: {problem}")
-  if e.precision_recall and ref["num_images"] <= prc.K:
-    raise ConfigError("eval.fid_reference", f"{e.fid_reference}: {ref['num_images']} images are "
-                      f"too few for precision/recall (more than {prc.K} needed)")
   t0 = time.time()
   sample_set = evaluator.measure_batches(
       measure, fid.iter_reference_images(samples, batch_size=e.batch_size), keep_logits=True,
@@ -87,7 +66,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
         keep_pool=True).pool
   result = {"samples": {"path": samples, "sha256": fileio.sha256_file(samples)},
             "reference": {"path": e.fid_reference, "sha256": ref["sha256"]},
-            "inception": (inception_record(e.inception_path) if e.inception_path
+            "inception": (evaluator.inception_record(e.inception_path) if e.inception_path
                           and not (options or {}).get("features_fn") else "stand-in (tests)"),
             **evaluator.compare(sample_set, ref, protocol, reference_pool=reference_pool)}
   settings_path = samples[:-4] + ".json"

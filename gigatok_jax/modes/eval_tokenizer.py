@@ -29,7 +29,6 @@ from gigatok_jax import console, distributed, fileio, images as image_lib, infer
 from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError
 from gigatok_jax.metrics import evaluator, fid, sharded
-from gigatok_jax.modes import eval_gpt
 from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.codes import code_statistics
 
@@ -69,10 +68,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
                       if "precision" in problem else problem)
   reference = fid.read_reference(e.fid_reference) if e.inception_path and e.fid_reference else None
   if reference is not None:
-    eval_gpt.check_reference_protocol(reference, protocol)
-    if e.precision_recall and not reference.get("num_images"):
-      raise ConfigError("eval.fid_reference", f"{e.fid_reference} has no arr_0 images, which "
-                        "precision/recall needs (or set eval.precision_recall=False)")
+    evaluator.check_reference(reference, protocol, precision_recall=e.precision_recall)
   measure = _measure(config, mesh) if e.inception_path else None
   lpips = _lpips_distance(config.teachers.lpips_path, mesh) if config.teachers.lpips_path else None
   recon_set = evaluator.FeatureSet(keep_logits=True, keep_pool=e.precision_recall)
@@ -125,7 +121,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
       named = "the evaluated originals"
     scores.pop("num_samples")
     rfid = {"rfid": scores.pop("fid"), **scores, "rfid_reference": named,
-            "inception": (eval_gpt.inception_record(e.inception_path)
+            "inception": (evaluator.inception_record(e.inception_path)
                           if fileio.isfile(e.inception_path) else e.inception_path)}
   result = {
       "step": step, "workdir": workdir, "num_images": seen, "image_size": config.data.image_size,

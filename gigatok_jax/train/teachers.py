@@ -122,9 +122,8 @@ class FrozenTeachers:
     for name in self.names:
       path = self.config.teachers[name + "_path"]
       flat, _ = weight_files.load_flat(path, expect_model=MODEL_NAME[name])
-      module = nnx.merge(self._graphs[name], jax.tree.map(
-          lambda a: jnp.zeros(a.shape, a.dtype), self.abstract[name]))
-      weight_files.assign_flat(module, flat, path)
+      module = weight_files.module_from_flat(nnx.merge(self._graphs[name], self._states[name]),
+                                             flat, path)
       out[name] = jax.device_put(nnx.to_pure_dict(nnx.state(module, nnx.Param)), sh[name])
     return out
 

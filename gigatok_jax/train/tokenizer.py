@@ -32,8 +32,7 @@ from gigatok_jax import images as image_lib
 from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.image import psnr_float
 from gigatok_jax.models import diffaug
-from gigatok_jax.models.layers import block_output_sharding
-from gigatok_jax.models.layers import constrain_block_output as block_output_constraint
+from gigatok_jax.models.layers import block_output_sharding, constrain_block_output
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
@@ -212,7 +211,7 @@ class TokenizerTask:
       disc = self.disc.merge(disc_params, stats)
       if dino:
         k_aug, k_crop = jax.random.split(key)
-        x = block_output_constraint(diffaug.random_augment(x, k_aug))     # batch stays sharded
+        x = constrain_block_output(diffaug.random_augment(x, k_aug))     # batch stays sharded
         x = teachers.dino_disc_readouts(frozen, x, k_crop)
       logits = disc(x, train=True)
       return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
