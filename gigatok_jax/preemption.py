@@ -53,15 +53,21 @@ def install() -> None:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
   """Inside: SIGTERM only sets the flag that `received()` reads (the training loop)."""
+  # A SIGTERM before this point normally raised Preempted already. Python drops an exception
+  # raised by a signal handler when the handler runs inside a garbage-collection callback or a
+  # `__del__` ("Exception ignored in: <function _xla_gc_callback>"), so the flag is the record
+  # that counts: the loop must not start after a swallowed SIGTERM.
+  if _received.is_set():
+    raise Preempted("SIGTERM received before training started; nothing new to save")
   previous = None
   if threading.current_thread() is threading.main_thread():
     previous = signal.signal(signal.SIGTERM, _set_flag)
-  _received.clear()    # (a SIGTERM before this point raised Preempted, or killed the process)
   try:
     yield
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
+    _received.clear()    # a later run in the same process (a notebook, a test) starts afresh
 
 
 def received() -> bool:

@@ -311,3 +311,33 @@ def test_loss_phases_and_aux_metrics():
   assert not {"feature_rec_loss", "shortcut_rec_loss", "disc_loss"} & set(plain)
   extra = float(aux["feature_rec_loss"]) + float(aux["shortcut_rec_loss"])
   assert float(aux["gen_loss"]) == pytest.approx(float(plain["gen_loss"]) + extra, rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_swallowed_during_start_up_still_stops_the_loop():
+  """Python drops the exception a signal handler raises inside a `__del__` (CI once saw this in
+  jax's gc callback: the run then trained on). The flag the handler set stops `deferred()`."""
+  import gc
+  import os
+  from gigatok_jax import preemption
+
+  class DiesWithSigterm:
+    def __del__(self):
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(10_000):   # the handler runs between bytecodes, here inside __del__
+        pass
+
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    preemption.install()
+    DiesWithSigterm()
+    gc.collect()
+    assert preemption.received(), "the handler did not run inside __del__"
+    with pytest.raises(preemption.Preempted, match="before training started"):
+      with preemption.deferred():
+        pytest.fail("the loop started after a SIGTERM")
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    preemption._received.clear()   # pylint: disable=protected-access
+  with preemption.deferred():     # a later run in the same process starts afresh
+    assert not preemption.received()
