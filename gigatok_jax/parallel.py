@@ -161,6 +161,12 @@ def batch_axes(rules):
   return logical_to_spec(("batch",), rules)[0]
 
 
+def similarity_spec(rules) -> P:
+  """Spec of a (tokens, codebook) similarity matrix: tokens like the batch, codes over the mesh
+  axes of the 'codebook' axis that the batch does not use (models/quantizer.py)."""
+  return logical_to_spec(("batch", "codebook"), rules)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -38,5 +38,7 @@ def test_every_training_recipe_is_in_the_table():
              if f.startswith(("tokenizer_", "gpt_")) and f.endswith(".py")}
   # Recipes with no official counterpart, each for a reason.
   no_official = {"gpt_l": "no official GPT-L script or checkpoint (README.md:74-89)",
-                 "tokenizer_titok": "TiTok's settings, not GigaTok's (configs/tokenizer_titok.py)"}
+                 "tokenizer_titok": "TiTok's settings, not GigaTok's (configs/tokenizer_titok.py)",
+                 "tokenizer_ibq": "IBQ's quantizer; GigaTok has no IBQ config",
+                 "tokenizer_fsq": "FSQ quantizer; GigaTok has no FSQ config"}
   assert recipes - set(no_official) == set(official.RECIPES), recipes ^ set(official.RECIPES)

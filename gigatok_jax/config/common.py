@@ -22,7 +22,9 @@ DEFAULT_AXIS_RULES = (
     ("conv_out", "fsdp"),
     ("z_channels", None),
     ("code_dim", None),
-    ("codebook", None),
+    # Codebook rows (vq / ibq) over the model axes: stored sharded under FSDP, and the (tokens,
+    # codes) similarity, softmax and argmax run split over `tensor` (models/quantizer.py).
+    ("codebook", ("tensor", "fsdp")),
     ("position", None),
     ("norm", None),
     ("layers", None),          # the depth axis of layer stacks stored with model.scan_layers

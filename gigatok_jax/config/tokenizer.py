@@ -52,11 +52,16 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
       # 1 + 1 + 2 + 4 + ... + grid^2 (models/qformer.py `_pool_regions` states the rule for counts
       # that are no sum of the series), and the GPT's sequence length follows.
       num_latent_tokens=0,
+      # 'vq' (GigaTok: l2-normalised codes, rotation trick), 'ibq' (index backpropagation: every
+      # codebook row trained at every step) or 'fsq' (finite scalar quantization: code_dim channels
+      # with fsq_levels values each, codebook_size = their product). docs/quantizers.md.
+      quantizer="vq",
+      fsq_levels=(),
       codebook_size=16384,
       code_dim=8,
-      commitment=0.25,
-      rotation_trick=True,
-      entropy_temperature=0.01,
+      commitment=0.25,           # vq / ibq
+      rotation_trick=True,       # vq
+      entropy_temperature=0.01,  # vq / ibq
       distill_depth=3,           # decoder layer (1-indexed) feeding the semantic projector
       distill_dim=768,           # DINOv2-B/14 feature width
       dtype="float32",           # compute dtype: 'float32' or 'bfloat16'

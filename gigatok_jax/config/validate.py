@@ -21,6 +21,7 @@ from gigatok_jax.data import pipeline
 from gigatok_jax.errors import ConfigError, DataError, UserError
 from gigatok_jax.models.layers import REMAT_POLICIES
 from gigatok_jax.models.qformer import max_latent_tokens
+from gigatok_jax.models.quantizer import QUANTIZERS
 
 
 def _type_ok(expected, value) -> bool:
@@ -115,6 +116,30 @@ def check_model(m, image_size: int) -> None:
     raise ConfigError("model.remat", f"must be one of {REMAT_POLICIES}, got {m.remat!r}")
   if m.codebook_size <= 1 or m.code_dim <= 0:
     raise ConfigError("model.codebook_size", "codebook_size must be > 1 and code_dim > 0")
+  check_quantizer(m)
+
+
+def check_quantizer(m) -> None:
+  """model.quantizer and, for 'fsq', its levels against code_dim and codebook_size."""
+  kind = m.get("quantizer", "vq")
+  if kind not in QUANTIZERS:
+    raise ConfigError("model.quantizer", f"must be one of {QUANTIZERS}, got {kind!r}")
+  levels = tuple(m.get("fsq_levels", ()) or ())
+  if kind != "fsq":
+    if levels:
+      raise ConfigError("model.fsq_levels", f"is set but model.quantizer is {kind!r}; "
+                        "set model.quantizer='fsq' or fsq_levels=()")
+    return
+  # Two levels leave no room: the even-level half-step shift atanh(0.5 / 0.4995) is undefined.
+  if not levels or any(not isinstance(l, int) or l < 3 for l in levels):
+    raise ConfigError("model.fsq_levels", f"must be a tuple of ints >= 3 (e.g. (8, 8, 8, 5, 5, 5)), "
+                      f"got {levels!r}")
+  if m.code_dim != len(levels):
+    raise ConfigError("model.code_dim", f"is {m.code_dim}, but FSQ has one channel per level: "
+                      f"set it to {len(levels)} (len(model.fsq_levels))")
+  if m.codebook_size != math.prod(levels):
+    raise ConfigError("model.codebook_size", f"is {m.codebook_size}, but FSQ levels {levels} "
+                      f"give {math.prod(levels)} codes: set it to that")
 
 
 def check_losses(loss) -> None:

@@ -360,7 +360,8 @@ def configure(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] |
 
 
 # Architecture options with no weights of their own whose reference values an official file implies.
-REFERENCE_ARCHITECTURE = {"model.cnn_norm_groups": 32, "model.dec_query_init": "first_token"}
+REFERENCE_ARCHITECTURE = {"model.cnn_norm_groups": 32, "model.dec_query_init": "first_token",
+                          "model.quantizer": "vq"}
 
 
 def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,

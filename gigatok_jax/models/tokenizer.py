@@ -18,7 +18,7 @@ from flax import nnx
 from gigatok_jax.models.cnn import CNNDecoder, CNNEncoder
 from gigatok_jax.models.layers import Dense, KeyGen, torch_default_uniform
 from gigatok_jax.models.qformer import QFormerDecoder, QFormerEncoder, ViTDecoder2D, ViTEncoder2D
-from gigatok_jax.models.quantizer import VectorQuantizer
+from gigatok_jax.models.quantizer import make_quantizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -79,9 +79,7 @@ class Tokenizer(nnx.Module):
     # Built after the reference's init pass, so they keep torch's default init.
     self.quant_conv = Dense(z, d, rngs=rngs, axes=("z_channels", "code_dim"),
                             kernel_init=torch_default_uniform(z), bias_init=torch_default_uniform(z))
-    self.quantize = VectorQuantizer(cfg.codebook_size, d, rngs=rngs, commitment=cfg.commitment,
-                                    rotation_trick=cfg.rotation_trick,
-                                    entropy_temperature=cfg.entropy_temperature, param_dtype=pdt)
+    self.quantize = make_quantizer(cfg, rngs=rngs, param_dtype=pdt)   # model.quantizer
     self.post_quant_conv = Dense(d, z, rngs=rngs, axes=("code_dim", "z_channels"),
                                  kernel_init=torch_default_uniform(d),
                                  bias_init=torch_default_uniform(d))

@@ -66,6 +66,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
   runs.check_tokenizer_fits(config, tok_cfg)
   mesh = parallel.make_mesh(config.mesh)
   gpt = inference.load(config, workdir, mesh)
+  parallel.check_batch_divisible(s.batch_size, mesh, gpt.rules, "sample.batch_size")
   gpt_params, gpt_step = gpt.params, gpt.step
   tok = inference.load(tok_cfg, config.tokenizer.workdir, mesh)
 

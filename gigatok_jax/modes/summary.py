@@ -43,10 +43,12 @@ def summarize(config, depth: int = 2) -> str:
     head = (f"GPT ({m.position}): {m.width} wide, {m.layers} layers, {m.heads} heads, vocabulary "
             f"{m.vocab_size}, {m.num_tokens} tokens, {m.num_classes} classes (+ null)")
   else:
+    quantizer = m.get("quantizer", "vq")
+    codes = (f"FSQ levels {tuple(m.fsq_levels)} = {m.codebook_size} codes" if quantizer == "fsq"
+             else f"{quantizer.upper()} codebook {m.codebook_size}x{m.code_dim}")
     head = (f"tokenizer ({m.kind}): enc {m.enc_width}x{m.enc_layers} ({m.enc_heads} heads), "
-            f"dec {m.dec_width}x{m.dec_layers} ({m.dec_heads} heads), codebook "
-            f"{m.codebook_size}x{m.code_dim}, image {config.data.image_size}px -> "
-            f"{num_tokens(m, config.data.image_size)} tokens")
+            f"dec {m.dec_width}x{m.dec_layers} ({m.dec_heads} heads), {codes}, image "
+            f"{config.data.image_size}px -> {num_tokens(m, config.data.image_size)} tokens")
   width = max(len(r[0]) for r in rows) + 2
   lines = [head, f"{'module':<{width}}{'params':>16}{'share':>8}"]
   for name, n in rows:

@@ -33,6 +33,7 @@ from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.image import psnr_float
 from gigatok_jax.models import diffaug
 from gigatok_jax.models.layers import block_output_sharding, constrain_block_output
+from gigatok_jax.models.quantizer import codebook_sharding
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
@@ -177,7 +178,8 @@ class TokenizerTask:
     step = functools.partial(self._train_step, gan=gan, aux=aux)
 
     def constrained_step(*args):
-      with block_output_sharding(parallel.batch_axes(self.rules)):
+      with block_output_sharding(parallel.batch_axes(self.rules)), \
+          codebook_sharding(parallel.similarity_spec(self.rules)):
         return step(*args)
     return constrained_step
 

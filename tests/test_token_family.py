@@ -1,0 +1,85 @@
+"""The 1D token family end to end on tiny models: a tokenizer with another quantizer and a token
+count off the grid trains, resumes bit-identically, and its codes go through extraction -> GPT
+training -> sampling (the chain of tests/test_ar_pipeline.py, which covers GigaTok's VQ)."""
+
+import jax
+import numpy as np
+import pytest
+
+from gigatok_jax import checkpointing
+from gigatok_jax.api.tokenizer import Tokenizer
+from gigatok_jax.modes import extract_codes
+from gigatok_jax.modes import sample as sample_images
+from gigatok_jax.train import loop
+from helpers import load_recipe
+
+ONE_DEVICE = jax.devices()[:1]
+
+# quantizer -> model overrides; 12 tokens pool a 4 x 4 grid (1 + 1 + 2 + 4 + 4 of the 16 cells).
+FAMILY = {
+    "fsq": dict(quantizer="fsq", fsq_levels=(4, 4, 4, 4), code_dim=4, codebook_size=256,
+                num_latent_tokens=12),
+    "ibq": dict(quantizer="ibq", code_dim=16, codebook_size=256, num_latent_tokens=24),
+}
+
+
+def tokenizer_config(kind, total_steps=3):
+  c = load_recipe("demo_ar", "tokenizer")
+  c.model.update(dict(enc_width=64, enc_layers=1, dec_width=64, dec_layers=1, distill_depth=1),
+                 **FAMILY[kind])
+  c.loss.entropy_weight = 0.02 if kind == "ibq" else 0.0
+  c.total_steps = total_steps
+  c.checkpoint_every_steps = 1
+  c.image_every_steps = 100
+  c.eval_num_images = 4
+  c.global_batch_size = 8
+  c.mesh.data = 1
+  return c
+
+
+def gpt_config(kind, tok_dir, codes_dir=""):
+  c = load_recipe("demo_ar")
+  c.model.update(dict(width=32, layers=2, heads=2,
+                      num_tokens=FAMILY[kind]["num_latent_tokens"]))
+  c.tokenizer.workdir = tok_dir
+  c.data.codes_path = codes_dir
+  c.total_steps = 2
+  c.checkpoint_every_steps = 100
+  c.eval_every_steps = 100
+  c.global_batch_size = 8
+  c.extract.batch_size = 16
+  c.extract.max_images = 32
+  c.sample.num_samples = 8
+  c.sample.batch_size = 8               # one row per device of the 8-device test process
+  c.sample.grid_images = 8
+  return c
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(FAMILY))
+def test_train_resume_extract_gpt_sample(kind, tmp_path):
+  straight = loop.train(tokenizer_config(kind), str(tmp_path / "a"), progress=False,
+                        devices=ONE_DEVICE)
+  tok_dir = str(tmp_path / "b")
+  loop.train(tokenizer_config(kind, 2), tok_dir, progress=False, devices=ONE_DEVICE)
+  resumed = loop.train(tokenizer_config(kind), tok_dir, progress=False, devices=ONE_DEVICE)
+  for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert checkpointing.Checkpointer(f"{tok_dir}/checkpoints", save_every_steps=1).latest_step() == 3
+
+  tokens = FAMILY[kind]["num_latent_tokens"]
+  tok = Tokenizer.load(tok_dir, devices=ONE_DEVICE)
+  assert tok.num_tokens == tokens
+  out = extract_codes.run(gpt_config(kind, tok_dir), str(tmp_path / "gpt"), progress=False)
+  assert out["shards_written"] >= 1
+  images = np.zeros((2, 32, 32, 3), np.uint8) + np.arange(32, dtype=np.uint8)[None, :, None, None]
+  own = tok.encode(images)
+  assert own.shape == (2, tokens) and own.max() < 256
+  assert tok.decode(own).shape == (2, 32, 32, 3)
+
+  cfg = gpt_config(kind, tok_dir, out["output"])
+  gpt_dir = str(tmp_path / "gpt")
+  loop.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
+  result = sample_images.run(cfg.copy_and_resolve_references(), gpt_dir, progress=False)
+  data = np.load(result["npz"])["arr_0"]
+  assert data.shape == (8, 32, 32, 3) and data.dtype == np.uint8
