@@ -7,6 +7,8 @@ python -m gigatok_jax.main --config=configs/tokenizer_fsq.py --workdir=DIR --con
 `:tiny` keeps the structure with small widths and levels (8, 5, 5, 5): 1000 codes.
 """
 
+import math
+
 from gigatok_jax import config
 
 
@@ -23,13 +25,6 @@ def get_config(variant: str = ""):
     c = config.with_variant(c, v.name)
     levels = (8, 5, 5, 5)
   c.model.update(quantizer="fsq", fsq_levels=levels, code_dim=len(levels),
-                 codebook_size=len_codes(levels))
+                 codebook_size=math.prod(levels))
   c.loss.entropy_weight = 0.0     # FSQ has no entropy term (the quantizer returns 0)
   return c
-
-
-def len_codes(levels) -> int:
-  n = 1
-  for level in levels:
-    n *= level
-  return n

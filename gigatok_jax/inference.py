@@ -43,9 +43,10 @@ def load(config, workdir: str, mesh: jax.sharding.Mesh) -> Loaded:
   return Loaded(config, mesh, spec, w.params, w.step, w.source)
 
 
-def reconstruct_fn(spec: build.ModelSpec):
-  """jit((params, images) -> (reconstructions clipped to [-1, 1], code indices))."""
+def reconstruct_fn(spec: build.ModelSpec, num_tokens: int | None = None):
+  """jit((params, images) -> (reconstructions clipped to [-1, 1], code indices)); `num_tokens`
+  decodes from that prefix of the tokens (nested dropout; None = all)."""
   def fn(params, images):
-    out = spec.merge(params)(images)
+    out = spec.merge(params)(images, keep=num_tokens)
     return jnp.clip(out.reconstruction, -1.0, 1.0), out.indices
   return jax.jit(fn)

@@ -69,8 +69,8 @@ def codes_dir(workdir: str, split: str) -> str:
   return fileio.join(workdir, "codes", split)
 
 
-def eval_path(workdir: str, name: str) -> str:
-  return fileio.join(workdir, "eval", f"{name}.json")
+def eval_path(workdir: str, name: str, ext: str = "json") -> str:
+  return fileio.join(workdir, "eval", f"{name}.{ext}")
 
 
 # ------------------------------------------------------------------------------- config.json
@@ -111,13 +111,16 @@ def gpt_tokenizer_config(config) -> ml_collections.ConfigDict:
 
 
 def check_tokenizer_fits(config, tok) -> None:
-  """The GPT's vocabulary and sequence length must be the tokenizer's codebook and token count."""
+  """The GPT's vocabulary and sequence length must be the tokenizer's codebook and token count
+  (or, for a tokenizer trained with nested dropout, a prefix length of it: the GPT then models
+  the first model.num_tokens codes, and samples decode from them)."""
   from gigatok_jax.models.tokenizer import num_tokens  # pylint: disable=import-outside-toplevel
   n = num_tokens(tok.model, tok.data.image_size)
   if config.model.vocab_size != tok.model.codebook_size:
     raise ConfigError("model.vocab_size", f"is {config.model.vocab_size} but the tokenizer "
                       f"in {config.tokenizer.workdir} has a codebook of {tok.model.codebook_size}")
-  if config.model.num_tokens != n:
+  prefix_ok = bool(tok.model.get("nested_dropout", ())) and 1 <= config.model.num_tokens <= n
+  if config.model.num_tokens != n and not prefix_ok:
     raise ConfigError("model.num_tokens", f"is {config.model.num_tokens} but the tokenizer "
                       f"in {config.tokenizer.workdir} gives {n} tokens per image")
 

@@ -40,5 +40,6 @@ def test_every_training_recipe_is_in_the_table():
   no_official = {"gpt_l": "no official GPT-L script or checkpoint (README.md:74-89)",
                  "tokenizer_titok": "TiTok's settings, not GigaTok's (configs/tokenizer_titok.py)",
                  "tokenizer_ibq": "IBQ's quantizer; GigaTok has no IBQ config",
-                 "tokenizer_fsq": "FSQ quantizer; GigaTok has no FSQ config"}
+                 "tokenizer_fsq": "FSQ quantizer; GigaTok has no FSQ config",
+                 "tokenizer_flextok": "FlexTok-style FSQ + nested dropout; no GigaTok config"}
   assert recipes - set(no_official) == set(official.RECIPES), recipes ^ set(official.RECIPES)

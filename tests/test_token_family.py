@@ -2,13 +2,18 @@
 count off the grid trains, resumes bit-identically, and its codes go through extraction -> GPT
 training -> sampling (the chain of tests/test_ar_pipeline.py, which covers GigaTok's VQ)."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from gigatok_jax import checkpointing
 from gigatok_jax.api.tokenizer import Tokenizer
-from gigatok_jax.modes import extract_codes
+from gigatok_jax.config import validate
+from gigatok_jax.errors import ConfigError
+from gigatok_jax.modes import eval_tokenizer as tokenizer_eval
+from gigatok_jax.modes import extract_codes, reconstruct
 from gigatok_jax.modes import sample as sample_images
 from gigatok_jax.train import loop
 from helpers import load_recipe
@@ -20,7 +25,11 @@ FAMILY = {
     "fsq": dict(quantizer="fsq", fsq_levels=(4, 4, 4, 4), code_dim=4, codebook_size=256,
                 num_latent_tokens=12),
     "ibq": dict(quantizer="ibq", code_dim=16, codebook_size=256, num_latent_tokens=24),
+    # FlexTok-style: FSQ and nested dropout over 16 tokens; the GPT models the first 8.
+    "flextok": dict(quantizer="fsq", fsq_levels=(4, 4, 4, 4), code_dim=4, codebook_size=256,
+                    num_latent_tokens=16, nested_dropout=(1, 2, 4, 8, 16)),
 }
+GPT_TOKENS = {"fsq": 12, "ibq": 24, "flextok": 8}
 
 
 def tokenizer_config(kind, total_steps=3):
@@ -40,7 +49,7 @@ def tokenizer_config(kind, total_steps=3):
 def gpt_config(kind, tok_dir, codes_dir=""):
   c = load_recipe("demo_ar")
   c.model.update(dict(width=32, layers=2, heads=2,
-                      num_tokens=FAMILY[kind]["num_latent_tokens"]))
+                      num_tokens=GPT_TOKENS[kind]))
   c.tokenizer.workdir = tok_dir
   c.data.codes_path = codes_dir
   c.total_steps = 2
@@ -77,9 +86,64 @@ def test_train_resume_extract_gpt_sample(kind, tmp_path):
   assert own.shape == (2, tokens) and own.max() < 256
   assert tok.decode(own).shape == (2, 32, 32, 3)
 
+  if kind == "flextok":
+    _check_prefix_decoding(tok, tok_dir, own, images)
+
   cfg = gpt_config(kind, tok_dir, out["output"])
   gpt_dir = str(tmp_path / "gpt")
   loop.train(cfg, gpt_dir, progress=False, devices=ONE_DEVICE)
   result = sample_images.run(cfg.copy_and_resolve_references(), gpt_dir, progress=False)
   data = np.load(result["npz"])["arr_0"]
   assert data.shape == (8, 32, 32, 3) and data.dtype == np.uint8
+
+
+def _check_prefix_decoding(tok, tok_dir, codes, images):
+  """Decoding from k tokens ignores the others; eval scores each trained length and plots them;
+  reconstruct decodes from eval.num_tokens."""
+  assert tok.prefix_lengths == (1, 2, 4, 8, 16)
+  other = codes.copy()
+  other[:, 4:] = (other[:, 4:] + 1) % 256
+  np.testing.assert_array_equal(tok.decode(codes[:, :4]), tok.decode(other, num_tokens=4))
+  assert not np.array_equal(tok.decode(codes[:, :4]), tok.decode(codes))
+  np.testing.assert_array_equal(tok.reconstruct(images, num_tokens=4), tok.decode(codes[:, :4]))
+  config = tokenizer_config("flextok")
+  config.eval.update(num_images=8, batch_size=8)
+  result = tokenizer_eval.run(config, tok_dir, progress=False, devices=ONE_DEVICE)
+  assert [r["num_tokens"] for r in result["per_prefix"]] == [1, 2, 4, 8, 16]
+  assert result["per_prefix"][-1]["psnr"] == result["psnr"]
+  assert os.path.isfile(result["plot"]) and result["plot"].endswith(".png")
+  from PIL import Image
+  grid = np.asarray(Image.open(result["prefix_grid"]))
+  assert grid.shape[0] == 2 + 6 * 34     # originals + 5 lengths, 32 px rows with 2 px padding
+  config.eval.num_tokens = 4
+  rec = reconstruct.run(config, tok_dir, devices=ONE_DEVICE)
+  assert rec["tokens_decoded"] == 4 and rec["grid"].endswith("_4tokens.png")
+
+
+def test_nested_dropout_config_errors_name_the_key():
+  config = tokenizer_config("flextok")
+  validate.check_nested_dropout(config.model, 16)
+  for bad in [(0, 4), (4, 2), (1, 32)]:
+    config.model.nested_dropout = bad
+    with pytest.raises(ConfigError, match="model.nested_dropout"):
+      validate.check_nested_dropout(config.model, 16)
+  config.model.nested_dropout = ()
+  with pytest.raises(ConfigError, match="eval.num_tokens"):
+    validate.check_nested_dropout(config.model, 16, eval_tokens=4)
+
+
+def test_nested_dropout_trains_the_mask_token_and_draws_lengths_per_image():
+  from flax import nnx
+  import jax.numpy as jnp
+  from gigatok_jax.models.tokenizer import Tokenizer as Model
+  config = tokenizer_config("flextok")
+  model = Model(config.model, 32, rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  grads = nnx.grad(lambda m: jnp.mean(m(images, keep=jnp.array([2, 16])).reconstruction ** 2))(
+      model)
+  assert np.abs(np.asarray(grads["mask_token"][...])).sum() > 0
+  full = model(images).reconstruction
+  np.testing.assert_array_equal(model(images, keep=16).reconstruction, full)
+  plain = tokenizer_config("fsq")
+  with pytest.raises(ValueError, match="nested_dropout"):
+    Model(plain.model, 32, rngs=nnx.Rngs(0))(images, keep=4)

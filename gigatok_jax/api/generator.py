@@ -29,7 +29,9 @@ class Generator:
 
   def __init__(self, loaded: inference.Loaded, tokenizer: Tokenizer, *, batch_size: int = 8):
     m = loaded.config.model
-    if m.vocab_size != tokenizer.codebook_size or m.num_tokens != tokenizer.num_tokens:
+    prefix_ok = bool(tokenizer.prefix_lengths) and 1 <= m.num_tokens <= tokenizer.num_tokens
+    if m.vocab_size != tokenizer.codebook_size or (m.num_tokens != tokenizer.num_tokens
+                                                   and not prefix_ok):
       raise UserError(f"the GPT models {m.num_tokens} tokens of a {m.vocab_size}-code vocabulary "
                       f"but the tokenizer gives {tokenizer.num_tokens} tokens of "
                       f"{tokenizer.codebook_size} codes: pass the tokenizer it was trained on")

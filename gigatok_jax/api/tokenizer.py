@@ -107,15 +107,47 @@ class Tokenizer:
     return batching.map_batches(lambda b: self._encode(params, b), batch, self.batch_size,
                                 self.mesh)[0]
 
-  def decode(self, codes: Any) -> np.ndarray:
-    """Codes (N, num_tokens) ints in [0, codebook_size) -> images, uint8 (N, S, S, 3)."""
-    codes = inputs.check_codes(codes, self.num_tokens, self.codebook_size)
+  @property
+  def prefix_lengths(self) -> tuple[int, ...]:
+    """Token counts this tokenizer was trained to decode from (`model.nested_dropout`; () when
+    it decodes from all `num_tokens` only)."""
+    return tuple(self.config.model.get("nested_dropout", ()) or ())
+
+  def _prefix(self, codes: Any, num_tokens: int | None) -> tuple[Any, int]:
+    """(codes cut to the first `num_tokens`, that count); any count when nested dropout was on."""
+    if num_tokens is None:
+      shape = np.shape(codes)
+      num_tokens = (shape[-1] if self.prefix_lengths and len(shape) in (1, 2)
+                    and 0 < shape[-1] <= self.num_tokens else self.num_tokens)
+    if num_tokens != self.num_tokens:
+      if not self.prefix_lengths:
+        raise inputs.InputError(f"num_tokens={num_tokens}: this tokenizer decodes from all "
+                                f"{self.num_tokens} tokens only (it was trained without "
+                                "model.nested_dropout)")
+      if not 1 <= num_tokens <= self.num_tokens:
+        raise inputs.InputError(f"num_tokens={num_tokens} is outside 1..{self.num_tokens}")
+      codes = np.asarray(codes)[..., :num_tokens]
+    return codes, num_tokens
+
+  def decode(self, codes: Any, *, num_tokens: int | None = None) -> np.ndarray:
+    """Codes (N, num_tokens) ints in [0, codebook_size) -> images, uint8 (N, S, S, 3).
+
+    A tokenizer trained with nested dropout (`prefix_lengths`) also decodes from the first k
+    tokens: pass codes (N, k), or full codes and `num_tokens=k`."""
+    codes, k = self._prefix(codes, num_tokens)
+    codes = inputs.check_codes(codes, k, self.codebook_size)
     params = self._loaded.params
     return batching.map_batches(lambda b: self._decode(params, b), codes, self.batch_size,
                                 self.mesh)[0]
 
-  def reconstruct(self, images: Any, *, return_codes: bool = False):
-    """Images -> their reconstructions, uint8 (N, S, S, 3) (and the codes when asked)."""
+  def reconstruct(self, images: Any, *, return_codes: bool = False,
+                  num_tokens: int | None = None):
+    """Images -> their reconstructions, uint8 (N, S, S, 3) (and the codes when asked); with
+    `num_tokens=k` (nested dropout), decoded from the first k tokens."""
+    if num_tokens is not None and num_tokens != self.num_tokens:
+      codes = self.encode(images)
+      recon = self.decode(codes, num_tokens=num_tokens)
+      return (recon, codes) if return_codes else recon
     batch = self.preprocess(images)
     params = self._loaded.params
     recon, codes = batching.map_batches(lambda b: self._reconstruct(params, b), batch,

@@ -56,6 +56,11 @@ def model_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_collect
       # codebook row trained at every step) or 'fsq' (finite scalar quantization: code_dim channels
       # with fsq_levels values each, codebook_size = their product). docs/quantizers.md.
       quantizer="vq",
+      # 1d only, FlexTok-style ordered tokens: () = off; else prefix lengths, e.g. (1, 2, 4, ...,
+      # N). Training decodes each image from the first k tokens (k drawn uniformly from this
+      # set; the rest become a learned mask token), so one tokenizer decodes from any prefix;
+      # --mode=eval then reports quality per length (docs/quantizers.md).
+      nested_dropout=(),
       fsq_levels=(),
       codebook_size=16384,
       code_dim=8,
@@ -84,6 +89,10 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       fid_reference="",             # ADM-style .npz with mu/sigma; '' = statistics of the evaluated originals
       protocol="adm",               # 'adm' (the papers' numbers) or 'pytorch_fid' (docs/evaluation.md)
       precision_recall=True,        # keeps every pool row of both sets (8 KB per image each)
+      # Nested-dropout tokenizers (model.nested_dropout): --mode=reconstruct decodes from the
+      # first num_tokens tokens (0 = all); --mode=eval scores every length of model.nested_dropout
+      # and writes a quality-vs-tokens plot.
+      num_tokens=0,
   ))
 
   c.model = model_config(enc, dec, kind)

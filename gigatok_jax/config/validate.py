@@ -119,6 +119,24 @@ def check_model(m, image_size: int) -> None:
   check_quantizer(m)
 
 
+def check_nested_dropout(m, num_tokens: int, eval_tokens: int = 0) -> None:
+  lengths = tuple(m.get("nested_dropout", ()) or ())
+  if eval_tokens and eval_tokens != num_tokens:
+    if not lengths:
+      raise ConfigError("eval.num_tokens", f"is {eval_tokens}, but only a tokenizer trained with "
+                        f"model.nested_dropout decodes from fewer than its {num_tokens} tokens")
+    if not 1 <= eval_tokens <= num_tokens:
+      raise ConfigError("eval.num_tokens", f"must be in 1..{num_tokens}, got {eval_tokens}")
+  if not lengths:
+    return
+  if m.kind != "1d":
+    raise ConfigError("model.nested_dropout", "needs a 1d tokenizer (model.kind='1d')")
+  if (any(not isinstance(k, int) or not 1 <= k <= num_tokens for k in lengths)
+      or list(lengths) != sorted(set(lengths))):
+    raise ConfigError("model.nested_dropout", f"must be increasing token counts in [1, "
+                      f"{num_tokens}] (the tokens per image), got {lengths!r}")
+
+
 def check_quantizer(m) -> None:
   """model.quantizer and, for 'fsq', its levels against code_dim and codebook_size."""
   kind = m.get("quantizer", "vq")
@@ -473,6 +491,9 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
               "image_every_steps", "eval_num_images", "max_checkpoints_to_keep"):
     _positive(config, key)
   check_model(config.model, config.data.image_size)
+  from gigatok_jax.models.tokenizer import num_tokens  # pylint: disable=import-outside-toplevel
+  check_nested_dropout(config.model, num_tokens(config.model, config.data.image_size),
+                       config.eval.get("num_tokens", 0))
   check_losses(config.loss)
   for key in ("lr", "disc_lr", "grad_clip", "cnn_lr_scale", "codebook_lr_scale"):
     _positive(config, f"optim.{key}")

@@ -361,7 +361,8 @@ def configure(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] |
 
 # Architecture options with no weights of their own whose reference values an official file implies.
 REFERENCE_ARCHITECTURE = {"model.cnn_norm_groups": 32, "model.dec_query_init": "first_token",
-                          "model.quantizer": "vq"}
+                          "model.quantizer": "vq", "model.fsq_levels": (),
+                          "model.nested_dropout": ()}
 
 
 def settle(recipe: str, sd: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -560,6 +561,7 @@ def export_run(workdir: str, out: str, log=print) -> str:
   if config.task == "tokenizer":
     for key, value in REFERENCE_ARCHITECTURE.items():
       ours = config.model.get(key.split(".", 1)[1], value)   # runs older than the key: reference
+      ours = tuple(ours) if isinstance(ours, list) else ours  # config.json stores tuples as lists
       if ours != value:
         raise CheckpointError(f"--src={workdir}: {key}={ours!r} has no counterpart in the "
                               f"reference code (it has {value!r}); the exported weights would "

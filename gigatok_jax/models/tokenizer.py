@@ -16,7 +16,7 @@ import ml_collections
 from flax import nnx
 
 from gigatok_jax.models.cnn import CNNDecoder, CNNEncoder
-from gigatok_jax.models.layers import Dense, KeyGen, torch_default_uniform
+from gigatok_jax.models.layers import Dense, KeyGen, param, torch_default_uniform, trunc_normal_02
 from gigatok_jax.models.qformer import QFormerDecoder, QFormerEncoder, ViTDecoder2D, ViTEncoder2D
 from gigatok_jax.models.quantizer import make_quantizer
 
@@ -83,6 +83,12 @@ class Tokenizer(nnx.Module):
     self.post_quant_conv = Dense(d, z, rngs=rngs, axes=("code_dim", "z_channels"),
                                  kernel_init=torch_default_uniform(d),
                                  bias_init=torch_default_uniform(d))
+    # Nested dropout (FlexTok-style ordered tokens, `model.nested_dropout`): the decoder sees the
+    # first k tokens and this learned vector in place of the others. Made last and only when on,
+    # so that every other weight initialises as without it.
+    self.nested_dropout = tuple(int(k) for k in (cfg.get("nested_dropout", ()) or ()))
+    self.mask_token = (param(rngs, trunc_normal_02, (z,), ("z_channels",), pdt)
+                       if self.nested_dropout else None)
 
   # --- pieces -------------------------------------------------------------------------------
   def _encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -94,9 +100,18 @@ class Tokenizer(nnx.Module):
       tokens = self.s2dencoder(h).reshape(h.shape[0], -1, h.shape[-1])
     return h, self.quant_conv(tokens)                            # (B, N, code_dim)
 
-  def _decode_map(self, quantized: jax.Array, with_distill: bool):
-    """(B, N, code_dim) -> (map (B, g, g, z) for the CNN decoder, distill features or None)."""
+  def _decode_map(self, quantized: jax.Array, with_distill: bool, keep=None):
+    """(B, N, code_dim) -> (map (B, g, g, z) for the CNN decoder, distill features or None).
+    `keep` (int or (B,) ints, nested dropout only): tokens at positions >= keep become the mask
+    token."""
     tokens = self.post_quant_conv(quantized)                     # (B, N, z)
+    if keep is not None:
+      if self.mask_token is None:
+        raise ValueError("decoding from a prefix of the tokens needs a tokenizer trained with "
+                         "model.nested_dropout")
+      b, n, _ = tokens.shape
+      kept = jnp.arange(n)[None, :] < jnp.broadcast_to(jnp.asarray(keep), (b,))[:, None]
+      tokens = jnp.where(kept[..., None], tokens, self.mask_token[...].astype(tokens.dtype))
     if self.kind == "1d":
       return self.s1to2decoder(tokens, with_distill)
     b, n, z = tokens.shape
@@ -106,9 +121,9 @@ class Tokenizer(nnx.Module):
     """(B, H, W, 3) in [-1, 1] -> (B, N, code_dim) pre-quantization latents."""
     return self._encode(images)[1]
 
-  def decode_quantized(self, quantized: jax.Array, with_distill: bool = False):
+  def decode_quantized(self, quantized: jax.Array, with_distill: bool = False, keep=None):
     """(B, N, code_dim) -> ((B, H, W, 3) image, distill features or None)."""
-    grid_map, distill = self._decode_map(quantized, with_distill)
+    grid_map, distill = self._decode_map(quantized, with_distill, keep)
     return self.decoder(grid_map).astype(jnp.float32), distill
 
   # --- public API ---------------------------------------------------------------------------
@@ -117,16 +132,24 @@ class Tokenizer(nnx.Module):
     return self.quantize(self.encode_latents(images)).indices
 
   def decode_indices(self, indices: jax.Array) -> jax.Array:
-    """Code indices (B, N) -> images (B, H, W, 3)."""
-    return self.decode_quantized(self.quantize.lookup(indices))[0]
+    """Code indices (B, N) -> images (B, H, W, 3). A prefix (B, k), k < N, of a tokenizer trained
+    with nested dropout decodes with the mask token in the other N - k places."""
+    k = indices.shape[1]
+    keep = None
+    if k < self.num_tokens:
+      indices = jnp.pad(indices, ((0, 0), (0, self.num_tokens - k)))
+      keep = k
+    return self.decode_quantized(self.quantize.lookup(indices), keep=keep)[0]
 
   def __call__(self, images: jax.Array, *, with_distill: bool = False,
-               with_entropy: bool = False, with_shortcut: bool = False) -> TokenizerOutput:
+               with_entropy: bool = False, with_shortcut: bool = False,
+               keep=None) -> TokenizerOutput:
     """Full pass. `with_shortcut` also decodes the CNN encoder map directly (the reference's
-    auxiliary "direct reconstruction" used early in training)."""
+    auxiliary "direct reconstruction" used early in training); `keep` decodes from the first
+    `keep` tokens (int or (B,) ints; nested dropout)."""
     h, latents = self._encode(images)
     q = self.quantize(latents, with_entropy=with_entropy)
-    grid_map, distill = self._decode_map(q.quantized, with_distill)
+    grid_map, distill = self._decode_map(q.quantized, with_distill, keep)
     recon = self.decoder(grid_map).astype(jnp.float32)
     shortcut = self.decoder(h).astype(jnp.float32) if with_shortcut else None
     return TokenizerOutput(recon, q.indices, q.vq_loss, q.commit_loss, q.entropy_loss, distill,

@@ -8,6 +8,12 @@ and code perplexity (exp of the entropy of the code histogram) over all those im
 running sums and the code histogram is kept, so 50k images need no more memory than one batch.
 Writes <workdir>/eval/tokenizer_<step>.json with every setting that produced the numbers.
 
+A tokenizer trained with nested dropout (`model.nested_dropout`) is also scored from each shorter
+prefix length it was trained on (PSNR, SSIM, and rFID when the Inception is configured): the
+JSON's `per_prefix` list, <workdir>/eval/tokens_<step>.png (PSNR against tokens decoded) and
+<workdir>/eval/tokens_<step>_grid.png: the first 8 originals, then one row of their
+reconstructions per length, shortest first.
+
 rFID, sFID, IS and precision/recall (when `eval.inception_path` names a converted FID Inception
 file), measured under `eval.protocol` (metrics/evaluator.py): the reconstructions' features are
 accumulated (streaming mean / covariance) and compared with `eval.fid_reference` (an ADM-style
@@ -31,6 +37,7 @@ from gigatok_jax.errors import ConfigError
 from gigatok_jax.metrics import evaluator, fid, sharded
 from gigatok_jax.metrics import image as image_metrics
 from gigatok_jax.metrics.codes import code_statistics
+from gigatok_jax.models.tokenizer import num_tokens
 
 
 def _measure(config, mesh) -> evaluator.MeasureFn:
@@ -48,6 +55,32 @@ def _lpips_distance(path: str, mesh):
                                params, mesh)
 
 
+GRID_IMAGES = 8     # images per row of the prefix grid (originals, then one row per length)
+
+
+def _prefix_lengths(config) -> list[int]:
+  """The shorter token counts a nested-dropout tokenizer is scored at (all of its lengths below
+  the full count, which the main pass scores)."""
+  full = num_tokens(config.model, config.data.image_size)
+  return [k for k in (config.model.get("nested_dropout", ()) or ()) if k < full]
+
+
+def _gathered(x) -> np.ndarray:
+  """A global output array as one host array (multi-process: gathered from every process)."""
+  if not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def _save_prefix_plot(workdir: str, step: int, rows: list[dict], seen: int) -> str:
+  """eval/tokens_<step>.png: PSNR against the number of tokens decoded."""
+  from gigatok_jax import plots  # pylint: disable=import-outside-toplevel
+  image = plots.tokens_plot([r["num_tokens"] for r in rows], [r["psnr"] for r in rows],
+                            y_label="PSNR (dB)",
+                            title=f"step {step}: PSNR of {seen} eval images vs tokens decoded")
+  return image_lib.save_png(image, runs.eval_path(workdir, f"tokens_{step:08d}", "png"))
+
+
 def run(config, workdir: str, *, progress: bool = True, options=None, devices=None) -> dict:
   del options
   e = config.eval
@@ -56,6 +89,9 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   params, step = tok.params, tok.step
   reconstruct = distributed.StartTogether(inference.reconstruct_fn(tok.spec), "reconstruct",
                                           config)
+  prefixes = _prefix_lengths(config)
+  prefix_fns = {k: distributed.StartTogether(inference.reconstruct_fn(tok.spec, k),
+                                             f"reconstruct_{k}", config) for k in prefixes}
   num = None if e.num_images <= 0 else e.num_images
   it = pipeline.make_eval_iterator(config.data, batch_size=e.batch_size, num_images=num,
                                    batch_size_key="eval.batch_size")
@@ -74,6 +110,10 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   recon_set = evaluator.FeatureSet(keep_logits=True, keep_pool=e.precision_recall)
   original_set = evaluator.FeatureSet(keep_pool=e.precision_recall)
   sums = {"psnr": 0.0, "ssim": 0.0}
+  prefix_sums = {k: {"psnr": 0.0, "ssim": 0.0} for k in prefixes}
+  full_count = num_tokens(config.model, config.data.image_size)
+  grid_rows: dict[int, np.ndarray] = {}        # 0: originals; k: decoded from k tokens
+  prefix_sets = {k: evaluator.FeatureSet() for k in prefixes if measure is not None}
   histogram = np.zeros(config.model.codebook_size, np.int64)
   seen = 0
   bar = console.progress_bar(math.ceil(n_total / e.batch_size), "eval", enabled=progress)
@@ -99,6 +139,17 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
           original_set.add(measure(image_lib.to_uint8(originals)), mask)
       if lpips is not None:
         sums["lpips"] = sums.get("lpips", 0.0) + float(lpips(originals, recon)[mask].sum())
+      if prefix_fns and not grid_rows:
+        grid_rows[0] = originals[mask][:GRID_IMAGES]
+        grid_rows[full_count] = recon[mask][:GRID_IMAGES]
+      for k, fn in prefix_fns.items():
+        part = np.asarray(_gathered(fn(params, inputs["image"])[0]))
+        if k not in grid_rows:
+          grid_rows[k] = part[mask][:GRID_IMAGES]
+        if k in prefix_sets:
+          prefix_sets[k].add(measure(image_lib.to_uint8(part)), mask)
+        prefix_sums[k]["psnr"] += float(image_metrics.psnr(originals[mask], part[mask]).sum())
+        prefix_sums[k]["ssim"] += float(image_metrics.ssim(originals[mask], part[mask]).sum())
       recon, codes, originals = recon[mask], codes[mask], originals[mask]
       sums["psnr"] += float(image_metrics.psnr(originals, recon).sum())
       sums["ssim"] += float(image_metrics.ssim(originals, recon).sum())
@@ -123,6 +174,13 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
     rfid = {"rfid": scores.pop("fid"), **scores, "rfid_reference": named,
             "inception": (evaluator.inception_record(e.inception_path)
                           if fileio.isfile(e.inception_path) else e.inception_path)}
+  per_prefix = []
+  for k in prefixes:
+    row = {"num_tokens": k, **{m: v / max(seen, 1) for m, v in prefix_sums[k].items()}}
+    if k in prefix_sets:
+      target = reference if reference is not None else original_set.statistics()
+      row["rfid"] = float(evaluator.compare(prefix_sets[k], target, protocol)["fid"])
+    per_prefix.append(row)
   result = {
       "step": step, "workdir": workdir, "num_images": seen, "image_size": config.data.image_size,
       "eval_split": {"source": config.data.source, **(
@@ -137,7 +195,17 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
       "weights": "ema" if config.optim.ema_decay > 0 else "generator",
       "seconds": round(time.time() - t0, 2),
   }
+  if per_prefix:
+    full = {"num_tokens": result["tokens_per_image"], "psnr": result["psnr"],
+            "ssim": result["ssim"], **({"rfid": result["rfid"]} if rfid else {})}
+    result["per_prefix"] = per_prefix + [full]
   if jax.process_index() == 0:
+    if per_prefix:
+      result["plot"] = _save_prefix_plot(workdir, step, result["per_prefix"], seen)
+      rows = [image_lib.to_uint8(grid_rows[k]) for k in sorted(grid_rows)]
+      result["prefix_grid"] = image_lib.save_png(
+          image_lib.image_grid(np.concatenate(rows), per_row=len(rows[0])),
+          runs.eval_path(workdir, f"tokens_{step:08d}_grid", "png"))
     out = result["json"] = runs.save_eval(workdir, f"tokenizer_{step:08d}", result)
     console.info(f"eval at step {step} on {seen} images: "
                  + (evaluator.summary_line({**result, "fid": result["rfid"]}, "rFID") + ", "

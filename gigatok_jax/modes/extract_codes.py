@@ -61,7 +61,9 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
                                  " of this process")
   loaded = inference.load(tok, config.tokenizer.workdir, mesh)
   params, tok_step = loaded.params, loaded.step
-  encode = jax.jit(lambda p, x: loaded.model(p).encode(x),
+  # (B, N) codes, cut to the GPT's model.num_tokens (a prefix for nested-dropout tokenizers;
+  # runs.check_tokenizer_fits allows nothing else).
+  encode = jax.jit(lambda p, x: loaded.model(p).encode(x)[:, :config.model.num_tokens],
                    in_shardings=(loaded.spec.shardings, loaded.batch_sharding(4)))
 
   num_shards = math.ceil(num_images / e.images_per_shard)

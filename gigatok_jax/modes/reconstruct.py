@@ -3,7 +3,9 @@
 Images come from `data.reconstruct_input` (a folder, center-cropped to the image size) or, when it
 is empty, the first `eval_num_images` images of the eval split. Writes
 `<workdir>/reconstruct/grid_<step>.png` (originals above reconstructions) and
-`<workdir>/reconstruct/metrics_<step>.json`, and prints PSNR and codebook usage.
+`<workdir>/reconstruct/metrics_<step>.json`, and prints PSNR and codebook usage. With
+`eval.num_tokens=k` (a tokenizer trained with nested dropout) the images decode from their first k
+tokens, and the file names end in `_<k>tokens`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   tok = inference.load(config, workdir, mesh)
   params, step = tok.params, tok.step
   images = load_images(config)
-  reconstruct = inference.reconstruct_fn(tok.spec)
+  k = config.eval.get("num_tokens", 0) or None      # nested dropout: decode from a prefix
+  reconstruct = inference.reconstruct_fn(tok.spec, k)
   recons, codes = [], []
   with jax.set_mesh(mesh):
     for i in range(0, len(images), batch_size):
@@ -54,13 +57,16 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
       "codes_used": int(used.size),
       "codebook_usage": float(used.size / config.model.codebook_size),
       "tokens_per_image": int(codes.shape[1]),
+      "tokens_decoded": int(k or codes.shape[1]),
   }
   out_dir = runs.reconstruct_dir(workdir)
   if jax.process_index() == 0:
+    name = f"{step:08d}" + (f"_{k}tokens" if k else "")
     result["grid"] = image_lib.save_png(image_lib.comparison_grid(images, recon),
-                                        fileio.join(out_dir, f"grid_{step:08d}.png"))
-    fileio.atomic_write_json(fileio.join(out_dir, f"metrics_{step:08d}.json"), result)
-    print(f"reconstructed {result['num_images']} images at step {step}: PSNR "
+                                        fileio.join(out_dir, f"grid_{name}.png"))
+    fileio.atomic_write_json(fileio.join(out_dir, f"metrics_{name}.json"), result)
+    print(f"reconstructed {result['num_images']} images at step {step} from "
+          f"{result['tokens_decoded']} of {result['tokens_per_image']} tokens: PSNR "
           f"{result['psnr']:.2f} dB, {result['codes_used']} codes used "
           f"({100 * result['codebook_usage']:.2f}% of the codebook); grid: {result['grid']}")
   return result

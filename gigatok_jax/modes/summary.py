@@ -48,7 +48,9 @@ def summarize(config, depth: int = 2) -> str:
              else f"{quantizer.upper()} codebook {m.codebook_size}x{m.code_dim}")
     head = (f"tokenizer ({m.kind}): enc {m.enc_width}x{m.enc_layers} ({m.enc_heads} heads), "
             f"dec {m.dec_width}x{m.dec_layers} ({m.dec_heads} heads), {codes}, image "
-            f"{config.data.image_size}px -> {num_tokens(m, config.data.image_size)} tokens")
+            f"{config.data.image_size}px -> {num_tokens(m, config.data.image_size)} tokens"
+            + (f" (nested dropout: decodes from {m.nested_dropout[0]}..{m.nested_dropout[-1]})"
+               if m.get("nested_dropout", ()) else ""))
   width = max(len(r[0]) for r in rows) + 2
   lines = [head, f"{'module':<{width}}{'params':>16}{'share':>8}"]
   for name, n in rows:

@@ -34,6 +34,8 @@ from gigatok_jax.metrics.image import psnr_float
 from gigatok_jax.models import diffaug
 from gigatok_jax.models.layers import block_output_sharding, constrain_block_output
 from gigatok_jax.models.quantizer import codebook_sharding
+
+NESTED_DROPOUT_STREAM = 0x6E64   # fold_in constant of the nested-dropout key ("nd")
 from gigatok_jax.models.quantizer import code_perplexity, codebook_usage
 from gigatok_jax.models.tokenizer import Tokenizer
 from gigatok_jax.train import optim
@@ -218,10 +220,21 @@ class TokenizerTask:
       logits = disc(x, train=True)
       return logits, nnx.to_pure_dict(nnx.state(disc, nnx.BatchStat))
 
+    # Nested dropout: each image keeps a prefix whose length is drawn uniformly from the set; a
+    # stream of its own (disc_keys' draws stay those of runs without it).
+    lengths = tuple(c.model.get("nested_dropout", ()) or ())
+    keep = None
+    if lengths:
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed), state.step),
+                               NESTED_DROPOUT_STREAM)
+      keep = jnp.asarray(lengths, jnp.int32)[
+          jax.random.randint(key, (images.shape[0],), 0, len(lengths))]      # (B,)
+
     def gen_loss_fn(gen_params):
       out = self.generator(gen_params)(images, with_entropy=lc.entropy_weight > 0,
                                        with_distill=teachers.semantic,
-                                       with_shortcut=aux and lc.shortcut_reconstruction)
+                                       with_shortcut=aux and lc.shortcut_reconstruction,
+                                       keep=keep)
       rec = jnp.mean(jnp.square(out.reconstruction - images))
       loss = (lc.reconstruction_weight * rec + lc.codebook_weight * out.vq_loss + out.commit_loss
               + lc.entropy_weight * out.entropy_loss)
