@@ -14,15 +14,9 @@ from gigatok_jax import config
 
 def get_config(variant: str = ""):
   v = config.parse_variant(variant, names=("tiny",))
-  c = config.tokenizer_config(enc="S", dec="B", kind="1d")
+  c = config.load_recipe("configs/tokenizer_sb.py" + (":tiny" if v.tiny else ""), key="--config")
   levels = (8, 8, 8, 5, 5, 5)
-  c.global_batch_size = 128
-  c.total_steps = 2_000_000       # as configs/tokenizer_sb.py
-  c.loss.aux_loss_end = 15_000
-  c.loss.shortcut_reconstruction = True
-  c.optim.decay_norms = True
   if v.tiny:
-    c = config.with_variant(c, v.name)
     levels = (8, 5, 5, 5)
   c.model.update(quantizer="fsq", fsq_levels=levels, code_dim=len(levels),
                  codebook_size=math.prod(levels))

@@ -17,15 +17,9 @@ from gigatok_jax import config
 
 def get_config(variant: str = ""):
   v = config.parse_variant(variant, names=("tiny",))
-  c = config.tokenizer_config(enc="S", dec="B", kind="1d")
+  c = config.load_recipe("configs/tokenizer_sb.py" + (":tiny" if v.tiny else ""), key="--config")
   c.model.update(quantizer="ibq", codebook_size=2 ** 18, code_dim=256)
   c.mesh.update(data=1, fsdp=-1)
-  c.global_batch_size = 128
-  c.total_steps = 2_000_000       # as configs/tokenizer_sb.py
-  c.loss.aux_loss_end = 15_000
-  c.loss.shortcut_reconstruction = True
-  c.optim.decay_norms = True
   if v.tiny:
-    c = config.with_variant(c, v.name)
     c.model.update(codebook_size=4096, code_dim=256)
   return c
