@@ -166,3 +166,18 @@ def test_each_family_recipe_trains_in_its_tiny_variant(recipe, tmp_path):
   assert codes.shape == (1, tok.num_tokens) and 0 <= codes.min() and codes.max() < tok.codebook_size
   if tok.prefix_lengths:
     assert tok.decode(codes[:, :2]).shape == (1, 64, 64, 3)
+
+
+def test_the_tokens_plot_draws_one_point_per_length():
+  from gigatok_jax import plots
+  image = plots.tokens_plot([1, 2, 4, 8], [12.0, 13.5, 15.25, 15.0], y_label="PSNR (dB)", title="t")
+  assert image.shape == (plots.HEIGHT, plots.WIDTH, 3) and image.dtype == np.uint8
+  blue = np.all(image == (31, 119, 180), axis=-1)
+  cols = np.flatnonzero(blue.any(axis=0))
+  # The line spans the plot area from the first length to the last (log2 x axis).
+  assert cols.min() <= plots.MARGIN_LEFT + 4 and cols.max() >= plots.WIDTH - plots.MARGIN_RIGHT - 4
+  # The highest value (15.25 at 4 tokens) is the topmost blue pixel, two thirds of the way across.
+  top_row = np.flatnonzero(blue.any(axis=1)).min()
+  x_top = np.flatnonzero(blue[top_row]).mean()
+  span = plots.WIDTH - plots.MARGIN_RIGHT - plots.MARGIN_LEFT
+  assert abs(x_top - (plots.MARGIN_LEFT + 2 / 3 * span)) < 6
