@@ -212,4 +212,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
                     if rfid else "") + f"PSNR {result['psnr']:.2f} dB, SSIM "
                    f"{result['ssim']:.4f}, codebook usage {result['codebook_usage']:.4f}, "
                    f"perplexity {result['code_perplexity']:.1f}; {out}")
+    if per_prefix:
+      console.info("PSNR by tokens decoded: " + ", ".join(
+          f"{r['num_tokens']}: {r['psnr']:.2f}" for r in result["per_prefix"])
+                   + f" dB; plot {result['plot']}, grid {result['prefix_grid']}")
   return result
