@@ -65,7 +65,7 @@ def gpt_config(kind, tok_dir, codes_dir=""):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(FAMILY))
+@pytest.mark.parametrize("kind", ["flextok", "ibq"])   # 'fsq' (12 tokens): FSQ runs in flextok
 def test_train_resume_extract_gpt_sample(kind, tmp_path):
   straight = loop.train(tokenizer_config(kind), str(tmp_path / "a"), progress=False,
                         devices=ONE_DEVICE)
@@ -150,8 +150,9 @@ def test_nested_dropout_trains_the_mask_token_and_draws_lengths_per_image():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["tokenizer_titok", "tokenizer_ibq", "tokenizer_fsq",
-                                    "tokenizer_flextok"])
+# tokenizer_titok's structure (32 tokens) and tokenizer_fsq's quantizer run in
+# tests/test_latent_tokens.py and the chains above; two recipes here keep the suite under 20 min.
+@pytest.mark.parametrize("recipe", ["tokenizer_ibq", "tokenizer_flextok"])
 def test_each_family_recipe_trains_in_its_tiny_variant(recipe, tmp_path):
   """The paper-size recipes' `:tiny` variants (same quantizer, token count and nested dropout,
   small widths) run the real loop, and a reconstruction decodes from their tokens."""
