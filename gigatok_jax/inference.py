@@ -50,3 +50,19 @@ def reconstruct_fn(spec: build.ModelSpec, num_tokens: int | None = None):
     out = spec.merge(params)(images, keep=num_tokens)
     return jnp.clip(out.reconstruction, -1.0, 1.0), out.indices
   return jax.jit(fn)
+
+
+def reconstruct_prefixes_fn(spec: build.ModelSpec, lengths: tuple[int, ...]):
+  """jit((params, images) -> (reconstructions, code indices, one reconstruction per prefix
+  length in `lengths`)), all clipped to [-1, 1]. Encodes and quantizes once: every prefix decodes
+  from the same quantized tokens (nested dropout)."""
+  lengths = tuple(int(k) for k in lengths)
+
+  def fn(params, images):
+    model = spec.merge(params)
+    quantized = model.quantize(model.encode_latents(images))        # (B, N, code_dim)
+    full = model.decode_quantized(quantized.quantized)[0]           # (B, H, W, 3)
+    parts = tuple(jnp.clip(model.decode_quantized(quantized.quantized, keep=k)[0], -1.0, 1.0)
+                  for k in lengths)
+    return jnp.clip(full, -1.0, 1.0), quantized.indices, parts
+  return jax.jit(fn)

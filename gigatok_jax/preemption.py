@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -35,8 +36,17 @@ class Preempted(BaseException):
 _received = threading.Event()
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook once SIGTERM has stopped start-up. The interruption leaves objects half
+  built, whose destructors then fail (e.g. a grain iterator without its `_closed` attribute), and
+  a Preempted raised inside a gc callback is dropped by Python: each would print an "Exception
+  ignored" traceback above the one `preempted:` line the run ends with."""
+  del unraisable
+
+
 def _raise_now(signum, frame):  # pylint: disable=unused-argument
   _received.set()
+  sys.unraisablehook = _quiet_unraisable
   raise Preempted("SIGTERM received before training started; nothing new to save")
 
 

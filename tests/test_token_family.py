@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gigatok_jax import checkpointing
+from gigatok_jax import checkpointing, inference, parallel
 from gigatok_jax.api.tokenizer import Tokenizer
 from gigatok_jax.config import validate
 from gigatok_jax.errors import ConfigError
@@ -118,6 +118,18 @@ def _check_prefix_decoding(tok, tok_dir, codes, images):
   config.eval.num_tokens = 4
   rec = reconstruct.run(config, tok_dir, devices=ONE_DEVICE)
   assert rec["tokens_decoded"] == 4 and rec["grid"].endswith("_4tokens.png")
+  # Eval encodes once and decodes every prefix from the same tokens: the same outputs as a
+  # separate pass per length.
+  loaded = inference.load(config, tok_dir, parallel.make_mesh(config.mesh, ONE_DEVICE))
+  x = images.astype(np.float32) / 127.5 - 1.0
+  with jax.set_mesh(loaded.mesh):
+    full, codes, parts = inference.reconstruct_prefixes_fn(loaded.spec, (1, 4))(loaded.params, x)
+    one_pass, one_pass_codes = inference.reconstruct_fn(loaded.spec)(loaded.params, x)
+    np.testing.assert_array_equal(codes, one_pass_codes)
+    np.testing.assert_allclose(full, one_pass, atol=1e-6)
+    for k, part in zip((1, 4), parts):
+      np.testing.assert_allclose(part, inference.reconstruct_fn(loaded.spec, k)(loaded.params, x)[0],
+                                 atol=1e-6)
 
 
 def test_nested_dropout_config_errors_name_the_key():

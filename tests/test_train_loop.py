@@ -314,11 +314,14 @@ def test_loss_phases_and_aux_metrics():
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_sigterm_swallowed_during_start_up_still_stops_the_loop():
+def test_a_sigterm_swallowed_during_start_up_still_stops_the_loop(capfd):
   """Python drops the exception a signal handler raises inside a `__del__` (CI once saw this in
-  jax's gc callback: the run then trained on). The flag the handler set stops `deferred()`."""
+  jax's gc callback: the run then trained on). The flag the handler set stops `deferred()`, and
+  neither that exception nor a half-built object's failing destructor (CI saw a grain iterator's)
+  prints an "Exception ignored" traceback above the run's one `preempted:` line."""
   import gc
   import os
+  import sys
   from gigatok_jax import preemption
 
   class DiesWithSigterm:
@@ -327,17 +330,27 @@ def test_a_sigterm_swallowed_during_start_up_still_stops_the_loop():
       for _ in range(10_000):   # the handler runs between bytecodes, here inside __del__
         pass
 
+  class HalfBuilt:
+    def __del__(self):
+      return self._closed       # never set: its __init__ was interrupted
+
   previous = signal.getsignal(signal.SIGTERM)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = sys.__unraisablehook__    # Python's own: prints the traceback to stderr
   try:
     preemption.install()
     DiesWithSigterm()
     gc.collect()
     assert preemption.received(), "the handler did not run inside __del__"
+    HalfBuilt()
+    gc.collect()
+    assert "Exception ignored" not in capfd.readouterr().err
     with pytest.raises(preemption.Preempted, match="before training started"):
       with preemption.deferred():
         pytest.fail("the loop started after a SIGTERM")
   finally:
     signal.signal(signal.SIGTERM, previous)
+    sys.unraisablehook = previous_hook
     preemption._received.clear()   # pylint: disable=protected-access
   with preemption.deferred():     # a later run in the same process starts afresh
     assert not preemption.received()

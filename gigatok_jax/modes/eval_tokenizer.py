@@ -87,11 +87,13 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   mesh = parallel.make_mesh(config.mesh, devices)
   tok = inference.load(config, workdir, mesh)
   params, step = tok.params, tok.step
-  reconstruct = distributed.StartTogether(inference.reconstruct_fn(tok.spec), "reconstruct",
-                                          config)
   prefixes = _prefix_lengths(config)
-  prefix_fns = {k: distributed.StartTogether(inference.reconstruct_fn(tok.spec, k),
-                                             f"reconstruct_{k}", config) for k in prefixes}
+  if prefixes:   # one encode per batch; each prefix decodes from the same quantized tokens
+    reconstruct = distributed.StartTogether(
+        inference.reconstruct_prefixes_fn(tok.spec, tuple(prefixes)), "reconstruct", config)
+  else:
+    reconstruct = distributed.StartTogether(inference.reconstruct_fn(tok.spec), "reconstruct",
+                                            config)
   num = None if e.num_images <= 0 else e.num_images
   it = pipeline.make_eval_iterator(config.data, batch_size=e.batch_size, num_images=num,
                                    batch_size_key="eval.batch_size")
@@ -122,7 +124,10 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
     for batch in it:
       inputs = parallel.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh,
                                      tok.rules)
-      recon, codes = reconstruct(params, inputs["image"])
+      if prefixes:
+        recon, codes, prefix_recons = reconstruct(params, inputs["image"])
+      else:
+        (recon, codes), prefix_recons = reconstruct(params, inputs["image"]), ()
       if not recon.is_fully_addressable:
         # Multi-process: every process scores the whole batch. Inputs are gathered from the same
         # global arrays as the outputs, so rows stay paired whatever the device order.
@@ -139,11 +144,11 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
           original_set.add(measure(image_lib.to_uint8(originals)), mask)
       if lpips is not None:
         sums["lpips"] = sums.get("lpips", 0.0) + float(lpips(originals, recon)[mask].sum())
-      if prefix_fns and not grid_rows:
+      if prefixes and not grid_rows:
         grid_rows[0] = originals[mask][:GRID_IMAGES]
         grid_rows[full_count] = recon[mask][:GRID_IMAGES]
-      for k, fn in prefix_fns.items():
-        part = np.asarray(_gathered(fn(params, inputs["image"])[0]))
+      for k, part in zip(prefixes, prefix_recons):
+        part = _gathered(part)
         if k not in grid_rows:
           grid_rows[k] = part[mask][:GRID_IMAGES]
         if k in prefix_sets:
