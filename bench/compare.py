@@ -76,7 +76,15 @@ def _official_tokenizer(official: str, size: str):
   from tokenizer.tokenizer_image.vq import vq_vit_model  # the checkout is on sys.path
   with open(os.path.join(official, SIZES[size][1])) as f:
     init_args = yaml.safe_load(f)["model"]["init_args"]
-  return vq_vit_model.VQVitModelPlus(vq_vit_model.VQVitModelPlusArgs(**init_args))
+  model = vq_vit_model.VQVitModelPlus(vq_vit_model.VQVitModelPlusArgs(**init_args))
+  # The usage buffer is registered as an nn.Parameter. On a GPU, vq_train.py's `.to(device)`
+  # copies it into a tensor that is no longer a leaf; on the CPU the move is a no-op, and the
+  # in-place usage update of a training forward raises "a view of a leaf Variable that requires
+  # grad". No gradient ever flows into it, so switching its flag off changes no arithmetic.
+  for name, buffer in model.named_buffers():
+    if name.endswith("codebook_used"):
+      buffer.requires_grad_(False)
+  return model
 
 
 def _official_gpt():
@@ -205,61 +213,66 @@ def ours_worker(row: str, args) -> dict:
   rng = np.random.default_rng(0)
   b = BATCH[row]
   out = {"jax_version": jax.__version__, "devices": len(jax.devices())}
+  def compile_under_mesh(jitted, *call_args):
+    """Models are built outside the mesh context (the builder places them), steps lowered in it."""
+    with jax.set_mesh(mesh):
+      return jitted.lower(*call_args).compile()
+
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
-    if row == "tokenizer_train":
-      from gigatok_jax.train.tokenizer import TokenizerTask  # pylint: disable=import-outside-toplevel
-      task = TokenizerTask(config, mesh)
-      state = {"s": task.init_state()}
-      frozen = task.load_teachers()
-      batch = parallel.global_batch(
-          {"image": rng.uniform(-1, 1, (b, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-           "label": np.zeros((b,), np.int32)}, mesh, task.rules)
-      compiled = task.jitted_train_step((False, False)).lower(state["s"], batch, frozen).compile()
+  if row == "tokenizer_train":
+    from gigatok_jax.train.tokenizer import TokenizerTask  # pylint: disable=import-outside-toplevel
+    task = TokenizerTask(config, mesh)
+    state = {"s": task.init_state()}
+    frozen = task.load_teachers()
+    batch = parallel.global_batch(
+        {"image": rng.uniform(-1, 1, (b, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+         "label": np.zeros((b,), np.int32)}, mesh, task.rules)
+    compiled = compile_under_mesh(task.jitted_train_step((False, False)), state["s"], batch,
+                                  frozen)
 
-      def call():
-        state["s"], metrics = compiled(state["s"], batch, frozen)
-        return metrics
-    elif row == "tokenizer_infer":
-      from gigatok_jax import build, inference  # pylint: disable=import-outside-toplevel
-      spec = build.generator(config, mesh)
-      params = jax.jit(lambda: spec.init(config.seed)[0], out_shardings=spec.shardings)()
-      images = parallel.global_batch(
-          {"image": rng.uniform(-1, 1, (b, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)},
-          mesh, build.axis_rules(config))["image"]
-      compiled = inference.reconstruct_fn(spec).lower(params, images).compile()
+    def call():
+      state["s"], metrics = compiled(state["s"], batch, frozen)
+      return metrics
+  elif row == "tokenizer_infer":
+    from gigatok_jax import build, inference  # pylint: disable=import-outside-toplevel
+    spec = build.generator(config, mesh)
+    params = jax.jit(lambda: spec.init(config.seed)[0], out_shardings=spec.shardings)()
+    images = parallel.global_batch(
+        {"image": rng.uniform(-1, 1, (b, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)},
+        mesh, build.axis_rules(config))["image"]
+    compiled = compile_under_mesh(inference.reconstruct_fn(spec), params, images)
 
-      def call():
-        return compiled(params, images)
-    elif row == "gpt_train":
-      from gigatok_jax.train.gpt import GPTTask  # pylint: disable=import-outside-toplevel
-      task = GPTTask(config, mesh)
-      state = {"s": task.init_state()}
-      batch = parallel.global_batch(
-          {"tokens": rng.integers(0, VOCAB, (b, NUM_TOKENS)).astype(np.int32),
-           "label": rng.integers(0, 1000, (b,)).astype(np.int32)}, mesh, task.rules)
-      compiled = task.jitted_train_step().lower(state["s"], batch).compile()
+    def call():
+      return compiled(params, images)
+  elif row == "gpt_train":
+    from gigatok_jax.train.gpt import GPTTask  # pylint: disable=import-outside-toplevel
+    task = GPTTask(config, mesh)
+    state = {"s": task.init_state()}
+    batch = parallel.global_batch(
+        {"tokens": rng.integers(0, VOCAB, (b, NUM_TOKENS)).astype(np.int32),
+         "label": rng.integers(0, 1000, (b,)).astype(np.int32)}, mesh, task.rules)
+    compiled = compile_under_mesh(task.jitted_train_step(), state["s"], batch)
 
-      def call():
-        state["s"], metrics = compiled(state["s"], batch)
-        return metrics
-    else:
-      from gigatok_jax import build  # pylint: disable=import-outside-toplevel
-      from gigatok_jax.models.sampler import SamplingSettings, generate  # pylint: disable=import-outside-toplevel
-      spec = build.gpt(config, mesh)
-      params = jax.jit(lambda: spec.init(config.seed)[0], out_shardings=spec.shardings)()
-      settings = SamplingSettings(cfg_scale=CFG_SCALE, cfg_schedule="step",
-                                  cfg_step_fraction=CFG_START, temperature=1.0, top_k=0, top_p=1.0)
-      labels = jax.numpy.asarray(rng.integers(0, 1000, (b,)).astype(np.int32))
-      key = jax.random.key(0)
-      compiled = jax.jit(lambda p, y, k: generate(spec.merge(p), y, k, settings)).lower(
-          params, labels, key).compile()
+    def call():
+      state["s"], metrics = compiled(state["s"], batch)
+      return metrics
+  else:
+    from gigatok_jax import build  # pylint: disable=import-outside-toplevel
+    from gigatok_jax.models.sampler import SamplingSettings, generate  # pylint: disable=import-outside-toplevel
+    spec = build.gpt(config, mesh)
+    params = jax.jit(lambda: spec.init(config.seed)[0], out_shardings=spec.shardings)()
+    settings = SamplingSettings(cfg_scale=CFG_SCALE, cfg_schedule="step",
+                                cfg_step_fraction=CFG_START, temperature=1.0, top_k=0, top_p=1.0)
+    labels = jax.numpy.asarray(rng.integers(0, 1000, (b,)).astype(np.int32))
+    key = jax.random.key(0)
+    compiled = compile_under_mesh(
+        jax.jit(lambda p, y, k: generate(spec.merge(p), y, k, settings)), params, labels, key)
 
-      def call():
-        return compiled(params, labels, key)
-    out["compile_s"] = time.perf_counter() - t0
-    out["xla_flops"] = common.flops(compiled)
-    out["samples"] = _timed(call, args.steps, args.warmup, sync=jax.block_until_ready)
+    def call():
+      return compiled(params, labels, key)
+  out["compile_s"] = time.perf_counter() - t0
+  out["xla_flops"] = common.flops(compiled)
+  out["samples"] = _timed(call, args.steps, args.warmup, sync=jax.block_until_ready)
   out["peak_rss_bytes"] = _peak_rss_bytes()
   return out
 

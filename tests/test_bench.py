@@ -43,3 +43,15 @@ def test_tokenizer_step_bench_tiny():
   assert mem["alias_bytes"] > 0.5 * mem["argument_bytes"]
   # The parameters alone (float32) are part of the arguments.
   assert mem["argument_bytes"] > 4 * out["num_params"]
+
+
+def test_compare_refuses_a_directory_that_is_not_the_official_checkout(tmp_path):
+  """bench/compare.py imports the official code from --official; anything else is one line, 2."""
+  for extra, culprit in [([f"--official={tmp_path}"], "--official"),
+                         ([f"--official={tmp_path}", "--rows=gpt_trian"], "--rows")]:
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "compare.py"), *extra],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {culprit}"), proc.stderr
