@@ -72,6 +72,16 @@ def param(rngs: KeyGen, init: Initializer, shape: Sequence[int], axes: Sequence[
                    eager_sharding=False)
 
 
+def flat_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """(..., in) @ (in, out) -> (..., out) as one 2D matmul over the flattened leading dims.
+
+  The same products as `jnp.dot(x, kernel)`, but XLA:CPU then plans the backward pass without the
+  transposed copies it inserts for a (B, T, in) operand: a GPT-B SwiGLU at batch 4 x 256 tokens
+  took 216 ms forward + backward with 3D operands and 165 ms with 2D ones."""
+  lead = x.shape[:-1]
+  return jnp.dot(x.reshape(-1, x.shape[-1]), kernel).reshape(*lead, kernel.shape[-1])
+
+
 class Dense(nnx.Module):
   """y = x @ kernel + bias, kernel (in, out)."""
 
@@ -84,8 +94,8 @@ class Dense(nnx.Module):
     self.bias = (param(rngs, bias_init, (out_features,), (axes[1],), param_dtype)
                  if use_bias else None)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+  def __call__(self, x: jax.Array) -> jax.Array:  # (..., in) -> (..., out)
+    y = flat_matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
