@@ -108,6 +108,18 @@ def _official_adamw(torch, model, weight_decay: float, decay_all: bool):
   return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), **fused)
 
 
+def _official_step(torch, model, opt, loss_fn, clip: float):
+  """One training step as the official trainers take it: backward, clip the gradient norm, AdamW."""
+  def call():
+    loss = loss_fn()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return loss
+  return call
+
+
 def official_worker(row: str, args) -> dict:
   sys.path.insert(0, os.path.abspath(args.official))
   import torch  # pylint: disable=import-outside-toplevel
@@ -127,14 +139,10 @@ def official_worker(row: str, args) -> dict:
       fwd = maybe_compile(model)
       opt = _official_adamw(torch, model, 1e-4, decay_all=True)
 
-      def call():
+      def loss_fn():
         (dec, _), (diff, _) = fwd(x, rec_loss=False)     # L2 + VQ terms only, as ours below
-        loss = F.mse_loss(dec, x) + diff[0] + diff[1] + diff[2]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        return loss
+        return F.mse_loss(dec, x) + diff[0] + diff[1] + diff[2]
+      call = _official_step(torch, model, opt, loss_fn, clip=10.0)
     else:
       model.eval()
       fwd = maybe_compile(model)
@@ -151,13 +159,9 @@ def official_worker(row: str, args) -> dict:
       fwd = maybe_compile(model)
       opt = _official_adamw(torch, model, 0.05, decay_all=False)
 
-      def call():
-        _, loss = fwd(idx=codes[:, :-1], cond_idx=labels, targets=codes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss
+      def loss_fn():
+        return fwd(idx=codes[:, :-1], cond_idx=labels, targets=codes)[1]
+      call = _official_step(torch, model, opt, loss_fn, clip=1.0)
     else:
       import torch.distributed as dist  # pylint: disable=import-outside-toplevel
       from autoregressive.models import generate as official_generate
