@@ -72,41 +72,44 @@ def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
   return out.reshape(b, t, h, d).astype(x.dtype)
 
 
-def _causal_attention(q, k, v) -> jax.Array:
-  """q, k, v (B, T, H, D) -> causal self-attention (B, T, H, D).
+def _attend(q, k, v, visible) -> jax.Array:
+  """Heads-major q (B, H, T, D), k and v (B, H, S, D), visible (T, S) -> (B, T, H, D).
 
-  On CPU, the arithmetic of `jax.nn.dot_product_attention(is_causal=True)` (float32 scores and
-  softmax) written with heads before positions, so that both contractions batch over leading
-  (B, H) dims: GPT-B at batch 4 x 256 tokens, forward + backward of the core 48 -> 40 ms per layer
-  on the 2-core CPU. Elsewhere jax.nn's own, which can pick a fused kernel (cuDNN on GPUs)."""
-  if jax.default_backend() != "cpu":
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-  dt, t, d = q.dtype, q.shape[1], q.shape[3]
-  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))                 # (B, H, T, D)
+  The arithmetic of `jax.nn.dot_product_attention` (float32 scores and softmax), written with
+  heads before positions so that both contractions batch over the leading (B, H) dims: XLA:CPU
+  then reads k and v where they lie instead of copying them into that order (GPT-B at batch 4 x
+  256 tokens, forward + backward of the core: 48 -> 40 ms per layer on the 2-core CPU)."""
+  dt, d = q.dtype, q.shape[-1]
   scores = jnp.einsum("bhtd,bhsd->bhts", q, k,
                       preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
-  causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]               # (T, S)
-  probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
+  probs = jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
   return jnp.einsum("bhts,bhsd->bhtd", probs.astype(dt), v).transpose(0, 2, 1, 3)
 
 
-def _cached_attention(q, k, v, cache: LayerCache, pos) -> tuple[jax.Array, LayerCache]:
-  """q, k, v (B, T, H, D) at positions pos..pos+T-1 -> (output (B, T, H, D), updated cache).
+def _heads_major(x: jax.Array) -> jax.Array:
+  return x.transpose(0, 2, 1, 3)                                          # (B, T, H, D) <-> (B, H, T, D)
 
-  The arithmetic of `jax.nn.dot_product_attention` (scores with float32 accumulation, softmax in
-  float32) against the cache (B, H, S, D), positions after pos+T-1 masked out."""
-  dt = q.dtype
-  kc = jax.lax.dynamic_update_slice(cache[0], k.transpose(0, 2, 1, 3).astype(cache[0].dtype),
+
+def _causal_attention(q, k, v) -> jax.Array:
+  """q, k, v (B, T, H, D) -> causal self-attention (B, T, H, D): `_attend` on CPU; elsewhere
+  jax.nn's own, which can pick a fused kernel (cuDNN on GPUs)."""
+  if jax.default_backend() != "cpu":
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  t = q.shape[1]
+  causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]               # (T, S)
+  return _attend(_heads_major(q), _heads_major(k), _heads_major(v), causal)
+
+
+def _cached_attention(q, k, v, cache: LayerCache, pos) -> tuple[jax.Array, LayerCache]:
+  """q, k, v (B, T, H, D) at positions pos..pos+T-1 -> (output (B, T, H, D), updated cache):
+  `_attend` against the cache (B, H, S, D), positions after pos+T-1 masked out."""
+  kc = jax.lax.dynamic_update_slice(cache[0], _heads_major(k).astype(cache[0].dtype),
                                     (0, 0, pos, 0))                       # (B, H, S, D)
-  vc = jax.lax.dynamic_update_slice(cache[1], v.transpose(0, 2, 1, 3).astype(cache[1].dtype),
+  vc = jax.lax.dynamic_update_slice(cache[1], _heads_major(v).astype(cache[1].dtype),
                                     (0, 0, pos, 0))
-  t, s, d = q.shape[1], kc.shape[2], q.shape[3]
-  scores = jnp.einsum("bthd,bhsd->bhts", q, kc.astype(dt),
-                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
+  t, s = q.shape[1], kc.shape[2]
   visible = jnp.arange(s)[None, :] <= (pos + jnp.arange(t))[:, None]     # (T, S)
-  scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dt)                      # (B, H, T, S)
-  return jnp.einsum("bhts,bhsd->bthd", probs, vc.astype(dt)), (kc, vc)
+  return _attend(_heads_major(q), kc.astype(q.dtype), vc.astype(q.dtype), visible), (kc, vc)
 
 
 class CausalSelfAttention(nnx.Module):

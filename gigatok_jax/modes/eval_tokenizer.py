@@ -88,12 +88,10 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
   tok = inference.load(config, workdir, mesh)
   params, step = tok.params, tok.step
   prefixes = _prefix_lengths(config)
-  if prefixes:   # one encode per batch; each prefix decodes from the same quantized tokens
-    reconstruct = distributed.StartTogether(
-        inference.reconstruct_prefixes_fn(tok.spec, tuple(prefixes)), "reconstruct", config)
-  else:
-    reconstruct = distributed.StartTogether(inference.reconstruct_fn(tok.spec), "reconstruct",
-                                            config)
+  # One encode per batch; each prefix length (none without nested dropout) decodes from the same
+  # quantized tokens.
+  reconstruct = distributed.StartTogether(
+      inference.reconstruct_prefixes_fn(tok.spec, tuple(prefixes)), "reconstruct", config)
   num = None if e.num_images <= 0 else e.num_images
   it = pipeline.make_eval_iterator(config.data, batch_size=e.batch_size, num_images=num,
                                    batch_size_key="eval.batch_size")
@@ -124,10 +122,7 @@ def run(config, workdir: str, *, progress: bool = True, options=None, devices=No
     for batch in it:
       inputs = parallel.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh,
                                      tok.rules)
-      if prefixes:
-        recon, codes, prefix_recons = reconstruct(params, inputs["image"])
-      else:
-        (recon, codes), prefix_recons = reconstruct(params, inputs["image"]), ()
+      recon, codes, prefix_recons = reconstruct(params, inputs["image"])
       if not recon.is_fully_addressable:
         # Multi-process: every process scores the whole batch. Inputs are gathered from the same
         # global arrays as the outputs, so rows stay paired whatever the device order.
