@@ -26,7 +26,15 @@ Per batch size (`per_batch[i]`):
   bound_step_time_s   bytes_per_step.total / measured bandwidth
   bandwidth_utilization  bound_step_time_s / step_time_s (> 1 is possible when the bytes fit in
                       a cache level faster than the copy kernel's: tiny models on CPU)
+  matvec_bandwidth    the weight bandwidth of a chain of (rows, K) @ (K, N) matmuls in the compute
+                      dtype over as many MiB as the copy kernel (`common.matvec_bandwidth`): what
+                      the backend's matrix kernels reach at this row count
+  matvec_bound_step_time_s, matvec_bandwidth_utilization   the same bound and ratio against it
   compile_time_s, lower_time_s, memory_per_device (`compiled.memory_analysis()`)
+
+Compute dtype: the one sampling runs in, `gigatok_jax.inference.compute_dtype` (the recipe's
+`inference_dtype`: by default float32 on the CPU backend, else model.dtype); `recipe_dtype` is
+model.dtype as written. `--config.inference_dtype=model` times model.dtype on CPU too.
 
 Weight dtype: the recipe keeps float32 masters (`param_dtype`) and casts to `dtype` in every
 matmul. By default (`--cast_params`) the parameters are cast to the compute dtype once, before the
@@ -116,6 +124,9 @@ def run(config) -> dict:
   settings.check()
   guided = settings.cfg_scale != 1.0
   platform = jax.devices()[0].platform
+  from gigatok_jax import inference
+  recipe_dtype = cfg.dtype
+  cfg.dtype = inference.compute_dtype(config, platform)   # what sampling runs in (inference_dtype)
 
   t0 = time.perf_counter()
   model = GPT(cfg, rngs=nnx.Rngs(FLAGS.seed))
@@ -163,9 +174,14 @@ def run(config) -> dict:
     common.log(f"batch {b}: generate times (s) {[round(s, 3) for s in samples]}")
     assert last["tokens"].shape == (b, num_tokens), last["tokens"].shape
     del last
-    measured.append(dict(batch_size=b, t=t, cpu=cpu_samples, lower_s=lower_s,
-                         compile_s=compile_s, memory=common.memory_analysis(compiled)))
+    memory = common.memory_analysis(compiled)
     del compiled, lowered
+    rows = 2 * b if guided else b
+    matvec = common.matvec_bandwidth(rows, cfg.dtype, copy_mib, FLAGS.copy_runs)
+    common.log(f"batch {b}: matrix-product bandwidth at {rows} rows "
+               f"{matvec['bytes_per_s'] / 1e9:.1f} GB/s")
+    measured.append(dict(batch_size=b, t=t, cpu=cpu_samples, lower_s=lower_s,
+                         compile_s=compile_s, memory=memory, matvec=matvec))
 
   bw_after = common.memory_bandwidth(copy_mib, FLAGS.copy_runs)
   bandwidth = max(bw_before["bytes_per_s"], bw_after["bytes_per_s"])
@@ -192,6 +208,9 @@ def run(config) -> dict:
         "achieved_bytes_per_s": nbytes["total"] / step_s,
         "bound_step_time_s": bound_s,
         "bandwidth_utilization": bound_s / step_s,
+        "matvec_bandwidth": m["matvec"],
+        "matvec_bound_step_time_s": nbytes["total"] / m["matvec"]["bytes_per_s"],
+        "matvec_bandwidth_utilization": nbytes["total"] / m["matvec"]["bytes_per_s"] / step_s,
         "memory_per_device": m["memory"],
         "lower_time_s": m["lower_s"],
         "compile_time_s": m["compile_s"],
@@ -208,6 +227,8 @@ def run(config) -> dict:
       "num_tokens": num_tokens,
       "position": cfg.position,
       "dtype": cfg.dtype,
+      "recipe_dtype": recipe_dtype,
+      "inference_dtype": config.inference_dtype,
       "param_dtype": cfg.param_dtype,
       "cast_params": bool(FLAGS.cast_params),
       "weight_read_dtype": weight_dtypes,

@@ -152,6 +152,43 @@ def load_average() -> list[float] | None:
     return None
 
 
+def matvec_bandwidth(rows: int, dtype: str = "float32", mib: int = 256, runs: int = 5,
+                     shape: tuple[int, int] = (1024, 2048)) -> dict[str, Any]:
+  """Weight bandwidth the backend's matrix products reach at `rows` rows: a jitted chain of
+  x = (x @ W_i)[:, :K] over distinct `shape` (K, N) matrices of `dtype` filling `mib` MiB.
+
+  A decode step of a transformer is such a chain, so this is the bandwidth its weight reads can
+  get from the matmul kernels, as opposed to `memory_bandwidth`'s streaming copy (on the 2-core
+  CPU the matrix kernels stay at ~1/3 of the copy rate, bench/ar_sample.py). Counts the weight
+  bytes only; returns the median over `runs` calls (after one untimed call) in bytes/s.
+  """
+  import jax.numpy as jnp
+
+  k, n = shape
+  dt = jnp.dtype(dtype)
+  count = max(1, mib * 2 ** 20 // (k * n * dt.itemsize))
+  dev = jax.devices()[0]
+  weights = [jax.device_put(jnp.full((k, n), 1e-3, dt), dev) for _ in range(count)]
+  x = jax.device_put(jnp.ones((rows, k), dt), dev)
+
+  def chain(x, weights):
+    for w in weights:                                   # (rows, K) @ (K, N) -> first K columns
+      x = (x @ w)[:, :k]
+    return x
+  compiled = jax.jit(chain).lower(x, weights).compile()
+  t = summarize_times(time_calls(lambda: compiled(x, weights), steps=runs, warmup=1))
+  moved = count * k * n * dt.itemsize
+  del weights
+  return {
+      "bytes_per_s": moved / t["median"],
+      "best_bytes_per_s": moved / t["min"],
+      "kernel": f"chain of {count} ({rows}, {k}) @ ({k}, {n}) {dtype} matmuls (weight bytes)",
+      "bytes_per_call": moved,
+      "median_s": t["median"],
+      "runs": runs,
+  }
+
+
 def memory_bandwidth(mib: int = 256, runs: int = 5) -> dict[str, Any]:
   """Measured memory bandwidth of the first device: a jitted streaming kernel y = x + 1.
 

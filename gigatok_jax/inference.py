@@ -6,12 +6,13 @@ through here; nothing here builds an optimizer, a discriminator or a teacher.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from gigatok_jax import build, parallel, runs
+from gigatok_jax import build, console, parallel, runs
 
 
 class Loaded(NamedTuple):
@@ -34,9 +35,34 @@ class Loaded(NamedTuple):
     return parallel.batch_sharding(self.mesh, self.rules, ndim)
 
 
+# `inference_dtype` (a top-level key of every recipe): the compute dtype of inference.
+INFERENCE_DTYPES = ("auto", "model", "float32", "bfloat16")
+
+
+def compute_dtype(config, platform: str) -> str:
+  """The dtype inference computes in on `platform`, by the recipe's `inference_dtype`:
+  'model' = model.dtype; 'float32' / 'bfloat16' = that; 'auto' (the default) = model.dtype, except
+  float32 on the CPU backend. XLA:CPU has no fast bfloat16 matmul: on the 2-core CPU a (2, 768) @
+  (768, 16384) product (GPT-B's head at batch 1 with guidance) takes 22.9 ms in bfloat16 and 2.3 ms
+  in float32, and GPT-B sampling runs faster in float32 (README "Benchmark"). Training keeps
+  model.dtype everywhere: this is for inference only, where float32 only adds precision."""
+  choice = config.get("inference_dtype", "auto")
+  if choice == "model" or (choice == "auto" and platform != "cpu"):
+    return config.model.dtype
+  return "float32" if choice == "auto" else choice
+
+
 def load(config, workdir: str, mesh: jax.sharding.Mesh) -> Loaded:
   """The recipe's model (tokenizer or GPT, by `config.task`) with the weights of run `workdir`:
-  its latest checkpoint, else its imported weights, restored straight into `mesh`'s shardings."""
+  its latest checkpoint, else its imported weights, restored straight into `mesh`'s shardings.
+  The model computes in `compute_dtype` (`Loaded.config.model.dtype` says which)."""
+  dtype = compute_dtype(config, mesh.devices.flat[0].platform)
+  if dtype != config.model.dtype:
+    console.info(f"inference computes in {dtype} (model.dtype is {config.model.dtype}; "
+                 f"inference_dtype={config.get('inference_dtype', 'auto')!r})")
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.model.dtype = dtype
   spec = build.generator(config, mesh)
   what = "GPT" if config.get("task") == "gpt" else "tokenizer"
   w = runs.inference_weights(config, workdir, spec.abstract, what)

@@ -77,6 +77,14 @@ def _check_common(out, batch_sizes, num_tokens, guided, weight_itemsize, cache_i
     assert p["bandwidth_utilization"] == pytest.approx(
         p["bound_step_time_s"] / p["step_time_s"], rel=1e-9)
     assert p["achieved_bytes_per_s"] == pytest.approx(nbytes["total"] / p["step_time_s"], rel=1e-9)
+    # The matrix-product bound: the same bytes over the bandwidth of a chain of (rows, K) @ (K, N)
+    # matmuls in the compute dtype, measured at this row count.
+    mv = p["matvec_bandwidth"]
+    assert mv["bytes_per_s"] > 0 and f"({rows}, " in mv["kernel"] and out["dtype"] in mv["kernel"]
+    assert p["matvec_bound_step_time_s"] == pytest.approx(nbytes["total"] / mv["bytes_per_s"],
+                                                          rel=1e-9)
+    assert p["matvec_bandwidth_utilization"] == pytest.approx(
+        p["matvec_bound_step_time_s"] / p["step_time_s"], rel=1e-9)
     mem = p["memory_per_device"]
     assert mem is not None and mem["temp_bytes"] > 0
     # The parameters are arguments of the jitted generate.
@@ -84,9 +92,11 @@ def _check_common(out, batch_sizes, num_tokens, guided, weight_itemsize, cache_i
 
 
 def test_ar_sample_bench_tiny_cfg():
-  """Guided (2B rows), float32, weights cast to the compute dtype; --num_tokens overrides 16."""
-  out = _run_bench("--batch_sizes=1,3", "--num_tokens=9")
+  """Guided (2B rows), weights cast to the compute dtype; --num_tokens overrides 16. A bfloat16
+  recipe samples in float32 on the CPU backend (inference_dtype 'auto')."""
+  out = _run_bench("--batch_sizes=1,3", "--num_tokens=9", "--config.model.dtype=bfloat16")
   assert out["dtype"] == "float32" and out["cast_params"] is True
+  assert out["recipe_dtype"] == "bfloat16" and out["inference_dtype"] == "auto"
   assert out["weight_read_dtype"] == ["float32"] and out["sampling"]["cfg_scale"] == 1.75
   _check_common(out, [1, 3], 9, guided=True, weight_itemsize=4, cache_itemsize=4)
 
@@ -94,7 +104,7 @@ def test_ar_sample_bench_tiny_cfg():
 def test_ar_sample_bench_tiny_no_cfg_bf16_masters():
   """No guidance (B rows); bf16 compute with float32 masters passed as they are."""
   out = _run_bench("--batch_sizes=2", "--cfg_scale=1", "--nocast_params",
-                   "--config.model.dtype=bfloat16")
+                   "--config.model.dtype=bfloat16", "--config.inference_dtype=model")
   assert out["dtype"] == "bfloat16" and out["param_dtype"] == "float32"
   assert out["cast_params"] is False and out["weight_read_dtype"] == ["float32"]
   assert out["kv_cache_dtype"] == "bfloat16"

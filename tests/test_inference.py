@@ -66,3 +66,42 @@ def test_inference_without_weights_is_one_clear_error(tmp_path):
   config.mesh.data = 1
   with pytest.raises(CheckpointError, match="no checkpoint in .*checkpoints: train the tokenizer"):
     inference.load(config, str(tmp_path), parallel.make_mesh(config.mesh, ONE_DEVICE))
+
+
+def test_compute_dtype_rule():
+  """'auto' computes a bfloat16 recipe in float32 on the CPU backend only; the others are literal."""
+  config = load_recipe("demo_ar", "tiny")
+  config.model.dtype = "bfloat16"
+  want = {("auto", "cpu"): "float32", ("auto", "tpu"): "bfloat16", ("auto", "gpu"): "bfloat16",
+          ("model", "cpu"): "bfloat16", ("float32", "tpu"): "float32",
+          ("bfloat16", "cpu"): "bfloat16"}
+  for (choice, platform), dtype in want.items():
+    config.inference_dtype = choice
+    assert inference.compute_dtype(config, platform) == dtype, (choice, platform)
+  del config.inference_dtype                       # a run saved before the key existed: 'auto'
+  assert inference.compute_dtype(config, "cpu") == "float32"
+
+
+def test_bfloat16_gpt_runs_in_float32_on_cpu_unless_asked(tmp_path, capsys):
+  from gigatok_jax.train.gpt import GPTTask
+  config = load_recipe("demo_ar", "tiny")
+  config.mesh.data = 1
+  config.model.dtype = "bfloat16"
+  workdir, _ = saved_run(tmp_path, config, GPTTask)
+  mesh = parallel.make_mesh(config.mesh, ONE_DEVICE)
+  tokens = np.arange(2 * config.model.num_tokens, dtype=np.int32).reshape(2, -1) % 7
+  labels = np.array([1, 2], np.int32)
+  out = {}
+  for choice in ("auto", "model", "float32"):
+    config.inference_dtype = choice
+    loaded = inference.load(config, workdir, mesh)
+    # The last block's output (the head starts at zero, so the logits would all be 0).
+    hidden = loaded.model().hidden_states(tokens, labels, config.model.layers)
+    out[choice] = np.asarray(hidden.astype(np.float32))
+    assert loaded.config.model.dtype == ("bfloat16" if choice == "model" else "float32")
+  assert config.model.dtype == "bfloat16"                      # the caller's config is untouched
+  assert "inference computes in float32 (model.dtype is bfloat16; inference_dtype='auto')" in (
+      capsys.readouterr().out)
+  np.testing.assert_array_equal(out["auto"], out["float32"])
+  assert not np.array_equal(out["auto"], out["model"])   # bfloat16 rounding shows
+  np.testing.assert_allclose(out["auto"], out["model"], rtol=0.05, atol=0.05)

@@ -96,6 +96,8 @@ CASES = [
     ("query init", lambda t: [DEMO, "--mode=summary", "--config.model.dec_query_init=foo"],
      ["model.dec_query_init", "foo"]),
     ("model kind", lambda t: [DEMO, "--mode=summary", "--config.model.kind=3d"], ["model.kind"]),
+    ("inference dtype", lambda t: [GPT, "--mode=summary", "--config.inference_dtype=fp16"],
+     ["inference_dtype", "fp16"]),
     ("image size", lambda t: [DEMO, "--mode=summary", "--config.data.image_size=100"],
      ["data.image_size"]),
     ("data source", lambda t: [DEMO, f"--workdir={t}/w", "--config.data.source=nope"],

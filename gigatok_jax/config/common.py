@@ -43,6 +43,10 @@ def run_keys(c: ml_collections.ConfigDict, total_steps: int) -> None:
   # workdir's own pretrained/ when a converter made the workdir.
   c.init_from = ""
   c.log_every_steps = 50
+  # Compute dtype of inference (sample, reconstruct, eval, extract_codes, the Python API): 'auto'
+  # = model.dtype, but float32 on the CPU backend, whose bfloat16 matmuls are slow
+  # (inference.compute_dtype); 'model' = always model.dtype; or 'float32' / 'bfloat16'.
+  c.inference_dtype = "auto"
 
 
 def mesh_config(axis_rules) -> ml_collections.ConfigDict:

@@ -173,6 +173,13 @@ def check_losses(loss) -> None:
     raise ConfigError("loss.disc_start_step", "must be >= 0")
 
 
+def check_inference_dtype(config) -> None:
+  from gigatok_jax.inference import INFERENCE_DTYPES  # pylint: disable=import-outside-toplevel
+  if config.inference_dtype not in INFERENCE_DTYPES:
+    raise ConfigError("inference_dtype", f"must be one of {INFERENCE_DTYPES}, got "
+                      f"{config.inference_dtype!r}")
+
+
 def check_distributed(d) -> None:
   if d.num_processes == 0 or d.num_processes < -1:
     raise ConfigError("distributed.num_processes", f"must be positive or -1, got {d.num_processes}")
@@ -459,6 +466,7 @@ def validate_gpt(config, *, num_devices: int | None = None, check_data: bool = T
   if config.optim.warmup_steps < 0:
     raise ConfigError("optim.warmup_steps", "must be >= 0")
   check_distributed(config.distributed)
+  check_inference_dtype(config)
   check_batch_divisible(config, num_devices)
   check_init_from(config)
   check_sampling(config)
@@ -504,6 +512,7 @@ def validate(config, *, num_devices: int | None = None, check_data: bool = True,
       raise ConfigError(f"optim.{key}", "must be >= 0")
 
   check_distributed(config.distributed)
+  check_inference_dtype(config)
 
   check_batch_divisible(config, num_devices)
   check_init_from(config)
