@@ -267,3 +267,17 @@ def test_generator_refuses_a_tokenizer_that_does_not_fit(ar_runs, tok):
   with pytest.raises(UserError, match="the GPT models 16 tokens of a 256-code vocabulary but the "
                      "tokenizer gives 64 tokens of 512 codes: pass the tokenizer it was trained on"):
     gigatok_jax.Generator.load(ar_runs[0], tokenizer=tok, devices=ONE_DEVICE)
+
+
+def test_load_takes_the_compute_dtype(ar_runs):
+  """`dtype=` sets inference_dtype; without it a float32 recipe stays float32; a bad one is a line."""
+  gpt_dir, tok_dir, _ = ar_runs
+  tok = gigatok_jax.Tokenizer.load(tok_dir, devices=ONE_DEVICE)
+  assert tok.config.model.dtype == "float32"
+  gen = gigatok_jax.Generator.load(gpt_dir, devices=ONE_DEVICE, dtype="bfloat16")
+  assert gen.config.model.dtype == "bfloat16" and gen.config.inference_dtype == "bfloat16"
+  assert gen.tokenizer.config.model.dtype == "bfloat16"         # its own tokenizer, same dtype
+  assert gen.sample_codes([1], cfg_scale=1.0).shape == (1, tok.num_tokens)
+  from gigatok_jax.errors import UserError
+  with pytest.raises(UserError, match=r"dtype must be one of .*got 'fp16'"):
+    gigatok_jax.Tokenizer.load(tok_dir, dtype="fp16")

@@ -19,7 +19,7 @@ import numpy as np
 
 from gigatok_jax import inference, runs
 from gigatok_jax.api import batching, inputs, sources
-from gigatok_jax.api.tokenizer import Tokenizer, inference_mesh
+from gigatok_jax.api.tokenizer import Tokenizer, inference_mesh, with_inference_dtype
 from gigatok_jax.errors import ConfigError, UserError
 from gigatok_jax.models.sampler import SamplingSettings, generate
 
@@ -49,11 +49,13 @@ class Generator:
 
   @classmethod
   def load(cls, src, *, tokenizer: Tokenizer | None = None, batch_size: int = 8, devices=None,
-           recipe: str = "", overrides=None, cache_dir: str | None = None) -> "Generator":
+           recipe: str = "", overrides=None, cache_dir: str | None = None,
+           dtype: str | None = None) -> "Generator":
     """The GPT in `src` (a run directory, a converted directory, an official .pt file or a
     registered name; `recipe` and `overrides` as in Tokenizer.load). `tokenizer` decodes its
     codes; when None, the run's
-    `tokenizer.workdir` (and `tokenizer.recipe`) from its config.json is loaded."""
+    `tokenizer.workdir` (and `tokenizer.recipe`) from its config.json is loaded, with the same
+    `dtype` (as in Tokenizer.load: by default float32 on CPU, model.dtype elsewhere)."""
     path = sources.run_directory(src, recipe=recipe, overrides=overrides, cache_dir=cache_dir)
     config = runs.read_config(path, key="src")
     if config.get("task") != "gpt":
@@ -66,9 +68,10 @@ class Generator:
         raise UserError(f"{src}: its config names no tokenizer run (tokenizer.workdir); pass "
                         "tokenizer=gigatok_jax.Tokenizer.load(...)") from None
       tokenizer = Tokenizer.load(config.tokenizer.workdir, config=tok_cfg, devices=devices,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, dtype=dtype)
     mesh = inference_mesh(config, devices)
-    return cls(inference.load(config, path, mesh), tokenizer, batch_size=batch_size)
+    return cls(inference.load(with_inference_dtype(config, dtype), path, mesh), tokenizer,
+               batch_size=batch_size)
 
   def __repr__(self) -> str:
     m = self.config.model

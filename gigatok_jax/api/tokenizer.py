@@ -12,6 +12,7 @@ optimizer, discriminator or teacher (inference.py). Each call is jitted once per
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -27,6 +28,18 @@ from gigatok_jax.models.tokenizer import num_tokens
 def to_uint8_device(images: jax.Array) -> jax.Array:
   """[-1, 1] floats -> uint8 on device (the rounding of images.to_uint8)."""
   return jnp.round((jnp.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+
+def with_inference_dtype(config, dtype: str | None):
+  """`config` with `inference_dtype` = `dtype` (a copy; None = unchanged); one line for a bad one."""
+  if dtype is None:
+    return config
+  if dtype not in inference.INFERENCE_DTYPES:
+    raise UserError(f"dtype must be one of {inference.INFERENCE_DTYPES}, got {dtype!r}")
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.inference_dtype = dtype
+  return config
 
 
 def inference_mesh(config, devices) -> jax.sharding.Mesh:
@@ -76,21 +89,24 @@ class Tokenizer:
 
   @classmethod
   def load(cls, src, *, batch_size: int = 8, devices=None, recipe: str = "", overrides=None,
-           cache_dir: str | None = None, config=None) -> "Tokenizer":
+           cache_dir: str | None = None, config=None, dtype: str | None = None) -> "Tokenizer":
     """The tokenizer in `src`: a training run directory, a directory made by
     `python -m gigatok_jax.convert`, an official PyTorch file (converted once into the weights
     cache; `recipe` names the recipe to start from, `overrides` sets config keys the file does not
     fix, e.g. {"model.enc_heads": 10, "model.dec_heads": 12} for a size the reference never
     released: see convert/release.py) or a registered
     model name (e.g. 'gigatok_ss'). `config` replaces the run's saved config.json (rarely needed:
-    a GPT whose `tokenizer.recipe` overrides its tokenizer's)."""
+    a GPT whose `tokenizer.recipe` overrides its tokenizer's). `dtype` sets the compute dtype
+    (the config's `inference_dtype`: None keeps the run's, by default 'auto' = float32 on CPU,
+    model.dtype elsewhere; 'model', 'float32' or 'bfloat16')."""
     path = sources.run_directory(src, recipe=recipe, overrides=overrides, cache_dir=cache_dir)
     config = config if config is not None else runs.read_config(path, key="src")
     if config.get("task", "tokenizer") != "tokenizer":
       raise UserError(f"{src}: holds a {config.task}, not a tokenizer; load it with "
                       "gigatok_jax.Generator.load")
     mesh = inference_mesh(config, devices)
-    return cls(inference.load(config, path, mesh), batch_size=batch_size)
+    return cls(inference.load(with_inference_dtype(config, dtype), path, mesh),
+               batch_size=batch_size)
 
   def __repr__(self) -> str:
     return (f"Tokenizer({self.config.model.kind}, {self.image_size} px -> {self.num_tokens} tokens "
