@@ -22,4 +22,7 @@ def get_config(variant: str = ""):
   # Official GPT training sees augmented images; of its two routes we take the pre-extracted one:
   # ten-crop codes at crop range 1.1 (scripts/extract_code_c2i.sh), one view drawn per step.
   c.extract.augment = "ten_crop"
+  # Differs on purpose: the official linear probe crops and flips its input images at every step;
+  # ours reads the first (un-augmented) view of each code record, since a probe on a frozen GPT sees
+  # codes, not images (gigatok_jax/modes/probe.py). The probe's other settings are the reference's.
   return config.with_variant(c, variant, tiny=config.gpt_tiny_overrides)

@@ -201,3 +201,67 @@ def test_reference_batch_command_on_the_real_network(env, tmp_path, capsys):
   np.testing.assert_allclose(ref["mu"], measured.pool.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ref["mu_s"], measured.spatial.mean(0), rtol=1e-5, atol=1e-6)
   assert ref["sigma_s"].shape == (inception_model.SPATIAL_FEATURES,) * 2
+
+
+def test_pytorch_fid_protocol_scores_match_torch_fidelity(monkeypatch):
+  """Protocol 'pytorch_fid' beyond the features: our Inception Score (seeded shuffle, 10 parts)
+  against torch-fidelity's `isc_features_to_metric`, and our float32 precision / recall (k = 3)
+  against its `prc_features_to_metric` (torch.cdist + kthvalue), on the same random inputs.
+
+  Substitution: both metric modules import four feature-extraction helpers from
+  `torch_fidelity.utils`, which imports torchvision (not installable here). A stand-in module with
+  those four names, each raising if called, takes its place while they import; the two functions
+  under test call none of them and run from the installed files unchanged."""
+  from gigatok_jax.metrics import inception_score, precision_recall
+
+  def unavailable(*args, **kwargs):
+    raise AssertionError("torch_fidelity.utils is not importable here (torchvision)")
+  utils = types.ModuleType("torch_fidelity.utils")
+  for name in ("create_feature_extractor", "extract_featuresdict_from_input_id_cached",
+               "resolve_feature_extractor", "resolve_feature_layer_for_metric"):
+    setattr(utils, name, unavailable)
+  _torch_fidelity_module("helpers")                       # registers the package without __init__
+  monkeypatch.setitem(sys.modules, "torch_fidelity.utils", utils)
+  for name in ("metric_isc", "metric_prc"):
+    monkeypatch.delitem(sys.modules, f"torch_fidelity.{name}", raising=False)
+  isc = _torch_fidelity_module("metric_isc")
+  prc = _torch_fidelity_module("metric_prc")
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0.0, 3.0, (1003, 1008)).astype(np.float32)
+  ours = inception_score.inception_score(logits, "pytorch_fid")
+  ref = isc.isc_features_to_metric(torch.from_numpy(logits))
+  assert ours["inception_score"] == pytest.approx(ref["inception_score_mean"], rel=1e-9)
+  assert ours["inception_score_std"] == pytest.approx(ref["inception_score_std"], rel=1e-6)
+  # Generated samples shifted and wider than the reference, so both numbers sit inside (0, 1).
+  real = rng.normal(0.0, 1.0, (700, 64)).astype(np.float32)
+  fake = rng.normal(0.3, 1.15, (650, 64)).astype(np.float32)
+  ref = prc.prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real),
+                                   prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False,
+                                   verbose=False)
+  precision, recall = precision_recall.precision_recall(real, fake, arithmetic="float32")
+  assert 0.05 < ref["precision"] < 0.95 and 0.05 < ref["recall"] < 0.95
+  # torch.cdist takes square roots of its own float32 arithmetic: a point within one rounding
+  # step of a ball's boundary may fall either way, so allow one point of each set.
+  assert precision == pytest.approx(ref["precision"], abs=1.01 / len(fake))
+  assert recall == pytest.approx(ref["recall"], abs=1.01 / len(real))
+
+
+@pytest.mark.slow
+def test_eval_mode_on_a_real_layout_inception_file(env, tmp_path):
+  """--mode=eval of a tokenizer with the converted (random-weight, real-layout) Inception file:
+  every metric of the protocol is a finite number and the JSON names that file by its sha256."""
+  import hashlib
+  import math
+  from helpers import load_recipe, saved_run
+  from gigatok_jax.modes import eval_tokenizer
+  from gigatok_jax.train.tokenizer import TokenizerTask
+  config = load_recipe("demo", "tiny")
+  config.mesh.data = 1
+  workdir, _ = saved_run(tmp_path, config, TokenizerTask)
+  config.eval.update(num_images=6, batch_size=6, inception_path=env.out)
+  result = eval_tokenizer.run(config, workdir, progress=False, devices=jax.devices()[:1])
+  with open(env.out, "rb") as f:
+    sha = hashlib.sha256(f.read()).hexdigest()
+  assert result["inception"]["sha256"] == sha and result["protocol"] == "adm"
+  for key in ("rfid", "sfid", "inception_score", "precision", "recall"):
+    assert math.isfinite(result[key]), key

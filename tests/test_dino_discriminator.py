@@ -156,9 +156,15 @@ class TDisc(nn.Module):
 
 
 def test_heads_match_torch_spectral_norm_in_training_and_eval():
-  disc = TDisc()
+  compare_heads(TDisc())
+
+
+def compare_heads(disc):
+  """Our heads, converted from `disc`'s state dict, against `disc.heads` (five torch heads in the
+  official order) on the same readouts: logits in training and eval, and the spectral vectors one
+  power iteration on. tests/test_official_code.py runs it on the official DinoDisc itself."""
   heads = disc.heads
-  sd = {k: v.numpy().copy() for k, v in disc.state_dict().items()}
+  sd = {k: v.numpy().copy() for k, v in disc.state_dict().items() if k.startswith("heads.")}
   params, stats = convert.heads_from_torch(sd)
   ours = nnx.eval_shape(lambda: dd.DinoDiscriminatorHeads(rngs=nnx.Rngs(0)))
   graph, p_abs, s_abs = nnx.split(ours, nnx.Param, nnx.BatchStat)

@@ -107,7 +107,8 @@ def tokenizer_config(enc: str = "S", dec: str = "S", kind: str = "1d") -> ml_col
       disc_start_step=20_000,       # neither the GAN term nor the discriminator runs before this
       # Auxiliary losses of the reference, active while step < aux_loss_end (0 = off):
       # feature reconstruction MSE(sg(CNN encoder map), transformer decoder map) with this weight,
-      # and, if shortcut_reconstruction, L2 of the CNN decoder applied to the CNN encoder map.
+      # and, if shortcut_reconstruction, L2 (plus LPIPS when perceptual_weight > 0) of the CNN
+      # decoder applied to the CNN encoder map.
       aux_loss_end=0,
       feature_rec_weight=1.0,
       shortcut_reconstruction=False,
