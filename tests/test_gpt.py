@@ -74,6 +74,31 @@ def test_kv_cache_decoding_matches_full_forward(position):
   np.testing.assert_allclose(prefill, full[:, :5], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("position", ["learned_1d", "rope_2d"])
+def test_xla_attention_core_matches_the_einsum_core(position):
+  """model.attention='xla' (jax.nn.dot_product_attention: what GPUs and TPUs run, and what
+  --mode=aot traces) and 'einsum' (the CPU default) give the same logits and gradients."""
+  assert gpt_lib.attention_core("auto") == "einsum"              # this CPU backend
+  models = {core: gpt_lib.GPT(_tiny(position, attention=core), rngs=nnx.Rngs(3))
+            for core in ("einsum", "xla")}
+  head = 0.5 * jax.random.normal(jax.random.key(1), models["xla"].output.shape)
+  for m in models.values():
+    m.output[...] = head                       # the reference init is zero: flat logits otherwise
+  tokens = jax.random.randint(jax.random.key(2), (2, models["xla"].num_tokens), 0, 64)
+  labels = jnp.array([1, 4])
+
+  def loss(model):
+    return jnp.mean(jnp.square(model(tokens, labels)))
+  out = {core: jax.jit(nnx.value_and_grad(loss))(m) for core, m in models.items()}
+  assert float(out["xla"][0]) > 0.01
+  np.testing.assert_allclose(out["xla"][0], out["einsum"][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(out["xla"][1]), jax.tree.leaves(out["einsum"][1])):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+  assert float(jnp.abs(out["xla"][1].layers[0].attention.wqkv[...]).max()) > 1e-4
+  with pytest.raises(ValueError, match="model.attention must be one of"):
+    gpt_lib.GPT(_tiny(position, attention="flash"), rngs=nnx.Rngs(0))
+
+
 def test_rope_2d_table_layout():
   table = gpt_lib.rope_2d_table(16, 8)                         # 4 x 4 grid, head_dim 8
   assert table.shape == (17, 4, 2)

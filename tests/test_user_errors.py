@@ -98,6 +98,8 @@ CASES = [
     ("model kind", lambda t: [DEMO, "--mode=summary", "--config.model.kind=3d"], ["model.kind"]),
     ("inference dtype", lambda t: [GPT, "--mode=summary", "--config.inference_dtype=fp16"],
      ["inference_dtype", "fp16"]),
+    ("gpt attention core", lambda t: [GPT, "--mode=summary", "--config.model.attention=flash"],
+     ["model.attention", "flash"]),
     ("image size", lambda t: [DEMO, "--mode=summary", "--config.data.image_size=100"],
      ["data.image_size"]),
     ("data source", lambda t: [DEMO, f"--workdir={t}/w", "--config.data.source=nope"],

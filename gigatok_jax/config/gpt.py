@@ -44,6 +44,10 @@ def gpt_model_config(size: str = "B", position: str = "learned_1d") -> ml_collec
       param_dtype="float32",
       remat="none",
       scan_layers=False,         # blocks as one lax.scan in training (decoding stays per block)
+      # Training attention core (models/gpt.py): 'auto' = 'einsum' on the CPU backend, else 'xla'
+      # (jax.nn.dot_product_attention, which picks cuDNN's fused kernel on GPUs); --mode=aot sets
+      # 'xla' for its TPU targets. Decoding with the KV cache always uses the einsum core.
+      attention="auto",
   ))
 
 

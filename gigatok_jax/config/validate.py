@@ -299,6 +299,9 @@ def check_gpt_model(m) -> None:
                                   or (m.width // m.heads) % 4):
     raise ConfigError("model.position", "'rope_2d' needs a square num_tokens and a head size "
                       "divisible by 4")
+  from gigatok_jax.models.gpt import ATTENTION  # pylint: disable=import-outside-toplevel
+  if m.attention not in ATTENTION:
+    raise ConfigError("model.attention", f"must be one of {ATTENTION}, got {m.attention!r}")
   for key in ("class_dropout", "token_dropout", "resid_dropout", "ffn_dropout"):
     if not 0.0 <= m[key] < 1.0:
       raise ConfigError(f"model.{key}", f"must be in [0, 1), got {m[key]}")

@@ -90,10 +90,21 @@ def _heads_major(x: jax.Array) -> jax.Array:
   return x.transpose(0, 2, 1, 3)                                          # (B, T, H, D) <-> (B, H, T, D)
 
 
-def _causal_attention(q, k, v) -> jax.Array:
-  """q, k, v (B, T, H, D) -> causal self-attention (B, T, H, D): `_attend` on CPU; elsewhere
-  jax.nn's own, which can pick a fused kernel (cuDNN on GPUs)."""
-  if jax.default_backend() != "cpu":
+ATTENTION = ("auto", "einsum", "xla")
+
+
+def attention_core(choice: str) -> str:
+  """`model.attention` -> 'einsum' or 'xla': 'auto' is 'einsum' on the CPU backend (where it beats
+  jax.nn's XLA path: see `_attend`), 'xla' elsewhere."""
+  if choice == "auto":
+    return "einsum" if jax.default_backend() == "cpu" else "xla"
+  return choice
+
+
+def _causal_attention(q, k, v, core: str = "einsum") -> jax.Array:
+  """q, k, v (B, T, H, D) -> causal self-attention (B, T, H, D): `_attend` ('einsum') or
+  jax.nn.dot_product_attention ('xla'; on GPUs it picks cuDNN's fused kernel when it can)."""
+  if core == "xla":
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
   t = q.shape[1]
   causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]               # (T, S)
@@ -113,10 +124,13 @@ def _cached_attention(q, k, v, cache: LayerCache, pos) -> tuple[jax.Array, Layer
 
 
 class CausalSelfAttention(nnx.Module):
-  def __init__(self, width: int, heads: int, *, rngs, dtype, param_dtype):
+  def __init__(self, width: int, heads: int, *, rngs, dtype, param_dtype, attention="auto"):
     if width % heads:
       raise ValueError(f"GPT: width {width} not divisible by {heads} heads")
+    if attention not in ATTENTION:
+      raise ValueError(f"GPT: model.attention must be one of {ATTENTION}, got {attention!r}")
     self.heads, self.head_dim, self.dtype = heads, width // heads, dtype
+    self.core = attention
     self.wqkv = param(rngs, normal_02, (width, 3, heads, self.head_dim),
                       ("embed", None, "heads", "head_dim"), param_dtype)
     self.wo = param(rngs, normal_02, (heads, self.head_dim, width),
@@ -132,7 +146,7 @@ class CausalSelfAttention(nnx.Module):
     if rope is not None:
       q, k = apply_rope(q, rope), apply_rope(k, rope)
     if cache is None:
-      o = _causal_attention(q, k, v)                                      # (B, T, H, D)
+      o = _causal_attention(q, k, v, attention_core(self.core))          # (B, T, H, D)
     else:
       o, cache = _cached_attention(q, k, v, cache, pos)
     return flat_matmul(o.reshape(b, t, -1), self.wo[...].astype(dt).reshape(-1, w)), cache
@@ -140,10 +154,10 @@ class CausalSelfAttention(nnx.Module):
 
 class Block(nnx.Module):
   def __init__(self, width: int, heads: int, hidden: int, *, rngs, dtype, param_dtype, eps,
-               resid_dropout: float, ffn_dropout: float):
+               resid_dropout: float, ffn_dropout: float, attention: str = "auto"):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.attention_norm = RMSNorm(width, eps=eps, **kw)
-    self.attention = CausalSelfAttention(width, heads, **kw)
+    self.attention = CausalSelfAttention(width, heads, attention=attention, **kw)
     self.ffn_norm = RMSNorm(width, eps=eps, **kw)
     self.feed_forward = SwiGLU(width, hidden, kernel_init=normal_02, **kw)
     self.resid_dropout, self.ffn_dropout = resid_dropout, ffn_dropout
@@ -176,7 +190,8 @@ class GPT(nnx.Module):
     hidden = ffn_hidden(w)
     self.layers = nnx.List([
         Block(w, cfg.heads, hidden, rngs=rngs, dtype=dtype, param_dtype=pdt, eps=cfg.norm_eps,
-              resid_dropout=cfg.resid_dropout, ffn_dropout=cfg.ffn_dropout)
+              resid_dropout=cfg.resid_dropout, ffn_dropout=cfg.ffn_dropout,
+              attention=cfg.get("attention", "auto"))
         for _ in range(cfg.layers)])
     self.norm = RMSNorm(w, eps=cfg.norm_eps, rngs=rngs, dtype=dtype, param_dtype=pdt)
     self.output = param(rngs, zeros, (w, cfg.vocab_size), ("embed", "vocab"), pdt)

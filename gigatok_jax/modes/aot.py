@@ -17,6 +17,7 @@ for v5e / v6e and TensorCores, two per chip, for v4 / v5p) or explicit topologie
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib.util
 import math
@@ -106,6 +107,11 @@ def _traced(config, mesh):
   """
   if config.get("task") == "gpt":
     from gigatok_jax.train.gpt import GPTTask  # pylint: disable=import-outside-toplevel
+    if config.model.attention == "auto":
+      # 'auto' reads jax.default_backend(), which is this host's CPU, not the TPU target: trace
+      # the core a TPU run picks (models/gpt.py).
+      config = copy.deepcopy(config)
+      config.model.attention = "xla"
     task = GPTTask(config, mesh)
     num_params = task.num_params
   else:
