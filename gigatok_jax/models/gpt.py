@@ -30,12 +30,14 @@ from gigatok_jax.models.layers import (KeyGen, RMSNorm, SwiGLU, dropout, flat_ma
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 normal_02 = nnx.initializers.normal(stddev=0.02)
 
-# One layer's cache: (keys, values), each (B, heads, max_len, head_dim). Heads before positions:
-# the score and value contractions of a decode step then batch over the leading (B, heads) dims
-# and read the cache where it lies. With (B, max_len, heads, head_dim), XLA:CPU copied both
-# caches of every layer into that order at every step: GPT-B at 16 rows spent ~10 of a layer's
-# 12 ms in those copies.
-LayerCache = tuple[jax.Array, jax.Array]
+# One layer's cache: (key chunks, value chunks), each chunk (B, heads, chunk_len, head_dim); the
+# chunks hold consecutive positions. Heads before positions: the score and value contractions of
+# a decode step then batch over the leading (B, heads) dims and read the cache where it lies. With
+# (B, max_len, heads, head_dim), XLA:CPU copied both caches of every layer into that order at every
+# step: GPT-B at 16 rows spent ~10 of a layer's 12 ms in those copies. Chunks let a decode step
+# read only the chunks filled so far (`decode(..., chunk=c)` reads chunks 0..c): a slice of one
+# array would be copied, or fused into a slow dot, at every step.
+LayerCache = tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]
 
 
 def ffn_hidden(width: int, multiple_of: int = 256) -> int:
@@ -73,17 +75,27 @@ def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
 
 
 def _attend(q, k, v, visible) -> jax.Array:
-  """Heads-major q (B, H, T, D), k and v (B, H, S, D), visible (T, S) -> (B, T, H, D).
+  """Heads-major q (B, H, T, D), k and v (B, H, S, D) or sequences of such chunks along S,
+  visible (T, S in all) -> (B, T, H, D).
 
   The arithmetic of `jax.nn.dot_product_attention` (float32 scores and softmax), written with
   heads before positions so that both contractions batch over the leading (B, H) dims: XLA:CPU
   then reads k and v where they lie instead of copying them into that order (GPT-B at batch 4 x
-  256 tokens, forward + backward of the core: 48 -> 40 ms per layer on the 2-core CPU)."""
+  256 tokens, forward + backward of the core: 48 -> 40 ms per layer on the 2-core CPU). Chunks
+  are contracted one by one; their scores share one softmax."""
+  ks, vs = (k, v) if isinstance(k, (tuple, list)) else ((k,), (v,))
   dt, d = q.dtype, q.shape[-1]
-  scores = jnp.einsum("bhtd,bhsd->bhts", q, k,
-                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
+  parts = [jnp.einsum("bhtd,bhsd->bhts", q, kc, preferred_element_type=jnp.float32) for kc in ks]
+  scores = (parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)) / jnp.sqrt(jnp.float32(d))
   probs = jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
-  return jnp.einsum("bhts,bhsd->bhtd", probs.astype(dt), v).transpose(0, 2, 1, 3)
+  probs = probs.astype(dt)
+  out, start = None, 0
+  for vc in vs:                                                           # sum over chunks
+    size = vc.shape[2]
+    part = jnp.einsum("bhts,bhsd->bhtd", probs[..., start:start + size] if len(vs) > 1 else probs,
+                      vc)
+    out, start = part if out is None else out + part, start + size
+  return out.transpose(0, 2, 1, 3)
 
 
 def _heads_major(x: jax.Array) -> jax.Array:
@@ -111,16 +123,20 @@ def _causal_attention(q, k, v, core: str = "einsum") -> jax.Array:
   return _attend(_heads_major(q), _heads_major(k), _heads_major(v), causal)
 
 
-def _cached_attention(q, k, v, cache: LayerCache, pos) -> tuple[jax.Array, LayerCache]:
-  """q, k, v (B, T, H, D) at positions pos..pos+T-1 -> (output (B, T, H, D), updated cache):
-  `_attend` against the cache (B, H, S, D), positions after pos+T-1 masked out."""
-  kc = jax.lax.dynamic_update_slice(cache[0], _heads_major(k).astype(cache[0].dtype),
-                                    (0, 0, pos, 0))                       # (B, H, S, D)
-  vc = jax.lax.dynamic_update_slice(cache[1], _heads_major(v).astype(cache[1].dtype),
-                                    (0, 0, pos, 0))
-  t, s = q.shape[1], kc.shape[2]
+def _cached_attention(q, k, v, cache: LayerCache, pos, chunk: int) -> tuple[jax.Array, LayerCache]:
+  """q, k, v (B, T, H, D) at positions pos..pos+T-1, all inside cache chunk `chunk` (static) ->
+  (output (B, T, H, D), updated cache): `_attend` against chunks 0..chunk, positions after
+  pos+T-1 masked out; later chunks are neither read nor written."""
+  ks, vs = list(cache[0]), list(cache[1])
+  size = ks[0].shape[2]                                                   # positions per chunk
+  at = (0, 0, pos - chunk * size, 0)
+  ks[chunk] = jax.lax.dynamic_update_slice(ks[chunk], _heads_major(k).astype(ks[chunk].dtype), at)
+  vs[chunk] = jax.lax.dynamic_update_slice(vs[chunk], _heads_major(v).astype(vs[chunk].dtype), at)
+  t, s = q.shape[1], (chunk + 1) * size
   visible = jnp.arange(s)[None, :] <= (pos + jnp.arange(t))[:, None]     # (T, S)
-  return _attend(_heads_major(q), kc.astype(q.dtype), vc.astype(q.dtype), visible), (kc, vc)
+  read = lambda chunks: tuple(c.astype(q.dtype) for c in chunks[:chunk + 1])  # noqa: E731
+  return (_attend(_heads_major(q), read(ks), read(vs), visible),
+          (tuple(ks), tuple(vs)))
 
 
 class CausalSelfAttention(nnx.Module):
@@ -137,8 +153,9 @@ class CausalSelfAttention(nnx.Module):
                     ("heads", "head_dim", "embed"), param_dtype)
 
   def __call__(self, x: jax.Array, rope: jax.Array | None, cache: LayerCache | None = None,
-               pos: jax.Array | int = 0) -> tuple[jax.Array, LayerCache | None]:
-    # x (B, T, W); rope (T, head_dim/2, 2) for these positions or None; pos: first position of x.
+               pos: jax.Array | int = 0, chunk: int = 0) -> tuple[jax.Array, LayerCache | None]:
+    # x (B, T, W); rope (T, head_dim/2, 2) for these positions or None; pos: first position of x;
+    # chunk: the cache chunk that holds those positions.
     dt = self.dtype
     b, t, w = x.shape
     qkv = flat_matmul(x.astype(dt), self.wqkv[...].astype(dt).reshape(w, -1))  # (B, T, 3HD)
@@ -148,7 +165,7 @@ class CausalSelfAttention(nnx.Module):
     if cache is None:
       o = _causal_attention(q, k, v, attention_core(self.core))          # (B, T, H, D)
     else:
-      o, cache = _cached_attention(q, k, v, cache, pos)
+      o, cache = _cached_attention(q, k, v, cache, pos, chunk)
     return flat_matmul(o.reshape(b, t, -1), self.wo[...].astype(dt).reshape(-1, w)), cache
 
 
@@ -162,9 +179,9 @@ class Block(nnx.Module):
     self.feed_forward = SwiGLU(width, hidden, kernel_init=normal_02, **kw)
     self.resid_dropout, self.ffn_dropout = resid_dropout, ffn_dropout
 
-  def __call__(self, x, rope, key=None, cache=None, pos=0):
+  def __call__(self, x, rope, key=None, cache=None, pos=0, chunk=0):
     keys = (None, None) if key is None else tuple(jax.random.split(key))
-    a, cache = self.attention(self.attention_norm(x), rope, cache, pos)
+    a, cache = self.attention(self.attention_norm(x), rope, cache, pos, chunk)
     h = x + dropout(a, self.resid_dropout, keys[0])
     return h + dropout(self.feed_forward(self.ffn_norm(h)), self.ffn_dropout, keys[1]), cache
 
@@ -213,7 +230,7 @@ class GPT(nnx.Module):
       parts.append(jnp.take(self.tok_embeddings[...], tokens, axis=0))
     return jnp.concatenate(parts, axis=1).astype(self.dtype)
 
-  def _run(self, x: jax.Array, pos, key, caches, stop_after: int | None = None):
+  def _run(self, x: jax.Array, pos, key, caches, stop_after: int | None = None, chunk: int = 0):
     """Positions + blocks + final norm + head: x (B, T, W) at positions pos.. -> logits (B, T, V).
 
     `stop_after=k` returns the hidden state (B, T, W) after block k instead (linear probing).
@@ -236,7 +253,7 @@ class GPT(nnx.Module):
     else:                                  # cached decoding, one block at a time
       new_caches = []
       for layer, cache in zip(self.layers, caches):
-        x, cache = layer(x, rope, None, cache, pos)
+        x, cache = layer(x, rope, None, cache, pos, chunk)
         new_caches.append(cache)
     h = self.norm(x)
     logits = flat_matmul(h, self.output[...].astype(self.dtype))             # (B, T, V)
@@ -269,20 +286,26 @@ class GPT(nnx.Module):
       raise ValueError(f"layer must be in [1, {len(self.layers)}], got {layer}")
     return self._run(self.embed(labels, tokens[:, :-1]), 0, None, None, stop_after=layer)[0]
 
-  def init_cache(self, batch: int, max_len: int | None = None, dtype=None) -> list[LayerCache]:
-    """Zeroed KV cache for `max_len` positions (default: class token + all image tokens but the last)."""
+  def init_cache(self, batch: int, max_len: int | None = None, dtype=None,
+                 chunks: int = 1) -> list[LayerCache]:
+    """Zeroed KV cache for `max_len` positions (default: class token + all image tokens but the
+    last), split into `chunks` chunks of ceil(max_len / chunks) positions each."""
     max_len = max_len or self.num_tokens
     h, d = self.cfg.heads, self.cfg.width // self.cfg.heads
-    shape = (batch, h, max_len, d)
+    shape = (batch, h, -(-max_len // chunks), d)
     dtype = dtype or self.dtype
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.layers]
+    zeros_ = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(chunks))  # noqa: E731
+    return [(zeros_(), zeros_()) for _ in self.layers]
 
-  def decode(self, x: jax.Array, caches: list[LayerCache], pos) -> tuple[jax.Array, list[LayerCache]]:
+  def decode(self, x: jax.Array, caches: list[LayerCache], pos,
+             chunk: int = 0) -> tuple[jax.Array, list[LayerCache]]:
     """Embedded inputs x (B, t, W) at positions pos..pos+t-1 -> (logits (B, t, V), updated caches).
 
-    Position 0 is the class token (`embed(labels, None)`); position i > 0 is token z_{i-1}.
+    Position 0 is the class token (`embed(labels, None)`); position i > 0 is token z_{i-1}. The t
+    positions must lie in cache chunk `chunk` (static; 0 for a one-chunk cache); chunks after it
+    are not read.
     """
-    return self._run(x, pos, None, caches)
+    return self._run(x, pos, None, caches, chunk=chunk)
 
 
 def count_params(model_state: Any) -> int:
