@@ -21,8 +21,8 @@ Per batch size (`per_batch[i]`):
                         the class embedding is read once in the prefill instead of a token row
     kv_cache_bytes      layers x (k, v) x R x positions read x width x itemsize of the compute
                         dtype, where a step at position p reads the cache chunks up to p's, all
-                        of each (`sampler.CACHE_CHUNKS` chunks of ceil(num_tokens / chunks)
-                        positions): the mean over the num_tokens steps, rounded
+                        of each (`sampler.cache_chunks(num_tokens)` chunks of ceil(num_tokens /
+                        chunks) positions): the mean over the num_tokens steps, rounded
     Activations, logits (R x vocab float32) and the one-row cache writes are not counted.
   bound_step_time_s   bytes_per_step.total / measured bandwidth
   bandwidth_utilization  bound_step_time_s / step_time_s (> 1 is possible when the bytes fit in
@@ -99,9 +99,9 @@ def bytes_per_step(params: dict, model_cfg, rows: int) -> dict[str, int]:
   emb_itemsize = params["tok_embeddings"].dtype.itemsize
   emb_rows = rows + (1 if "positional_embedding" in params else 0)
   cache_itemsize = jnp.dtype(model_cfg.dtype).itemsize
-  from gigatok_jax.models.sampler import CACHE_CHUNKS
+  from gigatok_jax.models.sampler import cache_chunks
   t = int(model_cfg.num_tokens)
-  size = -(-t // max(1, min(CACHE_CHUNKS, t)))                 # positions per cache chunk
+  size = -(-t // cache_chunks(t))                              # positions per cache chunk
   positions_read = sum((p // size + 1) * size for p in range(t)) / t
   kv = round(int(model_cfg.layers) * 2 * rows * positions_read * width * cache_itemsize)
   out = {
@@ -116,7 +116,7 @@ def bytes_per_step(params: dict, model_cfg, rows: int) -> dict[str, int]:
 def run(config) -> dict:
   from flax import nnx
   from gigatok_jax.models.gpt import GPT, count_params
-  from gigatok_jax.models.sampler import CACHE_CHUNKS, SamplingSettings, generate
+  from gigatok_jax.models.sampler import SamplingSettings, cache_chunks, generate
 
   load_start = common.load_average()
   if FLAGS.num_tokens:
@@ -238,7 +238,7 @@ def run(config) -> dict:
       "cast_params": bool(FLAGS.cast_params),
       "weight_read_dtype": weight_dtypes,
       "kv_cache_dtype": cfg.dtype,
-      "kv_cache_chunks": CACHE_CHUNKS,
+      "kv_cache_chunks": cache_chunks(num_tokens),
       "sampling": {**settings.__dict__, "guided": guided},
       **common.device_info(),
       "steps": FLAGS.steps,

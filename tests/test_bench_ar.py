@@ -29,6 +29,8 @@ def _run_bench(*flags):
 
 def _expected_bytes(num_tokens, rows, weight_itemsize, cache_itemsize):
   """Closed-form bytes per decode step of the tiny GPT (width 64, 2 layers, vocab 512, learned 1D)."""
+  assert num_tokens < 192
+  size = num_tokens if num_tokens < 128 else -(-num_tokens // 2)     # positions per cache chunk
   m = load_recipe("gpt_b", "tiny").model
   w, layers, vocab, classes = m.width, m.layers, m.vocab_size, m.num_classes
   hidden = 256                                 # int(2 * 4 * 64 / 3) = 170, rounded up to 256
@@ -39,15 +41,16 @@ def _expected_bytes(num_tokens, rows, weight_itemsize, cache_itemsize):
       "num_params": dense + embeddings,
       "weight_bytes": dense * weight_itemsize,
       "embedding_row_bytes": (rows + 1) * w * weight_itemsize,   # R token rows + 1 position row
-      # A step at position p reads the cache chunks up to p's (4 chunks of ceil(T / 4)).
+      # The cache in 1 chunk below 128 tokens, 2 from 128 (models/sampler.py); a step at position
+      # p reads the chunks up to p's.
       "kv_cache_bytes": round(layers * 2 * rows * w * cache_itemsize * np.mean(
-          [(p // -(-num_tokens // 4) + 1) * -(-num_tokens // 4) for p in range(num_tokens)])),
+          [(p // size + 1) * size for p in range(num_tokens)])),
   }
 
 
 def _check_common(out, batch_sizes, num_tokens, guided, weight_itemsize, cache_itemsize):
   assert out["benchmark"] == "ar_sample" and out["config"] == "gpt_b:tiny"
-  assert out["kv_cache_chunks"] == 4
+  assert out["kv_cache_chunks"] == (2 if num_tokens >= 128 else 1)
   assert out["platform"] == "cpu" and out["device_count"] == 1
   assert out["num_tokens"] == num_tokens and out["sampling"]["guided"] is guided
   assert out["memory_bandwidth_bytes_per_s"] > 0
@@ -96,13 +99,14 @@ def _check_common(out, batch_sizes, num_tokens, guided, weight_itemsize, cache_i
 
 
 def test_ar_sample_bench_tiny_cfg():
-  """Guided (2B rows), weights cast to the compute dtype; --num_tokens overrides 16. A bfloat16
+  """Guided (2B rows), weights cast to the compute dtype; --num_tokens overrides 16 (130: the
+  cache in 2 chunks of 65). A bfloat16
   recipe samples in float32 on the CPU backend (inference_dtype 'auto')."""
-  out = _run_bench("--batch_sizes=1,3", "--num_tokens=9", "--config.model.dtype=bfloat16")
+  out = _run_bench("--batch_sizes=1,3", "--num_tokens=130", "--config.model.dtype=bfloat16")
   assert out["dtype"] == "float32" and out["cast_params"] is True
   assert out["recipe_dtype"] == "bfloat16" and out["inference_dtype"] == "auto"
   assert out["weight_read_dtype"] == ["float32"] and out["sampling"]["cfg_scale"] == 1.75
-  _check_common(out, [1, 3], 9, guided=True, weight_itemsize=4, cache_itemsize=4)
+  _check_common(out, [1, 3], 130, guided=True, weight_itemsize=4, cache_itemsize=4)
 
 
 def test_ar_sample_bench_tiny_no_cfg_bf16_masters():

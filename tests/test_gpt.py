@@ -10,6 +10,7 @@ from flax import nnx
 
 from gigatok_jax import config as config_lib
 from gigatok_jax.models import gpt as gpt_lib
+from gigatok_jax.models import sampler as sampler_lib
 from gigatok_jax.models.sampler import SamplingSettings, filter_logits, generate, guidance_scale
 from helpers import load_recipe
 
@@ -278,6 +279,11 @@ def test_scanned_blocks_match_unrolled():
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_cache_chunks_by_length():
+  assert [sampler_lib.cache_chunks(t) for t in (16, 127, 128, 255, 256, 1024)] == [1, 1, 2, 3, 4, 4]
+  assert sampler_lib.cache_chunks(16, 3) == 3 and sampler_lib.cache_chunks(2, 8) == 2
+
+
 @pytest.mark.parametrize("chunks", [2, 3, 16])
 def test_chunked_cache_samples_what_one_chunk_samples(chunks):
   """generate with the KV cache in chunks (each step reading only the filled ones; 3 does not
@@ -286,8 +292,8 @@ def test_chunked_cache_samples_what_one_chunk_samples(chunks):
   model = _model()
   labels = jnp.array([1, 7, 3])
   settings = SamplingSettings(cfg_scale=2.0, cfg_schedule="step", temperature=1.0, top_k=20)
-  one = jax.jit(lambda key: generate(model, labels, key, settings, cache_chunks=1))
-  many = jax.jit(lambda key: generate(model, labels, key, settings, cache_chunks=chunks))
+  one = jax.jit(lambda key: generate(model, labels, key, settings, chunks=1))
+  many = jax.jit(lambda key: generate(model, labels, key, settings, chunks=chunks))
   for seed in range(3):
     np.testing.assert_array_equal(many(jax.random.key(seed)), one(jax.random.key(seed)))
   t = model.num_tokens

@@ -79,21 +79,31 @@ def sample_token(logits: jax.Array, key: jax.Array, settings: SamplingSettings) 
 # of the 692 MB a step reads, bench/ar_sample.py), medians of 3 calls / compile time:
 # 1 chunk 16.3 s / 1.4 s; 4 chunks 13.7 s / 5.9 s; 8 chunks 12.5 s / 17.4 s; 16: compile 47 s.
 # Every chunk compiles the model step once more, and compile time grows faster than the count:
-# 4 repays its extra compile within two batches.
+# 4 repays its extra compile within two batches. Sequences shorter than 4 x 64 tokens get fewer
+# chunks (one below 128 tokens): their cache is too small for the saving to repay a compile.
 CACHE_CHUNKS = 4
+MIN_CHUNK_POSITIONS = 64
+
+
+def cache_chunks(num_tokens: int, requested: int | None = None) -> int:
+  """KV-cache chunks of a generate call: `requested`, else CACHE_CHUNKS for sequences of at least
+  CACHE_CHUNKS x MIN_CHUNK_POSITIONS tokens, fewer below; at least 1 and at most num_tokens."""
+  if requested is None:
+    requested = min(CACHE_CHUNKS, num_tokens // MIN_CHUNK_POSITIONS)
+  return max(1, min(requested, num_tokens))
 
 
 def generate(model: GPT, labels: jax.Array, key: jax.Array, settings: SamplingSettings, *,
-             guidance: bool | None = None, cache_chunks: int = CACHE_CHUNKS) -> jax.Array:
+             guidance: bool | None = None, chunks: int | None = None) -> jax.Array:
   """Samples (B, num_tokens) int32 codes for class `labels` (B,). Call it inside `jax.jit`.
 
   `guidance` None = on when the scale is not 1; True forces the doubled (cond, null) batch.
-  `cache_chunks` splits the KV cache (above); the samples do not depend on it beyond float
-  rounding of the attention sums.
+  `chunks` splits the KV cache (`cache_chunks`: None = by length); the samples do not depend on it
+  beyond float rounding of the attention sums.
   """
   guided = settings.cfg_scale != 1.0 if guidance is None else guidance
   b, t = labels.shape[0], model.num_tokens
-  chunks = max(1, min(cache_chunks, t))
+  chunks = cache_chunks(t, chunks)
   size = -(-t // chunks)                                                   # positions per chunk
   rows = jnp.concatenate([labels, jnp.full_like(labels, model.num_classes)]) if guided else labels
   cache = model.init_cache(rows.shape[0], chunks=chunks)
