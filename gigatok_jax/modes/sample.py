@@ -112,6 +112,8 @@ def run(config, workdir: str, *, progress: bool = True, options=None) -> dict:
       "sampling": dataclasses.asdict(settings), "seed": s.seed, "batch_size": s.batch_size,
       "classes": list(s.classes) or f"i % {config.model.num_classes}",
       "codes_used": int(np.unique(np.concatenate(all_codes)).size),
+      # What the GPT and the tokenizer computed in (inference.compute_dtype: float32 on CPU).
+      "compute_dtype": {"gpt": gpt.config.model.dtype, "tokenizer": tok.config.model.dtype},
       "seconds": round(seconds, 2), "images_per_sec": round(len(images) / max(seconds, 1e-9), 3),
   }
   if jax.process_index() == 0:
