@@ -99,9 +99,10 @@ def bytes_per_step(params: dict, model_cfg, rows: int) -> dict[str, int]:
   emb_itemsize = params["tok_embeddings"].dtype.itemsize
   emb_rows = rows + (1 if "positional_embedding" in params else 0)
   cache_itemsize = jnp.dtype(model_cfg.dtype).itemsize
+  from gigatok_jax.models.gpt import chunk_size
   from gigatok_jax.models.sampler import cache_chunks
   t = int(model_cfg.num_tokens)
-  size = -(-t // cache_chunks(t))                              # positions per cache chunk
+  size = chunk_size(t, cache_chunks(t))                        # positions per cache chunk
   positions_read = sum((p // size + 1) * size for p in range(t)) / t
   kv = round(int(model_cfg.layers) * 2 * rows * positions_read * width * cache_itemsize)
   out = {

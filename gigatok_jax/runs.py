@@ -95,7 +95,7 @@ def read_config(workdir: str, key: str = "tokenizer.workdir") -> ml_collections.
 # ------------------------------------------------------------------ a GPT run's tokenizer run
 def gpt_tokenizer_config(config) -> ml_collections.ConfigDict:
   """The tokenizer's config: the one its run saved (tokenizer.workdir/config.json) or, when set,
-  tokenizer.recipe; with the extraction's image-path overrides."""
+  tokenizer.recipe; with the extraction's image-path overrides and the GPT's inference_dtype."""
   if not config.tokenizer.workdir:
     raise ConfigError("tokenizer.workdir", "is empty; set it to the tokenizer's training run directory")
   if config.tokenizer.recipe:
@@ -107,6 +107,8 @@ def gpt_tokenizer_config(config) -> ml_collections.ConfigDict:
     path = config.extract[f"image_{split}_path"]
     if path:
       tok.data[f"{split}_path"] = path
+  with tok.unlocked():                   # the GPT run's choice covers the tokenizer it decodes with
+    tok.inference_dtype = config.get("inference_dtype", "auto")
   return tok
 
 

@@ -279,9 +279,18 @@ def test_scanned_blocks_match_unrolled():
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_cache_chunks_by_length():
+def test_cache_chunks_by_length_and_backend():
   assert [sampler_lib.cache_chunks(t) for t in (16, 127, 128, 255, 256, 1024)] == [1, 1, 2, 3, 4, 4]
+  assert sampler_lib.cache_chunks(256, platform="gpu") == 1          # measured on CPU only
   assert sampler_lib.cache_chunks(16, 3) == 3 and sampler_lib.cache_chunks(2, 8) == 2
+  model = _model()                                                   # 16 tokens, 3 chunks of 6
+  cache = model.init_cache(2, chunks=3)
+  x = model.embed(jnp.array([1, 2]), None)
+  with pytest.raises(ValueError, match=r"positions 6..6 are not inside cache chunk 0"):
+    model.decode(x, cache, 6)
+  with pytest.raises(ValueError, match=r"positions 5..6 are not inside cache chunk 0"):
+    model.decode(model.embed(None, jnp.zeros((2, 2), jnp.int32)), cache, 5)
+  assert model.decode(x, cache, 6, chunk=1)[0].shape == (2, 1, model.cfg.vocab_size)
 
 
 @pytest.mark.parametrize("chunks", [2, 3, 16])
@@ -299,7 +308,7 @@ def test_chunked_cache_samples_what_one_chunk_samples(chunks):
   t = model.num_tokens
   tokens = jax.random.randint(jax.random.key(2), (3, t), 0, model.cfg.vocab_size)
   full = model(tokens, labels)
-  size = -(-t // chunks)
+  size = gpt_lib.chunk_size(t, chunks)
   first, cache = model.decode(model.embed(labels, None), model.init_cache(3, chunks=chunks), 0)
   outs = [first]
   for i in range(t - 1):

@@ -105,3 +105,24 @@ def test_bfloat16_gpt_runs_in_float32_on_cpu_unless_asked(tmp_path, capsys):
   np.testing.assert_array_equal(out["auto"], out["float32"])
   assert not np.array_equal(out["auto"], out["model"])   # bfloat16 rounding shows
   np.testing.assert_allclose(out["auto"], out["model"], rtol=0.05, atol=0.05)
+
+
+def test_gpt_runs_pass_their_inference_dtype_and_skip_training_only_keys(tmp_path):
+  """The tokenizer a GPT decodes with takes the GPT config's inference_dtype; sampling a run does
+  not refuse a training-only model key (attention core, remat) that differs from the saved one."""
+  import os
+  from gigatok_jax import runs
+  from gigatok_jax.errors import ConfigError
+  from gigatok_jax.modes import sample
+  from helpers import REPO
+  config = load_recipe("demo_ar")
+  config.tokenizer.update(workdir=str(tmp_path / "tok"),
+                          recipe=os.path.join(REPO, "configs", "demo_ar.py") + ":tokenizer")
+  config.inference_dtype = "model"
+  assert runs.gpt_tokenizer_config(config).inference_dtype == "model"
+  runs.write_config(config, str(tmp_path / "gpt"))
+  config.model.update(attention="xla", remat="full")
+  sample.check_trained_model(config, str(tmp_path / "gpt"))
+  config.model.width *= 2
+  with pytest.raises(ConfigError, match="model.width"):
+    sample.check_trained_model(config, str(tmp_path / "gpt"))

@@ -16,6 +16,7 @@ What stands in for what the official modules import but these tests do not use:
 """
 
 import importlib
+import importlib.util
 import os
 import sys
 import types

@@ -10,8 +10,9 @@ Parameter names and shapes hold the reference state dict one to one (`tok_embedd
 `layers.{i}.feed_forward.w1/w2/w3`, `attention_norm`, `ffn_norm`, `norm`, `output`); the fused qkv
 is stored (embed, 3, heads, head_dim), i.e. the torch (3D, D) weight transposed and reshaped.
 
-Decoding uses a KV cache: `init_cache` + `decode(...)` process any number of new positions at
-`pos` and return the updated cache; a full forward and a token-by-token decode give the same logits.
+Decoding uses a KV cache: `init_cache` + `decode(...)` process new positions at `pos` (any number
+with a one-chunk cache; with a chunked cache, positions inside one chunk) and return the updated
+cache; a full forward and a token-by-token decode give the same logits.
 """
 
 from __future__ import annotations
@@ -128,15 +129,25 @@ def _cached_attention(q, k, v, cache: LayerCache, pos, chunk: int) -> tuple[jax.
   (output (B, T, H, D), updated cache): `_attend` against chunks 0..chunk, positions after
   pos+T-1 masked out; later chunks are neither read nor written."""
   ks, vs = list(cache[0]), list(cache[1])
-  size = ks[0].shape[2]                                                   # positions per chunk
+  size, t = ks[0].shape[2], q.shape[1]                                    # positions per chunk
+  if isinstance(pos, int) and not chunk * size <= pos <= pos + t <= (chunk + 1) * size:
+    # dynamic_update_slice would clamp the offset and overwrite other positions without a word.
+    raise ValueError(f"positions {pos}..{pos + t - 1} are not inside cache chunk {chunk} "
+                     f"(positions {chunk * size}..{(chunk + 1) * size - 1})")
   at = (0, 0, pos - chunk * size, 0)
   ks[chunk] = jax.lax.dynamic_update_slice(ks[chunk], _heads_major(k).astype(ks[chunk].dtype), at)
   vs[chunk] = jax.lax.dynamic_update_slice(vs[chunk], _heads_major(v).astype(vs[chunk].dtype), at)
-  t, s = q.shape[1], (chunk + 1) * size
+  s = (chunk + 1) * size
   visible = jnp.arange(s)[None, :] <= (pos + jnp.arange(t))[:, None]     # (T, S)
   read = lambda chunks: tuple(c.astype(q.dtype) for c in chunks[:chunk + 1])  # noqa: E731
   return (_attend(_heads_major(q), read(ks), read(vs), visible),
           (tuple(ks), tuple(vs)))
+
+
+def chunk_size(max_len: int, chunks: int) -> int:
+  """Positions per chunk of a KV cache of `max_len` positions in `chunks` chunks (the last chunk
+  may hold unused positions)."""
+  return -(-max_len // chunks)
 
 
 class CausalSelfAttention(nnx.Module):
@@ -292,7 +303,7 @@ class GPT(nnx.Module):
     last), split into `chunks` chunks of ceil(max_len / chunks) positions each."""
     max_len = max_len or self.num_tokens
     h, d = self.cfg.heads, self.cfg.width // self.cfg.heads
-    shape = (batch, h, -(-max_len // chunks), d)
+    shape = (batch, h, chunk_size(max_len, chunks), d)
     dtype = dtype or self.dtype
     zeros_ = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(chunks))  # noqa: E731
     return [(zeros_(), zeros_()) for _ in self.layers]

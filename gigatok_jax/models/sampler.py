@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gigatok_jax.models.gpt import GPT
+from gigatok_jax.models.gpt import GPT, chunk_size
 
 CFG_SCHEDULES = ("constant", "step")
 
@@ -76,7 +76,8 @@ def sample_token(logits: jax.Array, key: jax.Array, settings: SamplingSettings) 
 # KV-cache chunks of a generate call: the decode loop runs once per chunk, each step reading only
 # the chunks filled so far, so a step reads on average (chunks + 1) / (2 chunks) of the cache
 # instead of all of it. GPT-B, batch 8 with guidance, float32, on the 2-core CPU (the cache is 302
-# of the 692 MB a step reads, bench/ar_sample.py), medians of 3 calls / compile time:
+# of the 692 MB a step reads, bench/ar_sample.py), medians of 3 calls alternating in one process
+# (a noisier hour than bench/ar_sample.py's 14.5 s for one chunk) / compile time:
 # 1 chunk 16.3 s / 1.4 s; 4 chunks 13.7 s / 5.9 s; 8 chunks 12.5 s / 17.4 s; 16: compile 47 s.
 # Every chunk compiles the model step once more, and compile time grows faster than the count:
 # 4 repays its extra compile within two batches. Sequences shorter than 4 x 64 tokens get fewer
@@ -85,11 +86,14 @@ CACHE_CHUNKS = 4
 MIN_CHUNK_POSITIONS = 64
 
 
-def cache_chunks(num_tokens: int, requested: int | None = None) -> int:
-  """KV-cache chunks of a generate call: `requested`, else CACHE_CHUNKS for sequences of at least
-  CACHE_CHUNKS x MIN_CHUNK_POSITIONS tokens, fewer below; at least 1 and at most num_tokens."""
+def cache_chunks(num_tokens: int, requested: int | None = None, platform: str | None = None) -> int:
+  """KV-cache chunks of a generate call: `requested`, else (on the CPU backend, where it was
+  measured) CACHE_CHUNKS for sequences of at least CACHE_CHUNKS x MIN_CHUNK_POSITIONS tokens and
+  fewer below, and 1 on other backends, whose compile cost and gain are unmeasured; at least 1
+  and at most num_tokens. `platform` defaults to jax.default_backend()."""
   if requested is None:
-    requested = min(CACHE_CHUNKS, num_tokens // MIN_CHUNK_POSITIONS)
+    on_cpu = (platform or jax.default_backend()) == "cpu"
+    requested = min(CACHE_CHUNKS, num_tokens // MIN_CHUNK_POSITIONS) if on_cpu else 1
   return max(1, min(requested, num_tokens))
 
 
@@ -104,7 +108,7 @@ def generate(model: GPT, labels: jax.Array, key: jax.Array, settings: SamplingSe
   guided = settings.cfg_scale != 1.0 if guidance is None else guidance
   b, t = labels.shape[0], model.num_tokens
   chunks = cache_chunks(t, chunks)
-  size = -(-t // chunks)                                                   # positions per chunk
+  size = chunk_size(t, chunks)                                             # positions per chunk
   rows = jnp.concatenate([labels, jnp.full_like(labels, model.num_classes)]) if guided else labels
   cache = model.init_cache(rows.shape[0], chunks=chunks)
   logits, cache = model.decode(model.embed(rows, None), cache, 0)          # (R, 1, V)

@@ -45,12 +45,19 @@ def class_rows_grid(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   return image_lib.image_grid(np.concatenate(rows), per_row=per_row)
 
 
+# Model keys that change how training runs, not the stored weights or what decoding computes
+# (scan_layers is not one: it stores the blocks stacked).
+TRAINING_ONLY = ("attention", "remat")
+
+
 def check_trained_model(config, workdir: str) -> None:
   """The model group must be the one the GPT in `workdir` was trained with (its config.json)."""
   if not runs.has_config(workdir):
     return
   saved = runs.read_config(workdir, key="--workdir").model
   for key in config.model.keys():
+    if key in TRAINING_ONLY:
+      continue
     if key in saved and saved[key] != config.model[key]:
       raise ConfigError(f"model.{key}", f"is {config.model[key]!r} but the GPT in {workdir} was "
                         f"trained with {saved[key]!r}; pass --config.model.{key}={saved[key]}")
