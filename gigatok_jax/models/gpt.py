@@ -17,12 +17,15 @@ cache; a full forward and a token-by-token decode give the same logits.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from gigatok_jax.models.layers import (KeyGen, RMSNorm, SwiGLU, dropout, flat_matmul, param,
@@ -75,28 +78,24 @@ def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
   return out.reshape(b, t, h, d).astype(x.dtype)
 
 
-def _attend(q, k, v, visible) -> jax.Array:
-  """Heads-major q (B, H, T, D), k and v (B, H, S, D) or sequences of such chunks along S,
-  visible (T, S in all) -> (B, T, H, D).
+def _attend(q, ks, vs, visible) -> jax.Array:
+  """Heads-major q (B, H, T, D); ks and vs: sequences of (B, H, S_c, D) chunks that together hold
+  the S key positions (one chunk outside cached decoding); visible (T, S) -> (B, T, H, D).
 
   The arithmetic of `jax.nn.dot_product_attention` (float32 scores and softmax), written with
   heads before positions so that both contractions batch over the leading (B, H) dims: XLA:CPU
   then reads k and v where they lie instead of copying them into that order (GPT-B at batch 4 x
   256 tokens, forward + backward of the core: 48 -> 40 ms per layer on the 2-core CPU). Chunks
   are contracted one by one; their scores share one softmax."""
-  ks, vs = (k, v) if isinstance(k, (tuple, list)) else ((k,), (v,))
   dt, d = q.dtype, q.shape[-1]
-  parts = [jnp.einsum("bhtd,bhsd->bhts", q, kc, preferred_element_type=jnp.float32) for kc in ks]
-  scores = (parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)) / jnp.sqrt(jnp.float32(d))
+  scores = jnp.concatenate([jnp.einsum("bhtd,bhsd->bhts", q, kc, preferred_element_type=jnp.float32)
+                            for kc in ks], -1) / jnp.sqrt(jnp.float32(d))
   probs = jax.nn.softmax(jnp.where(visible, scores, jnp.finfo(jnp.float32).min), axis=-1)
   probs = probs.astype(dt)
-  out, start = None, 0
-  for vc in vs:                                                           # sum over chunks
-    size = vc.shape[2]
-    part = jnp.einsum("bhts,bhsd->bhtd", probs[..., start:start + size] if len(vs) > 1 else probs,
-                      vc)
-    out, start = part if out is None else out + part, start + size
-  return out.transpose(0, 2, 1, 3)
+  ends = np.cumsum([vc.shape[2] for vc in vs])
+  parts = [jnp.einsum("bhts,bhsd->bhtd", probs[..., end - vc.shape[2]:end], vc)
+           for vc, end in zip(vs, ends)]
+  return functools.reduce(operator.add, parts).transpose(0, 2, 1, 3)
 
 
 def _heads_major(x: jax.Array) -> jax.Array:
@@ -121,7 +120,7 @@ def _causal_attention(q, k, v, core: str = "einsum") -> jax.Array:
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
   t = q.shape[1]
   causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]               # (T, S)
-  return _attend(_heads_major(q), _heads_major(k), _heads_major(v), causal)
+  return _attend(_heads_major(q), (_heads_major(k),), (_heads_major(v),), causal)
 
 
 def _cached_attention(q, k, v, cache: LayerCache, pos, chunk: int) -> tuple[jax.Array, LayerCache]:
